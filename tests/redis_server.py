@@ -1,0 +1,86 @@
+"""A real redis-server for tests, on a free loopback port, started and stopped by its pid."""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+
+def require_redis_server():
+    """Skip locally, fail in CI, when redis-server is not installed."""
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run the real-Redis tests")
+        pytest.skip(message)
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, *, password=None, appendonly=False, unix_socket=False):
+        self.binary = require_redis_server()
+        self.password = password
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="friendlyhello-redis-")
+        self.unix_socket = os.path.join(self.directory, "redis.sock") if unix_socket else None
+        self.process = None
+
+    @property
+    def url(self):
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def start(self):
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--dir", self.directory, "--save", "", "--daemonize", "no",
+                   "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        if self.unix_socket:
+            command += ["--unixsocket", self.unix_socket]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # redis-server says so on stdout once it accepts connections: wait for that line.
+        output = []
+        for line in self.process.stdout:
+            output.append(line)
+            if b"Ready to accept connections" in line:
+                # Keep reading its log, or a full pipe would one day block it.
+                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                return self
+        raise RuntimeError("redis-server did not start:\n" + b"".join(output).decode(errors="replace"))
+
+    def stop(self):
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def kill(self):
+        """Stop at once, as a crash would (append-only data written so far survives)."""
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,494 @@
+"""resp_client: wire format, reply parsing, hostile servers, pooling, outages, real Redis."""
+
+import random
+import ssl
+import threading
+import time
+
+import pytest
+
+import resp_client
+from fake_redis import Delay, Dribble, FakeRedis, Hangup, Silence
+from redis_server import RedisServer, free_port
+from resp_client import (AuthenticationError, ProtocolError, RedisConnectionError, RedisError,
+                         RedisTimeoutError, RespClient, ResponseError)
+
+
+def client_for(fake, **options):
+    return RespClient("127.0.0.1", fake.port, **options)
+
+
+def reply_to(fake, *script, **options):
+    """The reply a client returns for one command that the fake answers with script."""
+    fake.script(*script)
+    with client_for(fake, **options) as client:
+        return client.execute("GET", "k")
+
+
+# -- what goes on the wire ------------------------------------------------------------------
+
+def test_command_is_sent_as_one_array_of_bulk_strings(fake_redis):
+    with client_for(fake_redis) as client:
+        client.execute("SET", "k", b"v\r\n\x00", 12, -1.5)
+    assert bytes(fake_redis.received) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\nv\r\n\x00\r\n$2\r\n12\r\n$4\r\n-1.5\r\n")
+
+
+def test_text_is_sent_as_utf8(fake_redis):
+    with client_for(fake_redis) as client:
+        client.execute("ECHO", "héllo")
+    assert bytes(fake_redis.received) == b"*2\r\n$4\r\nECHO\r\n$6\r\nh\xc3\xa9llo\r\n"
+
+
+@pytest.mark.parametrize("bad", [None, True, ["a"], {"a": 1}, object()])
+def test_unsupported_argument_types_raise_type_error_before_anything_is_sent(fake_redis, bad):
+    with client_for(fake_redis) as client:
+        with pytest.raises(TypeError, match="cannot send"):
+            client.execute("SET", "k", bad)
+    assert fake_redis.connections == 0
+
+
+def test_client_connects_lazily(fake_redis):
+    RespClient("127.0.0.1", fake_redis.port)
+    assert fake_redis.connections == 0
+
+
+def test_auth_with_username_and_select_run_on_every_new_connection(fake_redis):
+    fake_redis.script(b"+OK\r\n", b"+OK\r\n", b":1\r\n")
+    with client_for(fake_redis, username="app", password="s3cret", db=3) as client:
+        assert client.incr("counter") == 1
+    assert bytes(fake_redis.received) == (
+        b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\ns3cret\r\n"
+        b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+        b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n")
+
+
+def test_protocol_3_opts_in_with_hello_carrying_the_credentials(fake_redis):
+    with client_for(fake_redis, password="pw", protocol=3) as client:
+        client.ping()
+    assert fake_redis.commands[0] == [b"HELLO", b"3", b"AUTH", b"default", b"pw"]
+
+
+def test_wrong_password_raises_authentication_error():
+    with FakeRedis(password="right") as fake:
+        with client_for(fake, password="wrong") as client:
+            with pytest.raises(AuthenticationError) as caught:
+                client.ping()
+    assert caught.value.code == "WRONGPASS"
+
+
+# -- replies ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"+OK\r\n", "OK"),
+    (b"$5\r\nhello\r\n", b"hello"),
+    (b"$0\r\n\r\n", b""),
+    (b":42\r\n", 42),
+    (b":-7\r\n", -7),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"*0\r\n", []),
+    (b"*3\r\n:1\r\n$1\r\na\r\n*1\r\n+x\r\n", [1, b"a", ["x"]]),
+    (b"$6\r\na\r\nb\x00\xff\r\n", b"a\r\nb\x00\xff"),
+    # RESP3
+    (b"_\r\n", None),
+    (b",3.25\r\n", 3.25),
+    (b",inf\r\n", float("inf")),
+    (b",-inf\r\n", float("-inf")),
+    (b"#t\r\n", True),
+    (b"#f\r\n", False),
+    (b"=9\r\ntxt:hello\r\n", b"hello"),
+    (b"(3492890328409238509324850943850943825024385\r\n", 3492890328409238509324850943850943825024385),
+    (b"%2\r\n+a\r\n:1\r\n$1\r\nb\r\n*2\r\n:1\r\n:2\r\n", {"a": 1, b"b": [1, 2]}),
+    (b"~3\r\n:1\r\n:2\r\n:1\r\n", {1, 2}),
+    (b"|1\r\n+ttl\r\n:3600\r\n:5\r\n", 5),
+    (b">2\r\n+message\r\n$2\r\nhi\r\n", ["message", b"hi"]),
+])
+def test_each_reply_type_maps_to_its_python_value(fake_redis, raw, expected):
+    assert reply_to(fake_redis, raw) == expected
+
+
+def test_resp3_nan_double_is_a_float_nan(fake_redis):
+    value = reply_to(fake_redis, b",nan\r\n")
+    assert value != value
+
+
+def test_error_reply_raises_response_error_with_its_code(fake_redis):
+    with pytest.raises(ResponseError) as caught:
+        reply_to(fake_redis, b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+    assert caught.value.code == "WRONGTYPE"
+    assert "wrong kind of value" in str(caught.value)
+
+
+def test_resp3_blob_error_raises_response_error(fake_redis):
+    with pytest.raises(ResponseError) as caught:
+        reply_to(fake_redis, b"!21\r\nSYNTAX invalid syntax\r\n")
+    assert caught.value.code == "SYNTAX"
+
+
+def test_error_inside_an_array_is_a_value_not_raised(fake_redis):
+    reply = reply_to(fake_redis, b"*2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n")
+    assert reply[0] == "OK"
+    assert isinstance(reply[1], ResponseError) and reply[1].code == "ERR"
+
+
+def test_reply_split_at_every_byte_parses(fake_redis):
+    raw = b"*4\r\n$6\r\nab\r\ncd\r\n:12345\r\n%1\r\n+k\r\n,1.5\r\n-ERR boom\r\n"
+    reply = reply_to(fake_redis, Dribble(raw))
+    assert reply[:3] == [b"ab\r\ncd", 12345, {"k": 1.5}]
+    assert reply[3].message == "ERR boom"
+
+
+def test_sixteen_megabyte_bulk_is_read_whole(fake_redis):
+    payload = bytes(range(256)) * (16 * 4096) + b"\r\n"
+    assert reply_to(fake_redis, b"$%d\r\n%s\r\n" % (len(payload), payload)) == payload
+
+
+def test_pipeline_sends_one_write_and_returns_replies_in_order_with_errors_in_place(fake_redis):
+    fake_redis.script(b"+OK\r\n", b"-ERR nope\r\n", b":3\r\n")
+    with client_for(fake_redis) as client:
+        replies = client.pipeline([("SET", "a", 1), ("BAD",), ("INCR", "a")])
+    assert replies[0] == "OK" and replies[2] == 3
+    assert isinstance(replies[1], ResponseError) and replies[1].message == "ERR nope"
+    assert bytes(fake_redis.received).count(b"*") == 3
+
+
+def test_prepared_command_checks_its_reply_type(fake_redis):
+    fake_redis.script(b":1\r\n", b"+OK\r\n")
+    with client_for(fake_redis) as client:
+        count = client.prepare("INCR", "counter", reply_type=int)
+        assert count() == 1
+        with pytest.raises(ProtocolError, match="not int"):
+            count()
+    assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
+
+
+def test_incr_refuses_a_reply_that_is_not_an_integer(fake_redis):
+    fake_redis.script(b"$1\r\n7\r\n")
+    with client_for(fake_redis) as client:
+        with pytest.raises(ProtocolError):
+            client.incr("counter")
+
+
+# -- a hostile or broken server ---------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, message", [
+    (b"$536870913\r\n", "exceeds the limit"),
+    (b"*-2\r\n", "negative"),
+    (b"$-5\r\n", "negative"),
+    (b"$abc\r\n", "expected an integer"),
+    (b":1 2\r\n", "expected an integer"),
+    (b": 12\r\n", "expected an integer"),
+    (b"?what\r\n", "unknown reply type"),
+    (b"\r\n", "empty reply line"),
+    (b"$3\r\nabcde\r\n", "not followed by CRLF"),
+    (b"#x\r\n", "invalid boolean"),
+    (b",one\r\n", "invalid double"),
+    (b"=3\r\nabc\r\n", "verbatim"),
+    (b"*1\r\n" * 201 + b":1\r\n", "nested deeper"),
+    (b"|1\r\n+a\r\n+b\r\n" * 201 + b":1\r\n", "nested deeper"),
+])
+def test_malformed_reply_raises_protocol_error(fake_redis, raw, message):
+    with pytest.raises(ProtocolError, match=message):
+        reply_to(fake_redis, raw)
+
+
+def test_array_longer_than_the_cap_is_refused(fake_redis):
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        reply_to(fake_redis, b"*11\r\n", max_array_length=10)
+
+
+def test_line_without_end_is_refused_once_past_the_cap(fake_redis):
+    with pytest.raises(ProtocolError, match="longer than"):
+        reply_to(fake_redis, b"+" + b"x" * (resp_client.MAX_LINE_LENGTH + 10))
+
+
+def test_connection_is_replaced_after_a_protocol_error(fake_redis):
+    fake_redis.script(b"?\r\n", b":1\r\n")
+    with client_for(fake_redis) as client:
+        with pytest.raises(ProtocolError):
+            client.incr("counter")
+        fake_redis.wait_for_closed_connections(1)
+        resp_client_wait_for_backoff()
+        assert client.incr("counter") == 1
+    assert fake_redis.connections == 2
+
+
+def test_random_garbage_only_ever_raises_redis_errors(fake_redis):
+    rng = random.Random(1234)
+    alphabet = b"*$:+-_,#!=(%~|>\r\n0123456789-ab"
+    for _ in range(300):
+        garbage = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        fake_redis.script(Hangup(garbage))
+        with client_for(fake_redis, timeout=0.5) as client:
+            try:
+                client.execute("GET", "k")
+            except RedisError:
+                pass
+
+
+def test_silent_server_raises_timeout_within_the_timeout(fake_redis):
+    fake_redis.script(Silence())
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError):
+        reply_to(fake_redis, timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + 0.25
+
+
+def test_dribbling_server_cannot_stretch_a_call_past_its_timeout(fake_redis):
+    fake_redis.script(Dribble(b"$30\r\n" + b"x" * 30 + b"\r\n", pause=0.05))
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError):
+        reply_to(fake_redis, timeout=0.3)
+    assert time.monotonic() - started < 0.3 + 0.25
+
+
+def test_delayed_reply_within_the_timeout_is_returned(fake_redis):
+    assert reply_to(fake_redis, Delay(0.1, b":5\r\n"), timeout=1.0) == 5
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_server_closing_mid_reply_raises_connection_error(fake_redis, reset):
+    with pytest.raises(RedisConnectionError):
+        reply_to(fake_redis, Hangup(b"$10\r\nabc", reset=reset))
+
+
+def test_refused_port_raises_connection_error():
+    with RespClient("127.0.0.1", free_port()) as client:
+        with pytest.raises(RedisConnectionError, match="refused"):
+            client.incr("counter")
+
+
+def test_unknown_host_raises_connection_error_within_the_connect_timeout():
+    started = time.monotonic()
+    with RespClient("no-such-host.invalid", connect_timeout=0.5) as client:
+        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+            client.incr("counter")
+    assert time.monotonic() - started < 1.0
+
+
+def test_rediss_never_falls_back_to_plaintext(fake_redis):
+    with RespClient.from_url(f"rediss://127.0.0.1:{fake_redis.port}", timeout=1) as client:
+        with pytest.raises(RedisConnectionError):
+            client.incr("counter")
+    assert b"INCR" not in fake_redis.received
+    assert fake_redis.received.startswith(b"\x16\x03")  # a TLS handshake record
+
+
+# -- never twice, fail fast, recover ---------------------------------------------------------
+
+def resp_client_wait_for_backoff():
+    """Let the first fail-fast window pass: the passing of time is what is under test here."""
+    time.sleep(resp_client.BACKOFF_FIRST + 0.05)
+
+
+def test_idle_connection_closed_by_the_server_is_replaced_before_use(fake_redis):
+    fake_redis.script(Hangup(b":1\r\n"), b":2\r\n")
+    with client_for(fake_redis) as client:
+        assert client.incr("counter") == 1
+        fake_redis.wait_for_closed_connections(1)
+        assert client.incr("counter") == 2
+    assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
+
+
+def test_timed_out_command_is_not_sent_again(fake_redis):
+    fake_redis.script(Silence())
+    with client_for(fake_redis, timeout=0.2) as client:
+        with pytest.raises(RedisTimeoutError):
+            client.incr("counter")
+        resp_client_wait_for_backoff()
+        assert client.incr("counter") == 1
+    assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
+
+
+def test_calls_fail_fast_during_an_outage_and_only_one_caller_probes(fake_redis):
+    fake_redis.script(Silence(), Silence())
+    with client_for(fake_redis, timeout=0.5) as client:
+        with pytest.raises(RedisTimeoutError):
+            client.incr("counter")
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="unavailable"):
+            client.incr("counter")
+        assert time.monotonic() - started < 0.05
+        resp_client_wait_for_backoff()
+
+        outcomes = []
+        barrier = threading.Barrier(20)
+
+        def call():
+            barrier.wait()
+            started = time.monotonic()
+            try:
+                client.incr("counter")
+                outcomes.append(("ok", 0))
+            except RedisError as exc:
+                outcomes.append((type(exc).__name__, time.monotonic() - started))
+
+        threads = [threading.Thread(target=call) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    kinds = sorted(kind for kind, _ in outcomes)
+    assert kinds == ["RedisConnectionError"] * 19 + ["RedisTimeoutError"]
+    assert max(elapsed for kind, elapsed in outcomes if kind == "RedisConnectionError") < 0.1
+    assert fake_redis.connections == 2
+
+
+def test_pool_never_opens_more_than_max_connections(fake_redis):
+    with client_for(fake_redis, max_connections=2) as client:
+        threads = [threading.Thread(target=lambda: [client.incr("c") for _ in range(50)]) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert client.incr("c") == 401
+    assert fake_redis.connections <= 2
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://", dict(host="localhost", port=6379, db=0, username=None)),
+    ("redis://cache:6380/2", dict(host="cache", port=6380, db=2)),
+    ("redis://:p%40ss@h", dict(host="h", username=None, _password="p@ss")),
+    ("redis://user:pw@h/1", dict(username="user", _password="pw", db=1)),
+    ("redis://h?db=4", dict(db=4)),
+    ("redis://[::1]:7000", dict(host="::1", port=7000, address="[::1]:7000")),
+    ("unix:///run/redis.sock?db=2&password=pw", dict(unix_socket="/run/redis.sock", db=2, _password="pw")),
+    ("redis://h?protocol=3", dict(protocol=3)),
+])
+def test_from_url_reads_every_part(url, expected):
+    client = RespClient.from_url(url)
+    for name, value in expected.items():
+        assert getattr(client, name) == value, name
+
+
+def test_from_url_rediss_uses_a_verifying_tls_context():
+    client = RespClient.from_url("rediss://h")
+    assert client.ssl_context.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://h", "scheme"),
+    ("redis://h:99999", "port"),
+    ("redis://h:abc", "port"),
+    ("redis://h/x", "database"),
+    ("redis://h?dbb=1", "unknown Redis URL option"),
+    ("redis://user@h", "username needs a password"),
+    ("unix://", "socket path"),
+])
+def test_from_url_rejects_bad_urls_with_a_clear_message(url, message):
+    with pytest.raises(ValueError, match=message):
+        RespClient.from_url(url)
+
+
+def test_repr_never_shows_the_password():
+    assert "hunter2" not in repr(RespClient.from_url("redis://:hunter2@h"))
+
+
+# -- against a real redis-server --------------------------------------------------------------
+
+def test_real_redis_strings_lists_hashes_and_missing_keys(redis_server):
+    with RespClient.from_url(redis_server.url) as client:
+        assert client.ping() is True
+        assert client.execute("SET", "greeting", "hello") == "OK"
+        assert client.execute("GET", "greeting") == b"hello"
+        assert client.execute("GET", "missing") is None
+        assert client.execute("DEL", "greeting", "missing") == 1
+        assert client.incr("counter") == 1
+        assert client.incr("counter") == 2
+        assert client.execute("RPUSH", "list", "a", b"b", 3) == 3
+        assert client.execute("LRANGE", "list", 0, -1) == [b"a", b"b", b"3"]
+        client.execute("HSET", "hash", "f", "v", "g", 1.5)
+        assert client.execute("HGETALL", "hash") == [b"f", b"v", b"g", b"1.5"]
+
+
+def test_real_redis_errors_carry_their_code(redis_server):
+    with RespClient.from_url(redis_server.url) as client:
+        client.execute("RPUSH", "list", "a")
+        with pytest.raises(ResponseError) as wrongtype:
+            client.incr("list")
+        client.execute("SET", "word", "abc")
+        with pytest.raises(ResponseError) as not_integer:
+            client.incr("word")
+        assert client.ping()
+    assert wrongtype.value.code == "WRONGTYPE"
+    assert not_integer.value.code == "ERR" and "not an integer" in not_integer.value.message
+
+
+def test_real_redis_transaction_keeps_an_error_inside_exec(redis_server):
+    with RespClient.from_url(redis_server.url) as client:
+        replies = client.pipeline([("MULTI",), ("SET", "k", "text"), ("INCR", "k"), ("EXEC",)])
+    assert replies[:3] == ["OK", "QUEUED", "QUEUED"]
+    assert replies[3][0] == "OK"
+    assert isinstance(replies[3][1], ResponseError) and "not an integer" in replies[3][1].message
+
+
+def test_real_redis_resp3_maps_become_dicts(redis_server):
+    with RespClient.from_url(redis_server.url + "?protocol=3") as client:
+        client.execute("HSET", "hash", "f", "v")
+        assert client.execute("HGETALL", "hash") == {b"f": b"v"}
+
+
+def test_real_redis_select_keeps_databases_apart(redis_server):
+    with RespClient.from_url(redis_server.url + "/5") as db5, RespClient.from_url(redis_server.url) as db0:
+        db5.execute("SET", "k", "five")
+        assert db0.execute("GET", "k") is None
+        assert db5.execute("GET", "k") == b"five"
+
+
+def test_real_redis_auth_right_and_wrong_password():
+    server = RedisServer(password="correct horse").start()
+    try:
+        with RespClient("127.0.0.1", server.port, password="correct horse") as good:
+            assert good.incr("counter") == 1
+        with RespClient("127.0.0.1", server.port, password="wrong") as bad:
+            with pytest.raises(AuthenticationError):
+                bad.incr("counter")
+        with RespClient("127.0.0.1", server.port) as none:
+            with pytest.raises(AuthenticationError):
+                none.incr("counter")
+    finally:
+        server.cleanup()
+
+
+def test_real_redis_over_a_unix_socket():
+    server = RedisServer(unix_socket=True).start()
+    try:
+        with RespClient.from_url(f"unix://{server.unix_socket}") as client:
+            assert client.incr("counter") == 1
+    finally:
+        server.cleanup()
+
+
+def test_real_redis_restart_costs_no_failed_call_and_no_double_incr():
+    server = RedisServer(appendonly=True).start()
+    try:
+        with RespClient("127.0.0.1", server.port) as client:
+            assert client.incr("counter") == 1
+            server.restart()
+            assert client.incr("counter") == 2
+            assert client.execute("GET", "counter") == b"2"
+    finally:
+        server.cleanup()
+
+
+def test_real_redis_32_threads_of_500_incr_on_one_client_count_exactly_16000(redis_server):
+    with RespClient.from_url(redis_server.url) as client:
+        errors = []
+
+        def work():
+            try:
+                for _ in range(500):
+                    client.incr("counter")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert client.execute("GET", "counter") == b"16000"
