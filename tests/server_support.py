@@ -1,0 +1,122 @@
+"""Running friendlyhello for tests: in-process on port 0, or as a real subprocess."""
+
+import contextlib
+import http.client
+import io
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import hello_server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER = os.path.join(ROOT, "hello_server.py")
+
+
+class Running:
+    """A server serving in a thread of this process."""
+
+    def __init__(self, server, thread, log):
+        self.server, self.thread, self.log = server, thread, log
+        self.port = server.port
+
+    def get(self, path="/", **options):
+        return request(self.port, path, **options)
+
+    def log_lines(self):
+        return self.log.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def serving(env=None, hostname=None):
+    """Serve with these settings (as environment variables) until the block ends."""
+    config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
+    client = hello_server.redis_client(config)
+    log = io.StringIO()
+    server = hello_server.HelloServer(config, hello_server.Site(config, client, hostname), out=log, err=log)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield Running(server, thread, log)
+    finally:
+        server.stop()
+        thread.join(10)
+        client.close()
+        assert not thread.is_alive(), "the server did not stop"
+
+
+class Reply:
+    def __init__(self, response, body):
+        self.status = response.status
+        self.headers = response.headers
+        self.body = body
+        self.text = body.decode("utf-8", "replace")
+
+
+def request(port, path="/", method="GET", headers=None, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return Reply(response, response.read())
+    finally:
+        conn.close()
+
+
+class Process:
+    """friendlyhello as a subprocess, as a container would run it."""
+
+    def __init__(self, env, args=()):
+        full_env = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
+        full_env.update(env)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.started = time.monotonic()
+        self.process = subprocess.Popen([sys.executable, SERVER, *args], env=full_env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.port = None
+        self.first_line = None
+
+    def wait_listening(self, timeout=10):
+        """Wait for the start-up line; return it."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError("no start-up line within %ss" % timeout)
+        self.first_line = self.process.stdout.readline().decode()
+        assert "listening on http://" in self.first_line, self.first_line + self.stderr_now()
+        self.port = int(self.first_line.split("listening on http://", 1)[1].split(" ")[0].rsplit(":", 1)[1])
+        return self.first_line
+
+    def stderr_now(self):
+        if self.process.poll() is None:
+            return ""
+        return self.process.stderr.read().decode()
+
+    def signal(self, signum=signal.SIGTERM):
+        self.process.send_signal(signum)
+
+    def wait(self, timeout=10):
+        return self.process.wait(timeout)
+
+    def finish(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        out, err = self.process.stdout.read().decode(), self.process.stderr.read().decode()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return out, err
+
+
+def run_to_exit(env, args=(), timeout=10):
+    """Run the server expecting it to exit by itself; return (code, stdout, stderr)."""
+    proc = Process(env, args)
+    try:
+        code = proc.wait(timeout)
+    finally:
+        out, err = proc.finish()
+    return code, out, err

@@ -1,0 +1,419 @@
+"""hello_server: the page, the probes, HTTP behaviour, configuration, start-up and shutdown."""
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from fake_redis import Delay, Silence
+from redis_server import RedisServer, free_port
+from server_support import Process, request, run_to_exit, serving
+
+DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
+
+
+def redis_env(fake):
+    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(fake.port)}
+
+
+def refused_env():
+    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5"}
+
+
+def raw_exchange(port, data, timeout=5):
+    """Send raw bytes; return everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+# -- the page -------------------------------------------------------------------------------
+
+def test_page_is_the_tutorials_html_with_the_visit_count(fake_redis):
+    with serving(redis_env(fake_redis), hostname="88f12064cd94") as server:
+        first, second = server.get("/"), server.get("/")
+    assert first.status == 200
+    assert first.body == b"<h3>Hello world!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> 1"
+    assert second.body.endswith(b"<b>Visits:</b> 2")
+    assert first.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert first.headers["Cache-Control"] == "no-store"
+
+
+def test_page_shows_counter_disabled_when_redis_refuses():
+    with serving({**refused_env(), "NAME": "World"}, hostname="88f12064cd94") as server:
+        reply = server.get("/")
+    assert reply.status == 200
+    assert reply.text == f"<h3>Hello World!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> {DISABLED}"
+
+
+def test_name_and_hostname_are_html_escaped(fake_redis):
+    with serving({**redis_env(fake_redis), "NAME": "<script>alert(1)</script>"}, hostname="a&b") as server:
+        reply = server.get("/")
+    assert reply.text.startswith("<h3>Hello &lt;script&gt;alert(1)&lt;/script&gt;!</h3>"
+                                 "<b>Hostname:</b> a&amp;b<br/>")
+
+
+def test_page_never_reflects_the_request(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/?q=<script>", headers={"X-Evil": "<script>"})
+    assert b"<script>" not in reply.body
+
+
+def test_client_asking_for_json_gets_the_same_visit_as_json(fake_redis):
+    with serving(redis_env(fake_redis), hostname="h1") as server:
+        reply = server.get("/", headers={"Accept": "application/json"})
+    assert reply.headers["Content-Type"] == "application/json"
+    assert json.loads(reply.body) == {"name": "world", "hostname": "h1", "visits": 1, "redis": "ok"}
+
+
+def test_json_says_why_the_counter_is_disabled():
+    with serving(refused_env()) as server:
+        reply = server.get("/", headers={"Accept": "application/json"})
+    data = json.loads(reply.body)
+    assert data["visits"] is None and data["redis"] == "cannot connect"
+
+
+def test_browsers_get_html_even_though_they_accept_anything(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/", headers={"Accept": "text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8"})
+    assert reply.headers["Content-Type"].startswith("text/html")
+
+
+# -- probes, other paths and methods --------------------------------------------------------
+
+def test_healthz_answers_without_touching_redis(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/healthz")
+    assert (reply.status, reply.text) == (200, "ok\n")
+    assert fake_redis.connections == 0
+
+
+def test_readyz_is_200_when_redis_answers_ping_and_counts_nothing(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/readyz")
+    assert (reply.status, reply.text) == (200, "ready\n")
+    assert fake_redis.commands == [[b"PING"]]
+
+
+def test_readyz_is_503_with_a_one_line_reason_when_redis_refuses():
+    with serving(refused_env()) as server:
+        reply = server.get("/readyz")
+    assert reply.status == 503
+    assert reply.text.startswith("redis unavailable: ") and reply.text.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", ["/favicon.ico", "/index.html", "/healthz/x", "/counter"])
+def test_other_paths_are_404_and_count_no_visit(fake_redis, path):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get(path)
+    assert reply.status == 404
+    assert fake_redis.commands == []
+
+
+def test_head_answers_like_get_without_body_or_visit(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/", method="HEAD")
+    assert reply.status == 200 and reply.body == b""
+    assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert fake_redis.commands == []
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405_with_allow(fake_redis, method):
+    with serving(redis_env(fake_redis)) as server:
+        reply = server.get("/", method=method)
+    assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
+    assert fake_redis.commands == []
+
+
+def test_unknown_method_is_501():
+    with serving(refused_env()) as server:
+        reply = server.get("/", method="BREW")
+    assert reply.status == 501
+
+
+def test_responses_name_the_app_not_python_and_forbid_sniffing():
+    with serving(refused_env()) as server:
+        reply = server.get("/healthz")
+    assert reply.headers["Server"].startswith("friendlyhello/")
+    assert "Python" not in reply.headers["Server"]
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# -- HTTP under real clients ------------------------------------------------------------------
+
+def test_keep_alive_serves_many_requests_on_one_connection(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        bodies = []
+        conn.connect()
+        first_socket = conn.sock
+        for _ in range(5):
+            conn.request("GET", "/")
+            bodies.append(conn.getresponse().read())
+            assert conn.sock is first_socket
+        conn.close()
+    assert [b.rsplit(b" ", 1)[1] for b in bodies] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_pipelined_requests_are_all_answered_in_order(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        answer = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+                              + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 4
+    assert answer.index(b"Visits:</b> 1") < answer.index(b"Visits:</b> 2") < answer.index(b"Visits:</b> 3")
+
+
+def test_http_1_0_request_is_answered_and_closed(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        answer = raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"Visits:</b> 1")
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n", b"431"),
+    (b"GET / HTTP/1.1\r\nX: " + b"v" * 20000 + b"\r\n\r\n", b"431"),
+    (b"NONSENSE\r\n\r\n", b"400"),
+    (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+    (b"GET / HTTP/1.1\r\nBad header line\r\n\r\n", b"400"),
+], ids=["long-request-line", "200-headers", "long-header", "nonsense", "http-9.9", "bad-header-line"])
+def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(fake_redis, raw, status):
+    with serving(redis_env(fake_redis)) as server:
+        answer = raw_exchange(server.port, raw)
+        assert answer.split(b" ", 2)[1] == status, answer[:200]
+        assert server.get("/healthz").status == 200
+    assert fake_redis.commands == []
+
+
+def test_request_with_a_body_is_answered_then_the_connection_closes(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /")
+    assert answer.startswith(b"HTTP/1.1 405") and b"Connection: close" in answer
+
+
+def test_slow_request_head_times_out_with_408():
+    with serving({**refused_env(), "IDLE_TIMEOUT": "0.3"}) as server:
+        started = time.monotonic()
+        answer = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: slow")
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 0.3 + 0.5
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+    with serving({**refused_env(), "IDLE_TIMEOUT": "0.3"}) as server:
+        started = time.monotonic()
+        assert raw_exchange(server.port, b"") == b""
+    assert time.monotonic() - started < 0.3 + 0.5
+
+
+# -- access log -------------------------------------------------------------------------------
+
+def test_access_log_has_one_line_per_request_and_leaves_probes_out(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        server.get("/")
+        server.get("/healthz")
+        server.get("/nope")
+        lines = server.log_lines()
+    assert len(lines) == 2
+    assert lines[0].startswith('127.0.0.1 "GET /" 200 ') and lines[0].endswith("ms")
+    assert lines[1].startswith('127.0.0.1 "GET /nope" 404 ')
+
+
+def test_access_log_escapes_control_characters(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        raw_exchange(server.port, b"GET /\x1b[31mred HTTP/1.1\r\nConnection: close\r\n\r\n")
+        line = server.log_lines()[-1]
+    assert "\x1b" not in line and "\\x1b" in line
+
+
+@pytest.mark.parametrize("setting, logged", [("off", 0), ("all", 2)])
+def test_access_log_can_be_turned_off_or_include_probes(fake_redis, setting, logged):
+    with serving({**redis_env(fake_redis), "ACCESS_LOG": setting}) as server:
+        server.get("/")
+        server.get("/readyz")
+        assert len(server.log_lines()) == logged
+
+
+# -- Redis outages and recovery ----------------------------------------------------------------
+
+def test_page_during_the_outage_backoff_answers_far_faster_than_the_redis_timeout(fake_redis):
+    fake_redis.script(*[Silence()] * 10)
+    with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "1"}) as server:
+        started = time.monotonic()
+        first = server.get("/")
+        first_took = time.monotonic() - started
+        started = time.monotonic()
+        second = server.get("/")
+        second_took = time.monotonic() - started
+    assert DISABLED in first.text and DISABLED in second.text
+    assert 1.0 <= first_took < 1.0 + 0.5
+    assert second_took < 0.1
+
+
+def test_counter_comes_back_by_itself_after_redis_restarts():
+    redis = RedisServer(appendonly=True).start()
+    try:
+        with serving({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}) as server:
+            assert server.get("/").text.endswith("</b> 1")
+            redis.stop()
+            assert server.get("/").text.endswith(DISABLED)
+            redis.start()
+            started = time.monotonic()
+            while DISABLED in server.get("/").text:
+                assert time.monotonic() - started < 3, "the counter did not come back"
+            assert time.monotonic() - started < 2.5
+            assert server.get("/").text.endswith("</b> 3")
+    finally:
+        redis.cleanup()
+
+
+def test_fifty_clients_of_a_hundred_requests_count_every_page_exactly_once(redis_server):
+    shown = []
+    failures = []
+    with serving({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port)}) as server:
+        def client():
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            try:
+                for _ in range(100):
+                    conn.request("GET", "/")
+                    response = conn.getresponse()
+                    body = response.read().decode()
+                    if response.status != 200 or DISABLED in body:
+                        failures.append((response.status, body))
+                    else:
+                        shown.append(int(body.rsplit(" ", 1)[1]))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    with socket.create_connection(("127.0.0.1", redis_server.port)) as sock:
+        sock.sendall(b"GET counter\r\n")
+        counter = int(sock.recv(100).split(b"\r\n")[1])
+    assert failures == []
+    assert len(shown) == 5000 == len(set(shown)) == counter
+
+
+# -- configuration, start-up and shutdown (as a real process) ----------------------------------
+
+@pytest.mark.parametrize("env, args, named", [
+    ({"PORT": "eighty"}, (), "PORT='eighty' is not valid: expected a whole number from 0 to 65535"),
+    ({"PORT": "70000"}, (), "PORT='70000'"),
+    ({}, ("--port", "-1"), "--port='-1'"),
+    ({"REDIS_TIMEOUT": "0"}, (), "REDIS_TIMEOUT='0'"),
+    ({"REDIS_TIMEOUT": "soon"}, (), "REDIS_TIMEOUT='soon'"),
+    ({"REDIS_PORT": "0"}, (), "REDIS_PORT='0'"),
+    ({"REDIS_DB": "x"}, (), "REDIS_DB='x'"),
+    ({"ACCESS_LOG": "maybe"}, (), "ACCESS_LOG='maybe' is not valid: expected one of on, off, all"),
+    ({"THREADS": "0"}, (), "THREADS='0'"),
+    ({"IDLE_TIMEOUT": "-1"}, (), "IDLE_TIMEOUT='-1'"),
+    ({"BIND": ""}, (), "BIND=''"),
+    ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
+    ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
+])
+def test_bad_setting_exits_2_with_one_line_naming_it(env, args, named):
+    code, out, err = run_to_exit(env, args)
+    assert code == 2
+    assert err.count("\n") == 1 and named in err, err
+    assert "secret" not in err
+    assert out == ""
+
+
+def test_help_lists_every_setting_with_its_default():
+    code, out, _ = run_to_exit({}, ["--help"])
+    assert code == 0
+    for name in ("NAME", "PORT", "BIND", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
+                 "REDIS_PASSWORD", "REDIS_TIMEOUT", "ACCESS_LOG", "--healthcheck"):
+        assert name in out
+    assert "(default: 80)" in " ".join(out.split())
+
+
+def test_port_in_use_exits_1_with_the_fix_and_no_traceback():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, _, err = run_to_exit({"PORT": str(port), "BIND": "127.0.0.1"})
+    assert code == 1
+    assert "already in use" in err and "PORT=8080" in err and "Traceback" not in err
+
+
+def test_starts_without_redis_prints_one_line_and_serves_at_once():
+    proc = Process({"PORT": "0", "BIND": "127.0.0.1", "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}"})
+    try:
+        line = proc.wait_listening()
+        reply = request(proc.port, "/")
+        readyz = request(proc.port, "/readyz")
+    finally:
+        proc.signal()
+        out, err = proc.finish()
+    assert line.startswith("friendlyhello listening on http://127.0.0.1:")
+    assert "(redis 127.0.0.1:" in line and "db 0)" in line
+    assert DISABLED in reply.text
+    assert "hunter2" not in line + out + err + readyz.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_an_idle_server_at_once_with_exit_0(signum):
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1"})
+    try:
+        proc.wait_listening()
+        started = time.monotonic()
+        proc.signal(signum)
+        code = proc.wait(5)
+        took = time.monotonic() - started
+    finally:
+        proc.finish()
+    assert code == 0
+    assert took < 1.0
+
+
+def test_sigterm_lets_the_in_flight_request_finish_and_stops_accepting(fake_redis):
+    fake_redis.script(Delay(0.5, b":1\r\n"))
+    proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1"})
+    try:
+        proc.wait_listening()
+        replies = []
+        in_flight = threading.Thread(target=lambda: replies.append(request(proc.port, "/")))
+        in_flight.start()
+        fake_redis.wait_for_commands(1)
+        proc.signal()
+        in_flight.join(5)
+        code = proc.wait(5)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proc.port), timeout=1)
+    finally:
+        proc.finish()
+    assert code == 0
+    assert replies[0].status == 200 and replies[0].text.endswith("</b> 1")
+
+
+def test_probes_say_503_while_shutting_down(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        server.server.site.shutting_down = True
+        assert server.get("/healthz").status == 503
+        assert server.get("/readyz").status == 503
+
+
+def test_healthcheck_mode_exits_0_for_a_serving_server_and_1_otherwise():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1"})
+    try:
+        proc.wait_listening()
+        healthy, _, _ = run_to_exit({"PORT": str(proc.port)}, ["--healthcheck"])
+    finally:
+        proc.signal()
+        proc.finish()
+    unhealthy, _, err = run_to_exit({"PORT": str(free_port())}, ["--healthcheck"])
+    assert (healthy, unhealthy) == (0, 1)
+    assert "unhealthy" in err
