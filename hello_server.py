@@ -248,6 +248,8 @@ class Site:
 def _short_reason(error):
     if error is None:
         return "ok"
+    if error.command_sent and not isinstance(error, resp_client.ResponseError):
+        return "no reply (the visit may have counted)"
     if isinstance(error, resp_client.RedisTimeoutError):
         return "timeout"
     if isinstance(error, resp_client.AuthenticationError):

@@ -45,7 +45,13 @@ _UNKNOWN = object()
 
 
 class RedisError(Exception):
-    """Base of every error this module raises for a call with valid arguments."""
+    """Base of every error this module raises for a call with valid arguments.
+
+    ``command_sent`` is True when the call failed after its command started on its way:
+    the server may have run it (an INCR may have counted) though no reply came back.
+    """
+
+    command_sent = False
 
 
 class RedisConnectionError(RedisError):
@@ -164,9 +170,13 @@ class _Connection:
             self.sock.sendall(payload)
             return [self.read_reply(0) for _ in range(replies)]
         except TimeoutError:
-            raise RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s") from None
+            error = RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s")
         except OSError as exc:
-            raise RedisConnectionError(f"connection to Redis lost: {exc}") from None
+            error = RedisConnectionError(f"connection to Redis lost: {exc}")
+        except (RedisConnectionError, ProtocolError) as exc:
+            error = exc
+        error.command_sent = True
+        raise error
 
     def _budget(self):
         """Before each read after a call's first, shrink the socket timeout to what is left."""
@@ -544,6 +554,10 @@ class RespClient:
             try:
                 for reply in conn.call(payload, count):
                     _raise_error(reply)
+            except RedisError as exc:
+                conn.close()
+                exc.command_sent = False  # only AUTH/SELECT went out, not the caller's command
+                raise
             except BaseException:
                 conn.close()
                 raise

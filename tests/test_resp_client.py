@@ -301,6 +301,23 @@ def test_timed_out_command_is_not_sent_again(fake_redis):
     assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
 
 
+def test_errors_say_whether_the_command_may_have_reached_the_server(fake_redis):
+    fake_redis.script(Silence())
+    with client_for(fake_redis, timeout=0.2) as client:
+        with pytest.raises(RedisTimeoutError) as after_sending:
+            client.incr("counter")
+    with RespClient("127.0.0.1", free_port()) as client:
+        with pytest.raises(RedisConnectionError) as before_sending:
+            client.incr("counter")
+    with FakeRedis(password="right") as fake:
+        with client_for(fake, password="wrong") as client:
+            with pytest.raises(AuthenticationError) as during_setup:
+                client.incr("counter")
+    assert after_sending.value.command_sent is True
+    assert before_sending.value.command_sent is False
+    assert during_setup.value.command_sent is False
+
+
 def test_calls_fail_fast_during_an_outage_and_only_one_caller_probes(fake_redis):
     fake_redis.script(Silence(), Silence())
     with client_for(fake_redis, timeout=0.5) as client:
