@@ -122,7 +122,8 @@ SETTINGS = [
     Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
             "on: a line per request on stdout, health probes left out; all: probes too; off: none"),
-    Setting("THREADS", 32, _whole(1, 1024), "worker threads answering requests"),
+    Setting("THREADS", 4, _whole(1, 1024),
+            "worker threads answering requests (more only add lock contention: see README)"),
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
@@ -504,6 +505,7 @@ class HelloServer:
             complete = conn.take_head()
         except HeadTooLarge as exc:
             self._refuse(conn, exc.status, exc.reason)
+            self._close(conn, registered=True)
             return
         if complete:
             self._selector.unregister(conn.sock)
@@ -520,6 +522,15 @@ class HelloServer:
                 self._open -= 1
                 if not self.stopping:
                     self._accept(True)
+                continue
+            try:
+                complete = conn.take_head()  # it may hold pipelined requests already
+            except HeadTooLarge as exc:
+                self._refuse(conn, exc.status, exc.reason)
+                self._close(conn, registered=False)
+                continue
+            if complete:
+                self._submit(conn)
             else:
                 self._park(conn)
 
@@ -529,19 +540,16 @@ class HelloServer:
         for conn in expired:
             if conn.buffer:  # a request head that did not finish arriving in time
                 self._refuse(conn, 408, "Request Timeout")
-            else:
-                self._close(conn, registered=True)
+            self._close(conn, registered=True)
 
-    def _refuse(self, conn, status, reason, registered=True):
-        """Answer a request that never became one (too large, too slow) and close."""
+    def _refuse(self, conn, status, reason):
+        """Answer a request that never became one (too large, too slow); the caller closes."""
         self.log_access(conn.address, "-", "-", status, 0.0)
         try:
             conn.sock.send(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                            % (status, reason.encode()))
         except OSError:
             pass
-        if registered:
-            self._close(conn, registered=True)
 
     def _close(self, conn, registered):
         if registered:
@@ -615,10 +623,12 @@ class HelloServer:
                 self.log_request(handler, conn.address, started)
                 conn.sock.sendall(handler.wfile.getvalue())
                 keep = not (handler.close_connection or self.stopping)
-                if not (keep and (conn.take_head() or self._next_request_soon(conn))):
+                if not keep or self._jobs:  # other connections are waiting: take turns
+                    break
+                if not (conn.take_head() or self._next_request_soon(conn)):
                     break
         except HeadTooLarge as exc:  # a pipelined request past the limits
-            self._refuse(conn, exc.status, exc.reason, registered=False)
+            self._refuse(conn, exc.status, exc.reason)
             keep = False
         except OSError:  # the client went away or stopped reading: nothing to answer
             keep = False
