@@ -6,11 +6,12 @@ counter is disabled, at once, instead of hanging. Also serves ``/healthz`` (live
 ``/readyz`` (Redis answers PING) and JSON for clients that ask for it.
 
 It is built on ``http.server``'s request handler, with one change to how connections
-are served: one thread waits on all open connections with a selector and hands each
-complete request head to a bounded pool of worker threads. Idle keep-alive connections
-and slow clients therefore cost no thread, and no flood of connections creates threads.
-It serves small pages to demo, learning and probe traffic; it is not a general web
-server (no request bodies, no TLS, no static files).
+are served: one thread serves all connections, non-blocking, with a selector, and one
+more thread talks to Redis, sending the commands of all waiting requests in one pipeline.
+Idle keep-alive connections and slow clients therefore cost no thread, no flood of
+connections creates threads, and threads do not take turns at the interpreter lock on
+every request. It serves small pages to demo, learning and probe traffic; it is not a
+general web server (no request bodies, no TLS, no static files).
 
 Run ``python3 hello_server.py --help`` for the settings.
 """
@@ -18,6 +19,7 @@ Run ``python3 hello_server.py --help`` for the settings.
 import argparse
 import collections
 import dataclasses
+import functools
 import html
 import http.client
 import http.server
@@ -26,7 +28,6 @@ import json
 import os
 import re
 import resource
-import select
 import selectors
 import signal
 import socket
@@ -45,7 +46,7 @@ MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024          # request line plus headers; more gets 431
 SWEEP_INTERVAL = 0.25       # how often idle and slow connections are checked for expiry
 SHUTDOWN_GRACE = 5.0        # how long in-flight requests may finish after SIGTERM
-LINGER_MS = 2               # how long a worker waits for a keep-alive client's next request
+MAX_PIPELINE = 256          # Redis commands sent in one round trip at most
 
 
 # -- configuration: read once, validated, before anything binds ----------------------------
@@ -122,8 +123,6 @@ SETTINGS = [
     Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
             "on: a line per request on stdout, health probes left out; all: probes too; off: none"),
-    Setting("THREADS", 4, _whole(1, 1024),
-            "worker threads answering requests (more only add lock contention: see README)"),
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
@@ -182,7 +181,7 @@ def load_config(argv=None, environ=None):
 
 def redis_client(config):
     timeouts = dict(connect_timeout=config.redis_timeout, timeout=config.redis_timeout,
-                    max_connections=config.threads)
+                    max_connections=1)  # one Redis thread, one connection
     if config.redis_url is not None:
         return resp_client.RespClient.from_url(config.redis_url, **timeouts)
     return resp_client.RespClient(config.redis_host, config.redis_port, db=config.redis_db,
@@ -195,14 +194,20 @@ Response = collections.namedtuple("Response", "status content_type body")
 TEXT = "text/plain; charset=utf-8"
 
 
+class Ask(collections.namedtuple("Ask", "command answer")):
+    """A route's need for one Redis command: ``answer(reply, error)`` then makes the Response.
+
+    The server sends the commands of all waiting requests to Redis together, in one pipeline,
+    from its Redis thread; no request holds a thread while Redis is slow or away.
+    """
+
+
 class Site:
     """The pages. Knows HTTP statuses and content, nothing of sockets or RESP."""
 
-    def __init__(self, config, client, hostname=None):
+    def __init__(self, config, hostname=None):
         self.name = config.name
         self.hostname = socket.gethostname() if hostname is None else hostname
-        self.client = client
-        self.count_visit = client.prepare("INCR", COUNTER_KEY, reply_type=int)
         self.shutting_down = False
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -218,12 +223,16 @@ class Site:
         }
 
     def page(self, wants_json, counting):
-        visits, error = None, None
-        if counting:
-            try:
-                visits = self.count_visit()
-            except resp_client.RedisError as exc:
-                error = exc
+        if not counting:  # HEAD: the same headers, and no visit
+            return self._render(wants_json, None, None)
+        return Ask(("INCR", COUNTER_KEY), functools.partial(self._counted, wants_json))
+
+    def _counted(self, wants_json, visits, error):
+        if error is None and type(visits) is not int:
+            error = resp_client.ProtocolError(f"INCR answered {visits!r:.64}, not an integer")
+        return self._render(wants_json, None if error else visits, error)
+
+    def _render(self, wants_json, visits, error):
         if wants_json:
             body = json.dumps({"name": self.name, "hostname": self.hostname, "visits": visits,
                                "redis": _short_reason(error)})
@@ -239,10 +248,11 @@ class Site:
     def readyz(self, wants_json, counting):
         if self.shutting_down:
             return Response(503, TEXT, "shutting down\n")
-        try:
-            self.client.ping()
-        except resp_client.RedisError as exc:
-            return Response(503, TEXT, f"redis unavailable: {exc}\n")
+        return Ask(("PING",), self._ready)
+
+    def _ready(self, reply, error):
+        if error is not None:
+            return Response(503, TEXT, f"redis unavailable: {error}\n")
         return Response(200, TEXT, "ready\n")
 
 
@@ -272,7 +282,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     """Answers one request whose head the server has already read.
 
     ``request`` is the server's connection; the head is parsed from memory and the
-    response is gathered in memory, then sent in one write.
+    response is gathered in memory for the server to send. A route that needs Redis
+    leaves ``ask`` set; the server gets the reply and calls ``respond()``.
     """
 
     protocol_version = "HTTP/1.1"
@@ -282,6 +293,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     error_content_type = TEXT
     headers = None      # until a request head parses
     status = 0          # the status sent, for the access log
+    ask = None          # the Redis command this request waits for, if any
 
     def setup(self):
         self.connection = self.request.sock
@@ -324,7 +336,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().end_headers()
 
     def do_GET(self):
-        self._answer()
+        route = self.server.routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self.send_response(404)
+            self._send_body(TEXT, b"404 not found\n")
+            return
+        accept = self.headers.get("Accept", "")
+        outcome = route("application/json" in accept and "text/html" not in accept,
+                        counting=self.command == "GET")
+        if isinstance(outcome, Ask):
+            self.ask = outcome
+        else:
+            self.respond(outcome)
 
     do_HEAD = do_GET  # the same headers, no body, and no visit counted
 
@@ -335,15 +358,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
-    def _answer(self):
-        route = self.server.routes.get(self.path.split("?", 1)[0])
-        if route is None:
-            self.send_response(404)
-            self._send_body(TEXT, b"404 not found\n")
-            return
-        accept = self.headers.get("Accept", "")
-        wants_json = "application/json" in accept and "text/html" not in accept
-        response = route(wants_json, counting=self.command == "GET")
+    def respond(self, response):
         self.send_response(response.status)
         self.send_header("Vary", "Accept")
         self._send_body(response.content_type, response.body.encode())
@@ -358,18 +373,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-# -- the server: one selector thread for waiting, a bounded pool for answering ------------------
+# -- the server: one thread for all HTTP, one for Redis ------------------------------------------
 
 class Connection:
-    __slots__ = ("sock", "address", "buffer", "head", "deadline", "poller")
+    __slots__ = ("sock", "address", "buffer", "head", "deadline", "events", "handler", "started",
+                 "outgoing", "close_after", "closed")
 
     def __init__(self, sock, address):
         self.sock, self.address = sock, address
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
         self.buffer = bytearray()
         self.head = b""
         self.deadline = 0.0
+        self.events = 0          # what the selector watches this socket for
+        self.handler = None      # the request being answered (waiting for Redis, or being sent)
+        self.started = 0.0
+        self.outgoing = b""
+        self.close_after = False
+        self.closed = False
 
     def take_head(self):
         """Move one complete request head from the buffer to .head; False if none yet.
@@ -402,8 +422,15 @@ _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 
 
 class HelloServer:
-    def __init__(self, config, site, out=sys.stdout, err=sys.stderr):
-        self.config, self.site = config, site
+    """Serves HTTP from one selector thread; Redis commands go through one Redis thread.
+
+    Sockets are non-blocking, so no client, however slow or idle, holds a thread. The
+    Redis thread sends the commands of all waiting requests in one pipeline (one round
+    trip for many pages) and hands the replies back; Redis's timeout bounds each trip.
+    """
+
+    def __init__(self, config, site, client, out=sys.stdout, err=sys.stderr):
+        self.config, self.site, self.client = config, site, client
         self.routes = site.routes()
         self.out, self.err = out, err
         self._log_lock = threading.Lock()
@@ -413,32 +440,41 @@ class HelloServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._returned = collections.deque()  # connections workers hand back to the selector
-        self._jobs = collections.deque()
-        self._jobs_ready = threading.Condition()
-        self._workers = []
-        self._idle_workers = 0
-        self._busy = 0
-        self._open = 0
+        self._connections = set()
         self._accepting = False
+        self._asks = []                        # (connection, command) for the Redis thread
+        self._asks_ready = threading.Condition()
+        self._answers = collections.deque()    # (connection, reply, error) back from it
+        self._redis_thread = threading.Thread(target=self._redis_loop, name="redis", daemon=True)
+        self._redis_stopping = False
         self.stopping = False
-        self._stopped = threading.Event()
         self._log_probes = config.access_log == "all"
 
     # -- the selector thread ---------------------------------------------------------
 
     def serve(self):
-        """Serve until stop(); then finish in-flight requests (bounded) and return."""
+        """Serve until stop(); then let in-flight requests finish (bounded) and return."""
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._accept(True)
+        self._redis_thread.start()
         next_sweep = time.monotonic() + SWEEP_INTERVAL
+        grace_until = None
         try:
-            while not self.stopping:
-                for key, _ in self._selector.select(SWEEP_INTERVAL):
+            while True:
+                if self.stopping:
+                    if grace_until is None:
+                        grace_until = time.monotonic() + SHUTDOWN_GRACE
+                        self._stop_taking_requests()
+                    if not any(c.handler for c in self._connections) or time.monotonic() > grace_until:
+                        return
+                for key, events in self._selector.select(SWEEP_INTERVAL):
                     if key.data == "listener":
                         self._accept_waiting()
                     elif key.data == "wake":
-                        self._take_back()
+                        self._take_answers()
+                    elif events & selectors.EVENT_WRITE:
+                        if self._flush(key.data):
+                            self._serve_requests(key.data)
                     else:
                         self._read(key.data)
                 now = time.monotonic()
@@ -446,7 +482,7 @@ class HelloServer:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
         finally:
-            self._drain()
+            self._shut_down()
 
     def stop(self):
         """Safe from a signal handler or another thread."""
@@ -470,7 +506,7 @@ class HelloServer:
 
     def _accept_waiting(self):
         for _ in range(64):
-            if self._open >= self.config.max_connections:
+            if len(self._connections) >= self.config.max_connections:
                 self._accept(False)  # the rest wait in the backlog
                 return
             try:
@@ -483,12 +519,25 @@ class HelloServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._open += 1
-            self._park(Connection(sock, address[0]))
+            conn = Connection(sock, address[0])
+            self._connections.add(conn)
+            self._wait_for_request(conn)
 
-    def _park(self, conn):
+    def _watch(self, conn, events):
+        """Have the selector watch the connection for these events (0: not at all)."""
+        if events == conn.events:
+            return
+        if not conn.events:
+            self._selector.register(conn.sock, events, conn)
+        elif not events:
+            self._selector.unregister(conn.sock)
+        else:
+            self._selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _wait_for_request(self, conn):
         conn.deadline = time.monotonic() + self.config.idle_timeout
-        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._watch(conn, selectors.EVENT_READ)
 
     def _read(self, conn):
         try:
@@ -498,164 +547,144 @@ class HelloServer:
         except OSError:
             data = b""
         if not data:
-            self._close(conn, registered=True)
+            self._close(conn)
             return
         conn.buffer += data
-        try:
-            complete = conn.take_head()
-        except HeadTooLarge as exc:
-            self._refuse(conn, exc.status, exc.reason)
-            self._close(conn, registered=True)
-            return
-        if complete:
-            self._selector.unregister(conn.sock)
-            self._submit(conn)
+        self._serve_requests(conn)
 
-    def _take_back(self):
+    def _serve_requests(self, conn):
+        """Answer the complete requests the connection has sent, until one has to wait."""
+        while True:
+            try:
+                complete = conn.take_head()
+            except HeadTooLarge as exc:
+                self._refuse(conn, exc.status, exc.reason)
+                return
+            if not complete:
+                self._watch(conn, selectors.EVENT_READ)
+                return
+            self._watch(conn, 0)
+            conn.started = time.monotonic()
+            conn.handler = Handler(conn, (conn.address, 0), self)
+            if conn.handler.ask is not None:
+                with self._asks_ready:
+                    self._asks.append((conn, conn.handler.ask.command))
+                    self._asks_ready.notify()
+                return
+            if not self._respond(conn):
+                return
+
+    def _take_answers(self):
         try:
             self._wake_r.recv(4096)
         except BlockingIOError:
             pass
-        while self._returned:
-            conn = self._returned.popleft()
-            if conn is None:  # a worker closed a connection
-                self._open -= 1
-                if not self.stopping:
-                    self._accept(True)
+        while self._answers:
+            conn, reply, error = self._answers.popleft()
+            if conn.closed:
                 continue
-            try:
-                complete = conn.take_head()  # it may hold pipelined requests already
-            except HeadTooLarge as exc:
-                self._refuse(conn, exc.status, exc.reason)
-                self._close(conn, registered=False)
-                continue
-            if complete:
-                self._submit(conn)
-            else:
-                self._park(conn)
+            handler = conn.handler
+            if self.stopping:
+                handler.close_connection = True
+            if error is None or isinstance(error, resp_client.RedisError):
+                handler.respond(handler.ask.answer(reply, error))
+            else:  # a bug of ours on the Redis thread, not an outage: say so
+                self.log_error(conn.address, f"internal error: {error!r}")
+                handler.close_connection = True
+                handler.send_error(500)
+            if self._respond(conn):
+                self._serve_requests(conn)
+
+    def _respond(self, conn):
+        """Send the handler's response; True when the connection may go on to its next request."""
+        handler = conn.handler
+        self.log_request(handler, conn.address, conn.started)
+        conn.outgoing = handler.wfile.getvalue()
+        conn.close_after = handler.close_connection or self.stopping
+        return self._flush(conn)
+
+    def _flush(self, conn):
+        try:
+            sent = conn.sock.send(conn.outgoing)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the client went away: nothing more to send it
+            self._close(conn)
+            return False
+        conn.outgoing = conn.outgoing[sent:]
+        if conn.outgoing:  # the client reads slowly: wait until it can take more
+            conn.deadline = time.monotonic() + self.config.idle_timeout
+            self._watch(conn, selectors.EVENT_WRITE)
+            return False
+        conn.handler = None
+        if conn.close_after:
+            self._close(conn)
+            return False
+        conn.deadline = time.monotonic() + self.config.idle_timeout
+        return True
 
     def _sweep(self, now):
-        expired = [key.data for key in self._selector.get_map().values()
-                   if isinstance(key.data, Connection) and key.data.deadline < now]
-        for conn in expired:
-            if conn.buffer:  # a request head that did not finish arriving in time
-                self._refuse(conn, 408, "Request Timeout")
-            self._close(conn, registered=True)
+        for conn in [c for c in self._connections if c.events and c.deadline < now]:
+            if conn.events == selectors.EVENT_READ and conn.buffer:
+                self._refuse(conn, 408, "Request Timeout")  # a head that never finished arriving
+            else:
+                self._close(conn)  # idle, or not reading what we send
 
     def _refuse(self, conn, status, reason):
-        """Answer a request that never became one (too large, too slow); the caller closes."""
+        """Answer a request that never became one (too large, too slow), and close."""
         self.log_access(conn.address, "-", "-", status, 0.0)
         try:
             conn.sock.send(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                            % (status, reason.encode()))
         except OSError:
             pass
+        self._close(conn)
 
-    def _close(self, conn, registered):
-        if registered:
-            self._selector.unregister(conn.sock)
+    def _close(self, conn):
+        if conn.closed:
+            return
+        self._watch(conn, 0)
         conn.sock.close()
-        self._open -= 1
+        conn.closed = True
+        conn.handler = None
+        self._connections.discard(conn)
         if not self.stopping:
             self._accept(True)
 
-    def _drain(self):
+    def _stop_taking_requests(self):
         self._accept(False)
         self.listener.close()
-        for key in list(self._selector.get_map().values()):
-            if isinstance(key.data, Connection):
-                self._close(key.data, registered=True)
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        with self._jobs_ready:
-            self._jobs_ready.wait_for(lambda: not self._busy and not self._jobs,
-                                      max(deadline - time.monotonic(), 0))
-            self._jobs.extend([None] * len(self._workers))  # one "exit" per worker
-            self._jobs_ready.notify_all()
-        while self._returned:
-            conn = self._returned.popleft()
-            if conn is not None:
-                conn.sock.close()
+        for conn in [c for c in self._connections if not c.handler]:
+            self._close(conn)
+
+    def _shut_down(self):
+        for conn in list(self._connections):
+            self._close(conn)
+        with self._asks_ready:
+            self._redis_stopping = True
+            self._asks_ready.notify()
+        self._redis_thread.join(self.config.redis_timeout * 2 + 1)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
-    # -- the worker pool -------------------------------------------------------------
+    # -- the Redis thread --------------------------------------------------------------
 
-    def _submit(self, conn):
-        with self._jobs_ready:
-            self._jobs.append(conn)
-            self._busy += 1
-            if self._idle_workers >= len(self._jobs):
-                self._jobs_ready.notify()
-                return
-            if len(self._workers) < self.config.threads:
-                worker = threading.Thread(target=self._work, name=f"http-{len(self._workers)}",
-                                          daemon=True)
-                self._workers.append(worker)
-                worker.start()
-            else:
-                self._jobs_ready.notify()
-
-    def _work(self):
+    def _redis_loop(self):
         while True:
-            with self._jobs_ready:
-                self._idle_workers += 1
-                self._jobs_ready.wait_for(lambda: self._jobs)
-                self._idle_workers -= 1
-                conn = self._jobs.popleft()
-            if conn is None:
-                return
+            with self._asks_ready:
+                self._asks_ready.wait_for(lambda: self._asks or self._redis_stopping)
+                if self._redis_stopping:
+                    return
+                batch, self._asks = self._asks[:MAX_PIPELINE], self._asks[MAX_PIPELINE:]
             try:
-                self._serve_connection(conn)
-            finally:
-                with self._jobs_ready:
-                    self._busy -= 1
-                    self._jobs_ready.notify_all()
-
-    def _serve_connection(self, conn):
-        """Answer the requests this connection has sent; then hand it back, or close it."""
-        conn.sock.settimeout(self.config.idle_timeout)
-        keep = False
-        try:
-            while True:
-                started = time.monotonic()
-                handler = Handler(conn, (conn.address, 0), self)
-                self.log_request(handler, conn.address, started)
-                conn.sock.sendall(handler.wfile.getvalue())
-                keep = not (handler.close_connection or self.stopping)
-                if not keep or self._jobs:  # other connections are waiting: take turns
-                    break
-                if not (conn.take_head() or self._next_request_soon(conn)):
-                    break
-        except HeadTooLarge as exc:  # a pipelined request past the limits
-            self._refuse(conn, exc.status, exc.reason)
-            keep = False
-        except OSError:  # the client went away or stopped reading: nothing to answer
-            keep = False
-        except Exception as exc:  # a bug of ours: say so, and drop this connection only
-            self.log_error(conn.address, f"internal error: {exc!r}")
-            keep = False
-        if keep:
-            conn.sock.setblocking(False)
-        else:
-            conn.sock.close()
-        self._returned.append(conn if keep else None)
-        self._wake()
-
-    def _next_request_soon(self, conn):
-        """Wait a moment for the client's next request (keep-alive clients send it at once).
-
-        Serving it here saves two thread hand-offs; a client that stays quiet, or sends
-        only part of a head, goes back to the selector thread, so it holds no worker.
-        """
-        if not conn.poller.poll(LINGER_MS):
-            return False
-        try:
-            data = conn.sock.recv(65536)
-        except OSError:
-            return False
-        conn.buffer += data
-        return bool(data) and conn.take_head()
+                replies = self.client.pipeline([command for _, command in batch])
+                errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
+            except Exception as exc:  # noqa: BLE001 - RedisError, or a bug reported per request
+                replies, errors = [None] * len(batch), [exc] * len(batch)
+            self._answers.extend((conn, reply, error) for (conn, _), reply, error
+                                 in zip(batch, replies, errors))
+            self._wake()
 
     # -- logs ------------------------------------------------------------------------
 
@@ -738,7 +767,7 @@ def main(argv=None):
         return healthcheck(config)
     _raise_file_limit(config.max_connections + 64)
     client = redis_client(config)
-    server = HelloServer(config, Site(config, client))
+    server = HelloServer(config, Site(config), client)
     stops = []
 
     def on_signal(signum, frame):

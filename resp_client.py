@@ -414,20 +414,11 @@ class RespClient:
             return []
         return self._call(b"".join(encode_command(tuple(c)) for c in commands), len(commands))
 
-    def prepare(self, *args, reply_type=None):
-        """Encode a command once and return a function that runs it (for hot paths).
-
-        With ``reply_type``, a reply of any other type raises ``ProtocolError``.
-        """
-        payload = encode_command(args)
-        name = str(args[0])
-
-        def run():
-            return _checked(_raise_error(self._call(payload, 1)[0]), reply_type, name)
-        return run
-
     def incr(self, key):
-        return _checked(self.execute("INCR", key), int, "INCR")
+        reply = self.execute("INCR", key)
+        if type(reply) is not int:
+            raise ProtocolError(f"INCR answered {reply!r:.64}, not an integer")
+        return reply
 
     def ping(self):
         return self.execute("PING") in ("PONG", b"PONG")
@@ -628,12 +619,6 @@ def _reason(exc):
 
 def _host_port(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _checked(reply, reply_type, name):
-    if reply_type is not None and type(reply) is not reply_type:
-        raise ProtocolError(f"{name} answered {reply!r:.64}, not {reply_type.__name__}")
-    return reply
 
 
 def _raise_error(reply):

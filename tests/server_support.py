@@ -37,7 +37,7 @@ def serving(env=None, hostname=None):
     config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
     client = hello_server.redis_client(config)
     log = io.StringIO()
-    server = hello_server.HelloServer(config, hello_server.Site(config, client, hostname), out=log, err=log)
+    server = hello_server.HelloServer(config, hello_server.Site(config, hostname), client, out=log, err=log)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:

@@ -318,7 +318,7 @@ def test_fifty_clients_of_a_hundred_requests_count_every_page_exactly_once(redis
     ({"REDIS_PORT": "0"}, (), "REDIS_PORT='0'"),
     ({"REDIS_DB": "x"}, (), "REDIS_DB='x'"),
     ({"ACCESS_LOG": "maybe"}, (), "ACCESS_LOG='maybe' is not valid: expected one of on, off, all"),
-    ({"THREADS": "0"}, (), "THREADS='0'"),
+    ({"MAX_CONNECTIONS": "0"}, (), "MAX_CONNECTIONS='0'"),
     ({"IDLE_TIMEOUT": "-1"}, (), "IDLE_TIMEOUT='-1'"),
     ({"BIND": ""}, (), "BIND=''"),
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),

@@ -153,16 +153,6 @@ def test_pipeline_sends_one_write_and_returns_replies_in_order_with_errors_in_pl
     assert bytes(fake_redis.received).count(b"*") == 3
 
 
-def test_prepared_command_checks_its_reply_type(fake_redis):
-    fake_redis.script(b":1\r\n", b"+OK\r\n")
-    with client_for(fake_redis) as client:
-        count = client.prepare("INCR", "counter", reply_type=int)
-        assert count() == 1
-        with pytest.raises(ProtocolError, match="not int"):
-            count()
-    assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
-
-
 def test_incr_refuses_a_reply_that_is_not_an_integer(fake_redis):
     fake_redis.script(b"$1\r\n7\r\n")
     with client_for(fake_redis) as client:

@@ -15,14 +15,13 @@ import time
 
 import pytest
 
-import hello_server
 from fault_proxy import FaultProxy
 from redis_server import RedisServer, free_port
 from server_support import Process
 
 pytestmark = pytest.mark.slow
 
-THREADS = next(s.default for s in hello_server.SETTINGS if s.env == "THREADS")
+THREADS = 2  # the server's own: one serves HTTP, one talks to Redis
 
 DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 
@@ -255,7 +254,7 @@ def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, sta
 
 def test_silent_redis_pages_answer_within_the_timeout_and_threads_stay_bounded(redis, start_server):
     with FaultProxy(redis.port) as proxy:
-        proc = start_server(proxy.port, REDIS_TIMEOUT=1, THREADS=16)
+        proc = start_server(proxy.port, REDIS_TIMEOUT=1)
         proxy.set("silent")
         tally, stop, peaks = Tally(), threading.Event(), []
         watcher = threading.Thread(target=peak_threads, args=(proc, stop, peaks))
@@ -270,7 +269,7 @@ def test_silent_redis_pages_answer_within_the_timeout_and_threads_stay_bounded(r
     assert tally.worst() < 1.0 + 0.5
     assert tally.p99() < 1.0 + 0.5
     assert sorted(tally.latencies)[int(tally.requests * 0.9)] < 0.05  # after the first failures
-    assert max(peaks) <= 16 + 4
+    assert max(peaks) <= THREADS
 
 
 @pytest.mark.parametrize("mode", ["cut", "reset", "drip", "delay"])
@@ -337,12 +336,11 @@ def test_twenty_thousand_requests_at_100_connections_count_exactly(redis, start_
     assert tally.errors == [] and tally.bad_status == [] and tally.disabled == 0
     assert tally.worst() < 1.0  # busy keep-alive clients take turns: nobody starves
     assert rise == len(tally.numbers) == len(set(tally.numbers)) == 20000
-    # Back to baseline: no more threads than the workers and the selector thread; memory
-    # stays put; client connections close, and Redis's pool keeps one idle one per worker.
-    assert max(peaks) <= THREADS + 1 and threads_after <= THREADS + 1
+    # Back to baseline: two threads throughout; memory stays put; client connections close.
+    assert max(peaks) <= THREADS and threads_after <= THREADS
     assert rss_after <= rss_before + 4096
     deadline = time.monotonic() + 5
-    while proc_status(proc)[2] > fds_before + THREADS:
+    while proc_status(proc)[2] > fds_before:
         assert time.monotonic() < deadline, f"descriptors stay open: {proc_status(proc)[2]}"
         time.sleep(0.05)
 
@@ -375,7 +373,7 @@ def test_a_thousand_idle_connections_do_not_stop_a_normal_client(redis, start_se
     tally = watch.finish()
     print(f"\n1000 idle connections: normal client worst {tally.worst() * 1000:.0f} ms over "
           f"{tally.requests} requests, server threads {threads}, fds {fds}")
-    assert threads <= THREADS + 1
+    assert threads <= THREADS
 
 
 def test_slowloris_clients_time_out_while_a_normal_client_is_served(redis, start_server):
@@ -444,7 +442,7 @@ def test_pipelined_requests_and_clients_vanishing_mid_response_leak_nothing(redi
     time.sleep(0.5)
     watch.finish()
     deadline = time.monotonic() + 5
-    while proc_status(proc)[2] > fds_before + THREADS:  # Redis's pool: one per worker at most
+    while proc_status(proc)[2] > fds_before:
         assert time.monotonic() < deadline, f"connections were not closed: {proc_status(proc)[2]} fds"
         time.sleep(0.05)
 
