@@ -23,6 +23,7 @@ import re
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 import urllib.parse
@@ -143,6 +144,7 @@ class _Connection:
         self.generation = 0
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
+        self._wait_at_most(timeout)
 
     def is_stale(self):
         """True if the server closed this idle connection or sent stray bytes."""
@@ -161,15 +163,28 @@ class _Connection:
 
     # -- one call: send, then read within one deadline ---------------------------------
 
+    def _wait_at_most(self, seconds):
+        """Bound each read and write. On plain sockets the kernel keeps the time
+        (SO_RCVTIMEO): a Python socket timeout would add a poll() to every call."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.settimeout(seconds)
+            return
+        whole = int(seconds)
+        limit = struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 1 if not whole else 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+
     def call(self, payload, replies):
-        if self.reads > 1:  # an earlier call shortened the socket timeout
-            self.sock.settimeout(self.timeout)
+        if self.reads > 1:  # an earlier call shortened the wait
+            self._wait_at_most(self.timeout)
         self.reads = 0
         self.deadline = time.monotonic() + self.timeout
         try:
             self.sock.sendall(payload)
+            if replies == 1:
+                return [self.read_reply(0)]
             return [self.read_reply(0) for _ in range(replies)]
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO
             error = RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s")
         except OSError as exc:
             error = RedisConnectionError(f"connection to Redis lost: {exc}")
@@ -184,7 +199,7 @@ class _Connection:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            self.sock.settimeout(remaining)
+            self._wait_at_most(remaining)
         self.reads += 1
 
     def _fill(self):
@@ -192,10 +207,13 @@ class _Connection:
         chunk = self.sock.recv(_RECV_SIZE)
         if not chunk:
             raise RedisConnectionError("Redis closed the connection in the middle of a reply")
-        if self.pos:
-            del self.buffer[:self.pos]
-            self.pos = 0
-        self.buffer += chunk
+        if self.pos == len(self.buffer):
+            self.buffer[:] = chunk
+        else:
+            if self.pos:
+                del self.buffer[:self.pos]
+            self.buffer += chunk
+        self.pos = 0
 
     def _line(self):
         searched = 0  # bytes after self.pos already known to hold no CRLF
@@ -341,9 +359,10 @@ class RespClient:
         self.address = f"unix:{unix_socket}" if unix_socket else _host_port(host, port)
         self._setup = self._setup_commands()
         self._idle = []
-        self._slots = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
+        self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
         self._generation = 0
         # Outage state: after a failure, calls fail fast until _retry_at; then one probes.
         self._failures = 0
@@ -438,13 +457,11 @@ class RespClient:
         try:
             result = conn.call(payload, replies)
         except (RedisConnectionError, RedisTimeoutError, ProtocolError) as exc:
-            conn.close()
-            self._slots.release()
+            self._checkin(conn, broken=True)
             self._record(exc, probing)
             raise
         except BaseException:  # e.g. KeyboardInterrupt mid-reply: the stream is out of step
-            conn.close()
-            self._slots.release()
+            self._checkin(conn, broken=True)
             self._record(_UNKNOWN, probing)
             raise
         self._checkin(conn)
@@ -452,6 +469,7 @@ class RespClient:
         return result
 
     def _checkout(self):
+        """Take a pooled connection (or the right to open one), or fail fast in an outage."""
         probing = False
         with self._lock:
             if self._failures:
@@ -461,35 +479,38 @@ class RespClient:
                     raise RedisConnectionError(
                         f"Redis at {self.address} is unavailable ({when}; last error: {self._last_error})")
                 self._probing = probing = True
-        try:
-            if not self._slots.acquire(timeout=self.timeout):
+            if self._in_use >= self.max_connections and not self._slot_freed.wait_for(
+                    lambda: self._in_use < self.max_connections, self.timeout):
+                if probing:
+                    self._probing = False
                 raise RedisTimeoutError(
                     f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
-        except BaseException:
-            self._record(_UNKNOWN, probing)
-            raise
+            self._in_use += 1
+            conn = self._idle.pop() if self._idle else None
         try:
-            while True:
+            while conn is not None and conn.is_stale():
+                conn.close()
                 with self._lock:
                     conn = self._idle.pop() if self._idle else None
-                if conn is None:
-                    return self._connect(), probing
-                if not conn.is_stale():
-                    return conn, probing
-                conn.close()
+            return (conn or self._connect()), probing
         except BaseException as exc:
-            self._slots.release()
+            self._checkin(None)
             self._record(exc if isinstance(exc, RedisError) else _UNKNOWN, probing)
             raise
 
-    def _checkin(self, conn):
+    def _checkin(self, conn, broken=False):
+        """Give the connection back to the pool (closed, if broken or the pool was closed)."""
         with self._lock:
-            keep = conn.generation == self._generation
+            self._in_use -= 1
+            if self._in_use == self.max_connections - 1:  # it was full: a caller may be waiting
+                self._slot_freed.notify()
+            if conn is None:
+                return
+            keep = not broken and conn.generation == self._generation
             if keep:
                 self._idle.append(conn)
         if not keep:
             conn.close()
-        self._slots.release()
 
     def _record(self, error, probing):
         """Note how a call ended: a failure opens (or widens) the fail-fast window.
@@ -536,7 +557,8 @@ class RespClient:
                 f"could not connect to Redis at {self.address} within {self.connect_timeout:g}s") from None
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
-        sock.settimeout(self.timeout)
+        if not isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
         conn = _Connection(sock, self.timeout, self._limits)
         with self._lock:
             conn.generation = self._generation
