@@ -19,6 +19,7 @@ Run ``python3 hello_server.py --help`` for the settings.
 import argparse
 import collections
 import dataclasses
+import errno
 import functools
 import html
 import http.client
@@ -47,6 +48,7 @@ MAX_HEAD = 16 * 1024          # request line plus headers; more gets 431
 SWEEP_INTERVAL = 0.25       # how often idle and slow connections are checked for expiry
 SHUTDOWN_GRACE = 5.0        # how long in-flight requests may finish after SIGTERM
 MAX_PIPELINE = 256          # Redis commands sent in one round trip at most
+HEALTHCHECK_TIMEOUT = 2.0   # the image's HEALTHCHECK gives it 3 s
 
 
 # -- configuration: read once, validated, before anything binds ----------------------------
@@ -726,7 +728,7 @@ def _listen(config):
                 f"friendlyhello: not allowed to listen on {where} as user {os.getuid()}: "
                 f"set PORT=8080 (publish with -p 4000:8080), or give the container "
                 f"--sysctl net.ipv4.ip_unprivileged_port_start=0") from None
-        if exc.errno == 98:  # EADDRINUSE
+        if exc.errno == errno.EADDRINUSE:
             raise SystemExit(f"friendlyhello: {where} is already in use: stop the other "
                              f"program or choose another port, e.g. PORT=8080") from None
         raise SystemExit(f"friendlyhello: cannot listen on {where}: {exc.strerror or exc}") from None
@@ -737,11 +739,11 @@ def _listen(config):
 def healthcheck(config):
     """The image's HEALTHCHECK: 0 if this container's server answers /healthz with 200."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.bind, config.bind)
-    conn = http.client.HTTPConnection(host, config.port, timeout=config.redis_timeout)
+    conn = http.client.HTTPConnection(host, config.port, timeout=HEALTHCHECK_TIMEOUT)
     try:
         conn.request("GET", "/healthz")
         status = conn.getresponse().status
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
         print(f"friendlyhello: unhealthy: {exc}", file=sys.stderr)
         return 1
     finally:

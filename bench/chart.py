@@ -27,7 +27,8 @@ def main(source, target):
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.axvline(1, color="grey", linewidth=0.8)
-    ax.set_xlabel("times better than Flask + redis-py (log scale; green: target met)")
+    ax.set_xlabel("times better than the peer (Flask + redis-py, or as named; log scale; green: target met)",
+                  fontsize=8)
     where = results["machine"]
     ax.set_title(f"friendlyhello vs the tutorial's original stack\n{where['cores']} cores, "
                  f"Python {where['python']}, {where['date']}", fontsize=9)
