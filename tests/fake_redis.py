@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+from common import shut_down
+
 
 class Dribble:
     """Send these bytes one per TCP segment."""
@@ -84,12 +86,7 @@ class FakeRedis:
             pass
         self._listener.close()
         with self._changed:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shut_down(list(self._sockets))
         for thread in self._threads:
             thread.join(5)
 

@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+from common import shut_down
+
 MODES = {"pass", "refuse", "silent", "delay", "cut", "reset", "drip"}
 
 
@@ -61,12 +63,7 @@ class FaultProxy:
 
     def _cut_all(self):
         with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shut_down(list(self._sockets))
 
     def _start(self, target, *args):
         thread = threading.Thread(target=target, args=args, daemon=True)

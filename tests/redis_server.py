@@ -7,17 +7,14 @@ import subprocess
 import tempfile
 import threading
 
-import pytest
+from common import unavailable
 
 
 def require_redis_server():
     """Skip locally, fail in CI, when redis-server is not installed."""
     path = shutil.which("redis-server")
     if path is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the real-Redis tests")
-        pytest.skip(message)
+        unavailable("redis-server is not installed (apt-get install redis-server)")
     return path
 
 
