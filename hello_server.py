@@ -89,9 +89,9 @@ def _text(text):
     return text
 
 
-def _bind(text):
+def _host(text):
     if not text or any(c.isspace() for c in text):
-        raise ValueError("an IP address or host name to listen on, such as 0.0.0.0 or ::")
+        raise ValueError("a host name or IP address, such as 0.0.0.0, :: or redis")
     return text
 
 
@@ -115,10 +115,10 @@ class Setting:
 SETTINGS = [
     Setting("NAME", "world", _text, "who the page greets"),
     Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
-    Setting("BIND", "0.0.0.0", _bind, "address to listen on"),
+    Setting("BIND", "0.0.0.0", _host, "address to listen on"),
     Setting("REDIS_URL", None, _text, "redis://[[user]:password@]host[:port][/db], rediss:// or "
             "unix:///path; replaces the four REDIS_* settings below", secret=True),
-    Setting("REDIS_HOST", "redis", _bind, "Redis host name"),
+    Setting("REDIS_HOST", "redis", _host, "Redis host name"),
     Setting("REDIS_PORT", 6379, _whole(1, 65535), "Redis port"),
     Setting("REDIS_DB", 0, _whole(0, 100000), "Redis database number"),
     Setting("REDIS_PASSWORD", None, _text, "Redis password", secret=True),
@@ -173,12 +173,12 @@ def load_config(argv=None, environ=None):
             raise ConfigError(f"{source}={shown} is not valid: expected {exc}") from None
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
-    config = Config(**values, healthcheck=args["healthcheck"])
-    try:
-        redis_client(config)
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL is not valid: {exc}") from None
-    return config
+    if values["redis_url"] is not None:
+        try:
+            resp_client.RespClient.from_url(values["redis_url"])
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL is not valid: {exc}") from None
+    return Config(**values, healthcheck=args["healthcheck"])
 
 
 def redis_client(config):

@@ -350,6 +350,8 @@ class RespClient:
             raise ValueError(f"db must be a whole number >= 0, not {db!r}")
         if not (connect_timeout > 0 and timeout > 0):
             raise ValueError("timeouts must be positive numbers of seconds")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
         self.host, self.port, self.db = host, port, db
         self.unix_socket = unix_socket
         self.username, self._password = username, password
@@ -388,7 +390,7 @@ class RespClient:
         username = option("username", urllib.parse.unquote(parts.username) if parts.username else None)
         password = option("password", urllib.parse.unquote(parts.password) if parts.password is not None else None)
         db_text = option("db", parts.path.lstrip("/") if scheme != "unix" else "") or "0"
-        if not db_text.isdigit():
+        if not re.fullmatch(r"[0-9]+", db_text):
             raise ValueError(f"Redis database must be a whole number, not {db_text!r}")
         protocol_text = option("protocol", "2")
         if protocol_text not in ("2", "3"):

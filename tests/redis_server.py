@@ -25,13 +25,14 @@ def free_port():
 
 
 class RedisServer:
-    def __init__(self, *, password=None, appendonly=False, unix_socket=False):
+    def __init__(self, *, password=None, appendonly=False, unix_socket=False, tls=None):
         self.binary = require_redis_server()
         self.password = password
         self.appendonly = appendonly
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="friendlyhello-redis-")
         self.unix_socket = os.path.join(self.directory, "redis.sock") if unix_socket else None
+        self.tls = tls  # (certificate file, key file): serve TLS only, on self.port
         self.process = None
 
     @property
@@ -47,6 +48,10 @@ class RedisServer:
             command += ["--requirepass", self.password]
         if self.unix_socket:
             command += ["--unixsocket", self.unix_socket]
+        if self.tls:
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            command += ["--tls-cert-file", self.tls[0], "--tls-key-file", self.tls[1],
+                        "--tls-ca-cert-file", self.tls[0], "--tls-auth-clients", "no"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # redis-server says so on stdout once it accepts connections: wait for that line.
         output = []

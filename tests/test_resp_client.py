@@ -1,13 +1,16 @@
 """resp_client: wire format, reply parsing, hostile servers, pooling, outages, real Redis."""
 
 import random
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 
 import pytest
 
 import resp_client
+from common import unavailable
 from fake_redis import Delay, Dribble, FakeRedis, Hangup, Silence
 from redis_server import RedisServer, free_port
 from resp_client import (AuthenticationError, ProtocolError, RedisConnectionError, RedisError,
@@ -465,6 +468,29 @@ def test_real_redis_over_a_unix_socket():
     try:
         with RespClient.from_url(f"unix://{server.unix_socket}") as client:
             assert client.incr("counter") == 1
+    finally:
+        server.cleanup()
+
+
+def test_real_redis_over_tls_verifies_the_certificate(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl is not installed (apt-get install openssl)")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    server = RedisServer(tls=(cert, key)).start()
+    try:
+        trusting = ssl.create_default_context(cafile=cert)
+        with RespClient.from_url(f"rediss://localhost:{server.port}", ssl_context=trusting) as client:
+            assert client.incr("counter") == 1
+        with RespClient.from_url(f"rediss://localhost:{server.port}") as client:
+            with pytest.raises(RedisConnectionError, match="certificate"):
+                client.incr("counter")
+        with RespClient("127.0.0.1", server.port, timeout=0.5) as plaintext:
+            with pytest.raises(RedisError):
+                plaintext.incr("counter")
     finally:
         server.cleanup()
 
