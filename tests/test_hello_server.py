@@ -2,8 +2,10 @@
 
 import http.client
 import json
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pytest
 
 from fake_redis import Delay, Silence
 from redis_server import RedisServer, free_port
-from server_support import Process, request, run_to_exit, serving
+from server_support import SERVER, Process, request, run_to_exit, serving
 
 DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 
@@ -347,6 +349,20 @@ def test_port_in_use_exits_1_with_the_fix_and_no_traceback():
         code, _, err = run_to_exit({"PORT": str(port), "BIND": "127.0.0.1"})
     assert code == 1
     assert "already in use" in err and "PORT=8080" in err and "Traceback" not in err
+
+
+def test_port_80_refused_to_a_non_root_user_exits_1_with_the_fix():
+    system_python = "/usr/bin/python3"  # one that another user may run
+    if os.geteuid() != 0 or not os.access(system_python, os.X_OK):
+        pytest.skip("needs root (to start the server as another user) and /usr/bin/python3")
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as setting:
+        if int(setting.read()) <= 80:
+            pytest.skip("this host lets every user listen on port 80")
+    result = subprocess.run([system_python, SERVER], user=65534, env={"PORT": "80", "BIND": "127.0.0.1"},
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "PORT=8080" in result.stderr and "ip_unprivileged_port_start=0" in result.stderr
 
 
 def test_starts_without_redis_prints_one_line_and_serves_at_once():
