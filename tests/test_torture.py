@@ -114,6 +114,10 @@ class Tally:
         with self.lock:
             self.errors.append(repr(exc))
 
+    def assert_every_request_answered_200(self):
+        assert self.errors == [], self.errors[:5]
+        assert self.bad_status == [], self.bad_status[:5]
+
     @property
     def requests(self):
         return len(self.latencies)
@@ -203,7 +207,7 @@ class Watch:
         self.stop.set()
         self.thread.join(10)
         self.check()  # and once more, after whatever the test did
-        assert self.tally.errors == [] and self.tally.bad_status == []
+        self.tally.assert_every_request_answered_200()
         assert self.tally.worst() < 1.0, f"a normal request took {self.tally.worst():.2f}s"
         return self.tally
 
@@ -242,7 +246,7 @@ def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, sta
     join(clients)
     rise = redis_counter(redis.port) - before
     tally.report(f"redis {how} and restart (counting resumed {resumed_after:.2f}s after restart)", rise)
-    assert tally.errors == [] and tally.bad_status == []
+    tally.assert_every_request_answered_200()
     assert tally.disabled > 0
     assert resumed_after < 2.5
     assert tally.worst() < 1.0 + 0.5  # no page waits past the Redis timeout
@@ -264,7 +268,7 @@ def test_silent_redis_pages_answer_within_the_timeout_and_threads_stay_bounded(r
         stop.set()
         watcher.join()
     tally.report("silent redis", threads=max(peaks))
-    assert tally.errors == [] and tally.bad_status == []
+    tally.assert_every_request_answered_200()
     assert tally.disabled == tally.requests
     assert tally.worst() < 1.0 + 0.5
     assert tally.p99() < 1.0 + 0.5
@@ -288,7 +292,7 @@ def test_cut_or_dripped_replies_never_show_a_wrong_number(redis, start_server, m
         join(clients)
     rise = redis_counter(redis.port) - before
     tally.report(f"replies {mode}", rise)
-    assert tally.errors == [] and tally.bad_status == []
+    tally.assert_every_request_answered_200()
     assert tally.worst() < 1.0 + 0.5
     assert len(set(tally.numbers)) == len(tally.numbers)
     assert set(tally.numbers) <= set(range(before + 1, before + rise + 1))
@@ -307,7 +311,7 @@ def test_unreachable_redis_pages_answer_at_once(start_server, where):
     tally = Tally()
     join(load(proc.port, tally, clients=10, requests=50))
     tally.report(where)
-    assert tally.errors == [] and tally.bad_status == []
+    tally.assert_every_request_answered_200()
     assert tally.disabled == 500
     assert tally.worst() < 1.0 + 0.5
     assert tally.p99() < 0.1
@@ -333,7 +337,8 @@ def test_twenty_thousand_requests_at_100_connections_count_exactly(redis, start_
     print(f"threads {threads_before} -> {threads_after}, RSS {rss_before} -> {rss_after} kB, "
           f"fds {fds_before} -> {fds_after}")
     assert tally.requests == 20000
-    assert tally.errors == [] and tally.bad_status == [] and tally.disabled == 0
+    tally.assert_every_request_answered_200()
+    assert tally.disabled == 0
     assert tally.worst() < 1.0  # busy keep-alive clients take turns: nobody starves
     assert rise == len(tally.numbers) == len(set(tally.numbers)) == 20000
     # Back to baseline: two threads throughout; memory stays put; client connections close.
