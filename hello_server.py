@@ -194,10 +194,13 @@ def redis_client(config):
 
 Response = collections.namedtuple("Response", "status content_type body")
 TEXT = "text/plain; charset=utf-8"
+_INCR_COUNTER = resp_client.encode_command(("INCR", COUNTER_KEY))  # encoded once, sent on every visit
+_PING = resp_client.encode_command(("PING",))
 
 
 class Ask(collections.namedtuple("Ask", "command answer")):
-    """A route's need for one Redis command: ``answer(reply, error)`` then makes the Response.
+    """A route's need for one Redis command (``encode_command()``'s bytes, made once);
+    ``answer(reply, error)`` then makes the Response.
 
     The server sends the commands of all waiting requests to Redis together, in one pipeline,
     from its Redis thread; no request holds a thread while Redis is slow or away.
@@ -227,7 +230,7 @@ class Site:
     def page(self, wants_json, counting):
         if not counting:  # HEAD: the same headers, and no visit
             return self._render(wants_json, None, None)
-        return Ask(("INCR", COUNTER_KEY), functools.partial(self._counted, wants_json))
+        return Ask(_INCR_COUNTER, functools.partial(self._counted, wants_json))
 
     def _counted(self, wants_json, visits, error):
         if error is None and type(visits) is not int:
@@ -250,7 +253,7 @@ class Site:
     def readyz(self, wants_json, counting):
         if self.shutting_down:
             return Response(503, TEXT, "shutting down\n")
-        return Ask(("PING",), self._ready)
+        return Ask(_PING, self._ready)
 
     def _ready(self, reply, error):
         if error is not None:

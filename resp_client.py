@@ -428,12 +428,15 @@ class RespClient:
     def pipeline(self, commands):
         """Send several commands in one write; return their replies in order.
 
-        Error replies are returned in place as ``ResponseError`` values, not raised.
+        Each command is a sequence of arguments, or the bytes ``encode_command()`` made of
+        one (encode a constant command once). Error replies are returned in place as
+        ``ResponseError`` values, not raised.
         """
         commands = list(commands)
         if not commands:
             return []
-        return self._call(b"".join(encode_command(tuple(c)) for c in commands), len(commands))
+        payload = b"".join(c if isinstance(c, bytes) else encode_command(tuple(c)) for c in commands)
+        return self._call(payload, len(commands))
 
     def incr(self, key):
         reply = self.execute("INCR", key)

@@ -156,6 +156,13 @@ def test_pipeline_sends_one_write_and_returns_replies_in_order_with_errors_in_pl
     assert bytes(fake_redis.received).count(b"*") == 3
 
 
+def test_pipeline_takes_commands_encoded_once(fake_redis):
+    incr = resp_client.encode_command(("INCR", "counter"))
+    with client_for(fake_redis) as client:
+        assert client.pipeline([incr, ("INCR", "counter"), incr]) == [1, 2, 3]
+    assert bytes(fake_redis.received) == incr * 3
+
+
 def test_incr_refuses_a_reply_that_is_not_an_integer(fake_redis):
     fake_redis.script(b"$1\r\n7\r\n")
     with client_for(fake_redis) as client:
