@@ -18,7 +18,6 @@ Run ``python3 hello_server.py --help`` for the settings.
 
 import argparse
 import collections
-import dataclasses
 import errno
 import functools
 import html
@@ -95,13 +94,10 @@ def _host(text):
     return text
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    env: str
-    default: object
-    parse: object
-    help: str
-    secret: bool = False
+class Setting(collections.namedtuple("Setting", "env default parse help secret", defaults=(False,))):
+    """One setting: its environment variable, default, parser (raises ValueError) and help."""
+
+    __slots__ = ()
 
     @property
     def flag(self):
@@ -132,9 +128,8 @@ SETTINGS = [
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
-Config = dataclasses.make_dataclass(
-    "Config", [(s.field, object) for s in SETTINGS] + [("healthcheck", bool, False)], frozen=True)
-Config.__doc__ = "Every setting, validated; built once by load_config()."
+# Every setting, validated, read once by load_config(); immutable.
+Config = collections.namedtuple("Config", [s.field for s in SETTINGS] + ["healthcheck"])
 
 
 def _argument_parser():
