@@ -124,7 +124,8 @@ SETTINGS = [
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
-            "seconds a keep-alive connection may idle, and a request head may take to arrive"),
+            "seconds a keep-alive connection may idle, a request head may take to arrive (then 408), "
+            "and a client may take to read a response"),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
