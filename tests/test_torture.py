@@ -409,6 +409,40 @@ def test_slowloris_clients_time_out_while_a_normal_client_is_served(redis, start
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers)
 
 
+def test_a_client_that_never_reads_its_responses_is_dropped_while_others_are_served(redis, start_server):
+    proc = start_server(redis.port, IDLE_TIMEOUT=1)
+    watch = Watch(proc.port)
+    sock = socket.create_connection(("127.0.0.1", proc.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(0.5)
+    requests = b"GET /healthz HTTP/1.1\r\n\r\n" * 1000
+    started, sent = time.monotonic(), 0
+    try:
+        for _ in range(1000):  # until the server stops taking requests: its answers pile up
+            sock.sendall(requests)
+            sent += 1000
+    except (TimeoutError, OSError):
+        pass
+    assert time.monotonic() - started < 10, "the server kept reading from a client that does not read"
+    received, dropped = bytearray(), False
+    while time.monotonic() - started < 15:  # read what is left: the server must have closed
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            dropped = True
+            break
+        received += chunk
+    sock.close()
+    watch.finish()
+    answered = received.count(b"HTTP/1.1 200 OK")
+    print(f"\nnon-reading client: sent {sent}+ requests, {answered} answered before it was dropped")
+    assert dropped and answered < sent, "the connection of a client that never read was not dropped"
+
+
 CLOSE = b"Connection: close\r\n"
 
 
