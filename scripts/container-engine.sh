@@ -37,8 +37,9 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
 
-mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1)
-mirror=${mirror:-$(awk '$1 == "deb" && $3 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)}
+mirror=$( (sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null || true) | grep -v security | head -n1 || true)
+mirror=${mirror:-$(awk '$1 == "deb" && $3 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
+mirror=${mirror:-http://deb.debian.org/debian}
 
 base_root() {  # a minimal Debian root with Python, made once
   local dir=$ROOTS/python
