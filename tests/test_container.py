@@ -52,7 +52,8 @@ def image(engine):
     if engine.endswith("podman"):
         build[1:1] = ["--pull=never", "--format", "docker"]  # docker format keeps HEALTHCHECK
     run(engine, *build, timeout=600)
-    return IMAGE
+    yield IMAGE
+    run(engine, "image", "prune", "-f", check=False)  # the images earlier builds left untagged
 
 
 @pytest.fixture
