@@ -566,7 +566,11 @@ class HelloServer:
                 return
             self._watch(conn, 0)
             conn.started = time.monotonic()
-            conn.handler = Handler(conn, (conn.address, 0), self)
+            try:
+                conn.handler = Handler(conn, (conn.address, 0), self)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
+                self._internal_error(conn, exc)
+                return
             if conn.handler.ask is not None:
                 with self._asks_ready:
                     self._asks.append((conn, conn.handler.ask.command))
@@ -587,12 +591,13 @@ class HelloServer:
             handler = conn.handler
             if self.stopping:
                 handler.close_connection = True
-            if error is None or isinstance(error, resp_client.RedisError):
+            try:
+                if error is not None and not isinstance(error, resp_client.RedisError):
+                    raise error  # a bug of ours on the Redis thread, not an outage
                 handler.respond(handler.ask.answer(reply, error))
-            else:  # a bug of ours on the Redis thread, not an outage: say so
-                self.log_error(conn.address, f"internal error: {error!r}")
-                handler.close_connection = True
-                handler.send_error(500)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
+                self._internal_error(conn, exc)
+                continue
             if self._respond(conn):
                 self._serve_requests(conn)
 
@@ -630,6 +635,10 @@ class HelloServer:
                 self._refuse(conn, 408, "Request Timeout")  # a head that never finished arriving
             else:
                 self._close(conn)  # idle, or not reading what we send
+
+    def _internal_error(self, conn, exc):
+        self.log_error(conn.address, f"internal error: {exc!r}")
+        self._refuse(conn, 500, "Internal Server Error")
 
     def _refuse(self, conn, status, reason):
         """Answer a request that never became one (too large, too slow), and close."""

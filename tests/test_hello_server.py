@@ -143,6 +143,23 @@ def test_unknown_method_is_501():
     assert reply.status == 501
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/"])
+def test_a_bug_in_a_page_answers_500_logs_it_and_the_server_keeps_serving(fake_redis, path):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    with serving(redis_env(fake_redis)) as server:
+        if path == "/":
+            server.server.site._counted = broken  # fails after Redis answered
+        else:
+            server.server.routes[path] = broken  # fails before
+        reply = server.get(path)
+        assert server.get("/readyz").status == 200
+        log = server.log.getvalue()
+    assert reply.status == 500
+    assert "internal error: KeyError('a bug')" in log
+
+
 def test_responses_name_the_app_not_python_and_forbid_sniffing():
     with serving(refused_env()) as server:
         reply = server.get("/healthz")
