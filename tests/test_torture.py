@@ -276,8 +276,8 @@ def test_silent_redis_pages_answer_within_the_timeout_and_threads_stay_bounded(r
     assert max(peaks) <= THREADS
 
 
-@pytest.mark.parametrize("mode", ["cut", "reset", "drip", "delay"])
-def test_cut_or_dripped_replies_never_show_a_wrong_number(redis, start_server, mode):
+@pytest.mark.parametrize("mode", ["refuse", "cut", "reset", "drip", "delay"])
+def test_refused_cut_or_dripped_redis_never_shows_a_wrong_number(redis, start_server, mode):
     with FaultProxy(redis.port) as proxy:
         proc = start_server(proxy.port, REDIS_TIMEOUT=1)
         before = redis_counter(redis.port)
@@ -298,7 +298,7 @@ def test_cut_or_dripped_replies_never_show_a_wrong_number(redis, start_server, m
     assert set(tally.numbers) <= set(range(before + 1, before + rise + 1))
     if mode in ("drip", "delay"):
         assert rise == len(tally.numbers)  # slow but whole replies: every visit shown
-    else:  # a cut reply can hide a counted visit, and its page says so
+    else:  # a cut connection can hide a counted visit, and its page says so
         assert len(tally.numbers) <= rise <= len(tally.numbers) + tally.unknown
 
 
