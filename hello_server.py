@@ -635,6 +635,8 @@ class HelloServer:
                 self._refuse(conn, 408, "Request Timeout")  # a head that never finished arriving
             else:
                 self._close(conn)  # idle, or not reading what we send
+        if not self.stopping and len(self._connections) < self.config.max_connections:
+            self._accept(True)  # after a failed accept(), try again
 
     def _internal_error(self, conn, exc):
         self.log_error(conn.address, f"internal error: {exc!r}")
