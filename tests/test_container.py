@@ -180,6 +180,68 @@ def test_stop_is_prompt_and_exits_0(engine, image, containers):
     assert run(engine, "inspect", "--format", "{{.State.ExitCode}}", container) == "0"
 
 
+def _readme_docker_commands():
+    """The two commands under "With Docker, as in the tutorial" in the README."""
+    with open(os.path.join(ROOT, "README.md")) as readme:
+        text = readme.read()
+    block = text.split("## With Docker, as in the tutorial", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split() for line in block.strip().splitlines()]
+
+
+@pytest.fixture
+def docker_cli(engine, tmp_path):
+    """The docker command line, talking to docker or, here, to podman's Docker-compatible API."""
+    docker = shutil.which("docker")
+    if docker is None:
+        unavailable("the docker command line is not installed")
+    if not engine.endswith("podman"):
+        yield docker, dict(os.environ)
+        return
+    sock = tmp_path / "podman.sock"
+    service = subprocess.Popen([engine, "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    try:
+        deadline = time.monotonic() + 15
+        while subprocess.run([docker, "version"], env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "podman's API service did not come up"
+            time.sleep(0.1)
+        yield docker, env
+    finally:
+        service.terminate()
+        service.wait(10)
+
+
+def test_readme_docker_commands_work_verbatim(docker_cli):
+    docker, env = docker_cli
+    build, run_ = _readme_docker_commands()
+    assert build[:2] == ["docker", "build"] and run_[:2] == ["docker", "run"]
+    result = subprocess.run([docker, *build[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    port = int(run_[run_.index("-p") + 1].split(":")[0])
+    foreground = subprocess.Popen([docker, *run_[1:]], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    container = None
+    try:
+        wait_for_200(port, within=30)
+        status, body = get(port)
+        container = body.split("<b>Hostname:</b> ")[1].split("<br/>")[0]  # the container id
+        # -t spelled out: podman 4.3's Docker API takes a bare "docker stop" as a 0 s grace (137)
+        stopped = subprocess.run([docker, "stop", "-t", "10", container], env=env, capture_output=True,
+                                 timeout=30)
+        assert foreground.wait(15) == 0
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+            foreground.wait()
+        if container:
+            subprocess.run([docker, "rm", "-f", container], env=env, capture_output=True, timeout=30)
+    assert stopped.returncode == 0
+    assert status == 200 and body.startswith("<h3>Hello World!</h3><b>Hostname:</b> ")
+    assert body.endswith(DISABLED)
+    assert "friendlyhello listening on http://0.0.0.0:80" in foreground.stdout.read()
+
+
 def _compose(engine):
     if engine.endswith("podman"):
         path = shutil.which("podman-compose")
