@@ -204,7 +204,8 @@ class Ask(collections.namedtuple("Ask", "command answer")):
 
 
 class Site:
-    """The pages. Knows HTTP statuses and content, nothing of sockets or RESP."""
+    """The pages. Knows HTTP statuses and content; nothing of sockets, and of Redis only
+    resp_client's commands and errors."""
 
     def __init__(self, config, hostname=None):
         self.name = config.name
@@ -214,6 +215,8 @@ class Site:
         assert PAGE.endswith("{visits}")
         self.page_start = PAGE[:-len("{visits}")].format(
             name=html.escape(self.name), hostname=html.escape(self.hostname))
+        self._count_visit = {wants_json: Ask(_INCR_COUNTER, functools.partial(self._counted, wants_json))
+                             for wants_json in (False, True)}
 
     def routes(self):
         """Every path served; anything else is 404. Only "/" counts a visit."""
@@ -226,7 +229,7 @@ class Site:
     def page(self, wants_json, counting):
         if not counting:  # HEAD: the same headers, and no visit
             return self._render(wants_json, None, None)
-        return Ask(_INCR_COUNTER, functools.partial(self._counted, wants_json))
+        return self._count_visit[wants_json]
 
     def _counted(self, wants_json, visits, error):
         if error is None and type(visits) is not int:
@@ -397,7 +400,7 @@ class Connection:
 
         Raises HeadTooLarge when the head (complete or not) is past the limits.
         """
-        while self.buffer[:2] == b"\r\n":  # blank lines before a request are allowed
+        while self.buffer.startswith(b"\r\n"):  # blank lines before a request are allowed
             del self.buffer[:2]
         match = _END_OF_HEAD.search(self.buffer, 0, MAX_HEAD + 4)
         head = self.buffer if match is None else self.buffer[:match.end()]

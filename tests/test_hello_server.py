@@ -150,7 +150,7 @@ def test_a_bug_in_a_page_answers_500_logs_it_and_the_server_keeps_serving(fake_r
 
     with serving(redis_env(fake_redis)) as server:
         if path == "/":
-            server.server.site._counted = broken  # fails after Redis answered
+            server.server.site._render = broken  # fails after Redis answered
         else:
             server.server.routes[path] = broken  # fails before
         reply = server.get(path)
