@@ -11,11 +11,15 @@ for a web server that must never hang on Redis:
 * a command is never sent twice for one call: idle pooled connections that the server
   closed are found and replaced *before* use, and nothing is retried after bytes left;
 * a broken or hostile server can only produce the typed errors below, never a hang,
-  a ``RecursionError`` or an ``OSError``.
+  a ``RecursionError`` or an ``OSError``;
+* no message of this module holds any part of a password, whatever shape a URL has.
 
 It is not a full Redis library: no pub/sub, no cluster, no client-side caching.
 Connection state (MULTI, SELECT, WATCH) does not survive between calls because each
 call may use another pooled connection; send a transaction with ``pipeline()``.
+
+Read top to bottom: errors, encoding, the reply reader, one connection, the outage
+back-off, the client (pool and calls), URL parsing.
 """
 
 import ipaddress
@@ -29,7 +33,7 @@ import time
 import urllib.parse
 
 __all__ = [
-    "RespClient", "encode_command",
+    "RespClient", "encode_command", "parse_url",
     "RedisError", "RedisConnectionError", "RedisTimeoutError",
     "ResponseError", "AuthenticationError", "ProtocolError",
 ]
@@ -42,17 +46,21 @@ MAX_LINE_LENGTH = 1024 * 1024           # simple strings, errors, numbers
 BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 2.0
 _RECV_SIZE = 65536
-_UNKNOWN = object()
 
+
+# -- errors ------------------------------------------------------------------------------------
 
 class RedisError(Exception):
     """Base of every error this module raises for a call with valid arguments.
 
     ``command_sent`` is True when the call failed after its command started on its way:
     the server may have run it (an INCR may have counted) though no reply came back.
+    ``cause`` is set on a call refused at once during an outage: the error that opened
+    the outage, so a caller can keep saying *why* Redis is away.
     """
 
     command_sent = False
+    cause = None
 
 
 class RedisConnectionError(RedisError):
@@ -92,6 +100,14 @@ def _error_reply(message):
     return error
 
 
+def _raise_error(reply):
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
 def encode_command(args):
     """Encode one command as a RESP array of bulk strings.
 
@@ -117,8 +133,11 @@ def encode_command(args):
     return b"".join(parts)
 
 
+# -- the reply reader --------------------------------------------------------------------------
+
 _INTEGER = re.compile(rb"-?[0-9]+")
 _DOUBLE_WORDS = {b"inf": float("inf"), b"-inf": float("-inf"), b"nan": float("nan")}
+_CLOSED_MID_REPLY = "Redis closed the connection in the middle of a reply"
 
 
 def _integer(text):
@@ -130,90 +149,125 @@ def _integer(text):
         raise ProtocolError(f"integer too long: {bytes(text)[:64]!r}...") from None
 
 
-class _Connection:
-    """One socket with a read buffer and the RESP reply reader."""
+def _hashable(value):
+    """Set members and map keys: nested arrays become tuples; anything else unhashable is refused."""
+    if isinstance(value, list):
+        value = tuple(_hashable(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        raise ProtocolError(f"{value!r:.64} cannot be a set member or a map key") from None
+    return value
 
-    def __init__(self, sock, timeout, limits):
-        self.sock = sock
-        self.timeout = timeout
-        self.max_bulk, self.max_array = limits
+
+class ReplyReader:
+    """Parses RESP2/RESP3 replies from a buffer; ``recv``/``recv_into`` top it up.
+
+    One method per reply type, chosen by the first byte. Both callables raise on a
+    timeout; they return no bytes when the server closed the connection.
+    """
+
+    def __init__(self, recv, recv_into, max_bulk, max_array):
+        self._recv, self._recv_into = recv, recv_into
+        self.max_bulk, self.max_array = max_bulk, max_array
         self.buffer = bytearray()
         self.pos = 0
-        self.deadline = 0.0
-        self.reads = 0
-        self.generation = 0
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
-        self._wait_at_most(timeout)
 
-    def is_stale(self):
-        """True if the server closed this idle connection or sent stray bytes."""
-        if self.pos < len(self.buffer):
-            return True
+    def has_unread(self):
+        return self.pos < len(self.buffer)
+
+    def read(self, depth=0):
+        line = self._line()
+        if not line:
+            raise ProtocolError("empty reply line")
+        parse = self._TYPES.get(line[0])
+        if parse is None:
+            raise ProtocolError(f"unknown reply type {chr(line[0])!r} in {bytes(line[:64])!r}")
+        return parse(self, line[1:], depth)
+
+    # -- one method per type ---------------------------------------------------------------
+
+    def _simple(self, rest, depth):
+        return rest.decode("utf-8", "replace")
+
+    def _error(self, rest, depth):
+        return _error_reply(rest.decode("utf-8", "replace"))
+
+    def _number(self, rest, depth):
+        return _integer(rest)
+
+    def _bulk(self, rest, depth):
+        length = self._length(rest, self.max_bulk, "bulk")
+        return None if length == -1 else self._exact(length)
+
+    def _blob_error(self, rest, depth):
+        data = self._bulk(rest, depth)
+        return None if data is None else _error_reply(data.decode("utf-8", "replace"))
+
+    def _verbatim(self, rest, depth):
+        data = self._bulk(rest, depth)
+        if data is None:
+            return None
+        if len(data) < 4 or data[3:4] != b":":
+            raise ProtocolError(f"verbatim string without a format: {data[:64]!r}")
+        return data[4:]
+
+    def _array(self, rest, depth):
+        count = self._count(rest, depth)
+        return None if count == -1 else [self.read(depth + 1) for _ in range(count)]
+
+    def _set(self, rest, depth):
+        items = self._array(rest, depth)
+        return None if items is None else {_hashable(item) for item in items}
+
+    def _map(self, rest, depth):
+        count = self._count(rest, depth)
+        if count == -1:
+            return None
+        return {_hashable(self.read(depth + 1)): self.read(depth + 1) for _ in range(count)}
+
+    def _attribute(self, rest, depth):
+        self._map(rest, depth)  # attributes annotate the reply that follows: skip them
+        return self.read(depth + 1)
+
+    def _null(self, rest, depth):
+        if rest:
+            raise ProtocolError(f"null with a payload: {bytes(rest[:64])!r}")
+        return None
+
+    def _boolean(self, rest, depth):
+        if rest not in (b"t", b"f"):
+            raise ProtocolError(f"invalid boolean {bytes(rest[:64])!r}")
+        return rest == b"t"
+
+    def _double(self, rest, depth):
         try:
-            return bool(self._poller.poll(0))
-        except OSError:
-            return True
+            return _DOUBLE_WORDS.get(bytes(rest).lower()) or float(rest)
+        except ValueError:
+            raise ProtocolError(f"invalid double {bytes(rest[:64])!r}") from None
 
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+    _TYPES = {
+        ord("+"): _simple, ord("-"): _error, ord(":"): _number, ord("$"): _bulk,
+        ord("*"): _array, ord(">"): _array, ord("~"): _set, ord("%"): _map,
+        ord("|"): _attribute, ord("_"): _null, ord("#"): _boolean, ord(","): _double,
+        ord("("): _number, ord("!"): _blob_error, ord("="): _verbatim,
+    }
 
-    # -- one call: send, then read within one deadline ---------------------------------
+    # -- lengths, lines and exact byte counts ------------------------------------------------
 
-    def _wait_at_most(self, seconds):
-        """Bound each read and write. On plain sockets the kernel keeps the time
-        (SO_RCVTIMEO): a Python socket timeout would add a poll() to every call."""
-        if isinstance(self.sock, ssl.SSLSocket):
-            self.sock.settimeout(seconds)
-            return
-        whole = int(seconds)
-        limit = struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 1 if not whole else 0))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    def _count(self, rest, depth):
+        if depth >= MAX_DEPTH:
+            raise ProtocolError(f"replies nested deeper than {MAX_DEPTH}")
+        return self._length(rest, self.max_array, "aggregate")
 
-    def call(self, payload, replies):
-        if self.reads > 1:  # an earlier call shortened the wait
-            self._wait_at_most(self.timeout)
-        self.reads = 0
-        self.deadline = time.monotonic() + self.timeout
-        try:
-            self.sock.sendall(payload)
-            if replies == 1:
-                return [self.read_reply(0)]
-            return [self.read_reply(0) for _ in range(replies)]
-        except (TimeoutError, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO
-            error = RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s")
-        except OSError as exc:
-            error = RedisConnectionError(f"connection to Redis lost: {exc}")
-        except (RedisConnectionError, ProtocolError) as exc:
-            error = exc
-        error.command_sent = True
-        raise error
-
-    def _budget(self):
-        """Before each read after a call's first, shrink the socket timeout to what is left."""
-        if self.reads:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self._wait_at_most(remaining)
-        self.reads += 1
-
-    def _fill(self):
-        self._budget()
-        chunk = self.sock.recv(_RECV_SIZE)
-        if not chunk:
-            raise RedisConnectionError("Redis closed the connection in the middle of a reply")
-        if self.pos == len(self.buffer):
-            self.buffer[:] = chunk
-        else:
-            if self.pos:
-                del self.buffer[:self.pos]
-            self.buffer += chunk
-        self.pos = 0
+    @staticmethod
+    def _length(text, limit, what):
+        length = _integer(text)
+        if length < -1:
+            raise ProtocolError(f"negative {what} length {length}")
+        if length > limit:
+            raise ProtocolError(f"{what} length {length} exceeds the limit of {limit}")
+        return length
 
     def _line(self):
         searched = 0  # bytes after self.pos already known to hold no CRLF
@@ -227,6 +281,17 @@ class _Connection:
             if searched > MAX_LINE_LENGTH:
                 raise ProtocolError(f"reply line longer than {MAX_LINE_LENGTH} bytes")
             self._fill()
+
+    def _fill(self):
+        chunk = self._recv()
+        if not chunk:
+            raise RedisConnectionError(_CLOSED_MID_REPLY)
+        if self.pos == len(self.buffer):
+            self.buffer[:] = chunk
+        else:
+            del self.buffer[:self.pos]
+            self.buffer += chunk
+        self.pos = 0
 
     def _exact(self, length):
         """Return the next ``length`` bytes and check the CRLF that ends them."""
@@ -243,10 +308,9 @@ class _Connection:
             self.pos = 0
             view = memoryview(out)[available:]
             while view:
-                self._budget()
-                got = self.sock.recv_into(view)
+                got = self._recv_into(view)
                 if not got:
-                    raise RedisConnectionError("Redis closed the connection in the middle of a reply")
+                    raise RedisConnectionError(_CLOSED_MID_REPLY)
                 view = view[got:]
             del view  # release the buffer export so out can shrink
             tail = out[length:]
@@ -256,84 +320,127 @@ class _Connection:
             raise ProtocolError(f"bulk string of length {length} not followed by CRLF")
         return data
 
-    def _length(self, text, limit, what):
-        length = _integer(text)
-        if length < -1:
-            raise ProtocolError(f"negative {what} length {length}")
-        if length > limit:
-            raise ProtocolError(f"{what} length {length} exceeds the limit of {limit}")
-        return length
 
-    def read_reply(self, depth):
-        line = self._line()
-        if not line:
-            raise ProtocolError("empty reply line")
-        kind = line[0]
-        rest = line[1:]
-        if kind == 58:    # ':' integer
-            return _integer(rest)
-        if kind == 43:    # '+' simple string
-            return rest.decode("utf-8", "replace")
-        if kind == 36:    # '$' bulk string
-            length = self._length(rest, self.max_bulk, "bulk")
-            return None if length == -1 else self._exact(length)
-        if kind == 45:    # '-' error
-            return _error_reply(rest.decode("utf-8", "replace"))
-        if kind in (42, 126, 62, 37, 124):  # '*' array, '~' set, '>' push, '%' map, '|' attribute
-            if depth >= MAX_DEPTH:
-                raise ProtocolError(f"replies nested deeper than {MAX_DEPTH}")
-            count = self._length(rest, self.max_array, "aggregate")
-            if count == -1:
-                return None
-            if kind in (37, 124):
-                pairs = [(self.read_reply(depth + 1), self.read_reply(depth + 1)) for _ in range(count)]
-                if kind == 124:  # attributes annotate the reply that follows: skip them
-                    return self.read_reply(depth + 1)
-                return {_hashable(key): value for key, value in pairs}
-            items = [self.read_reply(depth + 1) for _ in range(count)]
-            if kind == 126:
-                try:
-                    return set(items)
-                except TypeError:
-                    return items
-            return items
-        if kind == 95:    # '_' null
-            if rest:
-                raise ProtocolError(f"null with a payload: {bytes(line[:64])!r}")
-            return None
-        if kind == 35:    # '#' boolean
-            if rest not in (b"t", b"f"):
-                raise ProtocolError(f"invalid boolean {bytes(rest[:64])!r}")
-            return rest == b"t"
-        if kind == 44:    # ',' double
-            try:
-                return _DOUBLE_WORDS.get(bytes(rest).lower()) or float(rest)
-            except ValueError:
-                raise ProtocolError(f"invalid double {bytes(rest[:64])!r}") from None
-        if kind == 40:    # '(' big number
-            return _integer(rest)
-        if kind in (33, 61):  # '!' blob error, '=' verbatim string
-            length = self._length(rest, self.max_bulk, "bulk")
-            if length == -1:
-                return None
-            data = self._exact(length)
-            if kind == 33:
-                return _error_reply(data.decode("utf-8", "replace"))
-            if length < 4 or data[3:4] != b":":
-                raise ProtocolError(f"verbatim string without a format: {data[:64]!r}")
-            return data[4:]
-        raise ProtocolError(f"unknown reply type {chr(kind)!r} in {bytes(line[:64])!r}")
+# -- one connection: a socket, a deadline per call, a reader ----------------------------------
+
+class _Connection:
+    """One socket to Redis. Each call sends, then reads its replies within one deadline."""
+
+    def __init__(self, sock, timeout, limits, generation):
+        self.sock = sock
+        self.timeout = timeout
+        self.generation = generation  # the pool's, when it was opened
+        self.reader = ReplyReader(self._recv, self._recv_into, *limits)
+        self._deadline = 0.0
+        self._first_read = True     # the socket's own timeout is still the whole call's
+        self._shortened = False     # a later read shortened it: restore before the next call
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        self._wait_at_most(timeout)
+
+    def is_stale(self):
+        """True if the server closed this idle connection or sent stray bytes."""
+        if self.reader.has_unread():
+            return True
+        try:
+            return bool(self._poller.poll(0))
+        except OSError:
+            return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def call(self, payload, replies):
+        if self._shortened:
+            self._wait_at_most(self.timeout)
+            self._shortened = False
+        self._first_read = True
+        self._deadline = time.monotonic() + self.timeout
+        try:
+            self.sock.sendall(payload)
+            return [self.reader.read() for _ in range(replies)]
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO
+            error = RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s")
+        except OSError as exc:
+            error = RedisConnectionError(f"connection to Redis lost: {exc}")
+        except (RedisConnectionError, ProtocolError) as exc:
+            error = exc
+        error.command_sent = True
+        raise error
+
+    def _recv(self):
+        self._budget()
+        return self.sock.recv(_RECV_SIZE)
+
+    def _recv_into(self, view):
+        self._budget()
+        return self.sock.recv_into(view)
+
+    def _budget(self):
+        """Before each read after a call's first, shrink the socket timeout to what is left."""
+        if self._first_read:
+            self._first_read = False
+            return
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self._wait_at_most(remaining)
+        self._shortened = True
+
+    def _wait_at_most(self, seconds):
+        """Bound each read and write. On plain sockets the kernel keeps the time
+        (SO_RCVTIMEO): a Python socket timeout would add a poll() to every call."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.settimeout(seconds)
+            return
+        whole = int(seconds)
+        limit = struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 1 if not whole else 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
 
-def _hashable(key):
-    if isinstance(key, list):
-        key = tuple(_hashable(k) for k in key)
-    try:
-        hash(key)
-    except TypeError:
-        raise ProtocolError(f"map key {key!r:.64} cannot be a dict key") from None
-    return key
+# -- the outage back-off -----------------------------------------------------------------------
 
+class _Outage:
+    """After a failure, calls fail fast until the window ends; then one call probes.
+
+    Not locked itself: the client calls it under its own lock.
+    """
+
+    def __init__(self):
+        self.failures = 0
+        self.retry_at = 0.0
+        self.probing = False
+        self.last_error = None
+
+    def admit(self, address):
+        """Let a call go ahead: True if it is the outage's probe. Raise the fail-fast error."""
+        if not self.failures:
+            return False
+        wait = self.retry_at - time.monotonic()
+        if wait <= 0 and not self.probing:
+            self.probing = True
+            return True
+        when = f"retry in {wait:.2f}s" if wait > 0 else "another call is retrying"
+        error = RedisConnectionError(
+            f"Redis at {address} is unavailable ({when}; last error: {self.last_error})")
+        error.cause = self.last_error
+        raise error
+
+    def record(self, error):
+        """A call ended: None when the server answered, else the error that says it is away."""
+        if error is None or isinstance(error, ResponseError) and not isinstance(error, AuthenticationError):
+            self.failures = 0
+            return
+        self.failures += 1
+        self.retry_at = time.monotonic() + min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
+        self.last_error = error
+
+
+# -- the client --------------------------------------------------------------------------------
 
 class RespClient:
     """A Redis client shared by all threads; connects lazily, pools connections."""
@@ -357,58 +464,22 @@ class RespClient:
         self.username, self._password = username, password
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.ssl_context, self.protocol = ssl_context, protocol
-        self._limits = (max_bulk_length, max_array_length)
+        self.max_connections = max_connections
         self.address = f"unix:{unix_socket}" if unix_socket else _host_port(host, port)
+        self._limits = (max_bulk_length, max_array_length)
         self._setup = self._setup_commands()
         self._idle = []
-        self.max_connections = max_connections
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
-        self._generation = 0
-        # Outage state: after a failure, calls fail fast until _retry_at; then one probes.
-        self._failures = 0
-        self._retry_at = 0.0
-        self._probing = False
-        self._last_error = ""
+        self._generation = 0  # raised by close(): connections of older ones are not pooled
+        self._outage = _Outage()
 
     @classmethod
     def from_url(cls, url, **options):
-        """``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` or ``unix:///path``."""
-        parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"Redis URL scheme must be redis://, rediss:// or unix://, not {url.split(':')[0]!r}://")
-        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"db", "password", "username", "protocol"}
-        if unknown:
-            raise ValueError(f"unknown Redis URL option {sorted(unknown)[0]!r} (allowed: db, password, username, protocol)")
-
-        def option(name, value):
-            return query[name][-1] if name in query else value
-
-        username = option("username", urllib.parse.unquote(parts.username) if parts.username else None)
-        password = option("password", urllib.parse.unquote(parts.password) if parts.password is not None else None)
-        db_text = option("db", parts.path.lstrip("/") if scheme != "unix" else "") or "0"
-        if not re.fullmatch(r"[0-9]+", db_text):
-            raise ValueError(f"Redis database must be a whole number, not {db_text!r}")
-        protocol_text = option("protocol", "2")
-        if protocol_text not in ("2", "3"):
-            raise ValueError(f"Redis protocol must be 2 or 3, not {protocol_text!r}")
-        settings = dict(db=int(db_text), username=username or None, password=password,
-                        protocol=int(protocol_text))
-        if scheme == "unix":
-            if not parts.path:
-                raise ValueError("a unix:// Redis URL needs a socket path, e.g. unix:///run/redis.sock")
-            settings["unix_socket"] = parts.path
-            return cls(**{**settings, **options})
-        try:
-            port = parts.port or DEFAULT_PORT
-        except ValueError:
-            raise ValueError(f"Redis URL port must be a number from 1 to 65535 in {parts.netloc.rpartition('@')[2]!r}") from None
-        if scheme == "rediss":
-            options.setdefault("ssl_context", ssl.create_default_context())
-        return cls(parts.hostname or "localhost", port, **{**settings, **options})
+        """``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` or ``unix:///path``
+        (see ``parse_url``); ``options`` override what the URL says."""
+        return cls(**{**parse_url(url), **options})
 
     def __repr__(self):
         return f"RespClient({self.address!r}, db={self.db})"
@@ -419,7 +490,7 @@ class RespClient:
     def __exit__(self, *exc_info):
         self.close()
 
-    # -- the commands ----------------------------------------------------------------
+    # -- the commands ----------------------------------------------------------------------
 
     def execute(self, *args):
         """Send one command and return its reply; an error reply is raised."""
@@ -455,7 +526,7 @@ class RespClient:
         for conn in idle:
             conn.close()
 
-    # -- the pool and the outage state -----------------------------------------------
+    # -- the pool ----------------------------------------------------------------------------
 
     def _call(self, payload, replies):
         conn, probing = self._checkout()
@@ -463,31 +534,27 @@ class RespClient:
             result = conn.call(payload, replies)
         except (RedisConnectionError, RedisTimeoutError, ProtocolError) as exc:
             self._checkin(conn, broken=True)
-            self._record(exc, probing)
+            self._ended(probing, exc)
             raise
         except BaseException:  # e.g. KeyboardInterrupt mid-reply: the stream is out of step
             self._checkin(conn, broken=True)
-            self._record(_UNKNOWN, probing)
+            self._ended(probing)
             raise
         self._checkin(conn)
-        self._record(None, probing)
+        self._ended(probing, None)
         return result
 
     def _checkout(self):
-        """Take a pooled connection (or the right to open one), or fail fast in an outage."""
-        probing = False
+        """Take a pooled connection (or open one); fail fast in an outage.
+
+        Returns the connection and whether this call is the outage's probe.
+        """
         with self._lock:
-            if self._failures:
-                wait = self._retry_at - time.monotonic()
-                if wait > 0 or self._probing:
-                    when = f"retry in {wait:.2f}s" if wait > 0 else "another call is retrying"
-                    raise RedisConnectionError(
-                        f"Redis at {self.address} is unavailable ({when}; last error: {self._last_error})")
-                self._probing = probing = True
+            probing = self._outage.admit(self.address)
             if self._in_use >= self.max_connections and not self._slot_freed.wait_for(
                     lambda: self._in_use < self.max_connections, self.timeout):
                 if probing:
-                    self._probing = False
+                    self._outage.probing = False
                 raise RedisTimeoutError(
                     f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
             self._in_use += 1
@@ -500,7 +567,7 @@ class RespClient:
             return (conn or self._connect()), probing
         except BaseException as exc:
             self._checkin(None)
-            self._record(exc if isinstance(exc, RedisError) else _UNKNOWN, probing)
+            self._ended(probing, exc if isinstance(exc, RedisError) else ...)
             raise
 
     def _checkin(self, conn, broken=False):
@@ -517,28 +584,18 @@ class RespClient:
         if not keep:
             conn.close()
 
-    def _record(self, error, probing):
-        """Note how a call ended: a failure opens (or widens) the fail-fast window.
-
-        ``error`` is None when the server answered, ``_UNKNOWN`` when the call ended
-        for a reason that says nothing about the server.
-        """
-        if error is None and not probing and not self._failures:
+    def _ended(self, probing, error=...):
+        """Note how a call ended: None when the server answered, the error when it failed,
+        ``...`` when it ended for a reason that says nothing about the server."""
+        if error is None and not probing and not self._outage.failures:
             return  # the common case, without taking the lock
         with self._lock:
             if probing:
-                self._probing = False
-            if error is _UNKNOWN:
-                return
-            if error is None or isinstance(error, ResponseError) and not isinstance(error, AuthenticationError):
-                self._failures = 0
-                return
-            self._failures += 1
-            backoff = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_CAP)
-            self._retry_at = time.monotonic() + backoff
-            self._last_error = str(error)
+                self._outage.probing = False
+            if error is not ...:
+                self._outage.record(error)
 
-    # -- connecting ------------------------------------------------------------------
+    # -- connecting --------------------------------------------------------------------------
 
     def _setup_commands(self):
         commands = []
@@ -564,9 +621,8 @@ class RespClient:
             raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
         if not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
-        conn = _Connection(sock, self.timeout, self._limits)
         with self._lock:
-            conn.generation = self._generation
+            conn = _Connection(sock, self.timeout, self._limits, self._generation)
         payload, count = self._setup
         if count:
             try:
@@ -648,7 +704,68 @@ def _host_port(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _raise_error(reply):
-    if isinstance(reply, ResponseError):
-        raise reply
-    return reply
+# -- URL parsing -------------------------------------------------------------------------------
+
+_SCHEMES = ("redis", "rediss", "unix")
+_URL_OPTIONS = ("db", "password", "username", "protocol")
+_SECRET_OPTIONS = ("password",)
+
+
+def parse_url(url):
+    """Read ``redis://[[user]:password@]host[:port][/db][?option=value...]``, ``rediss://...``
+    (TLS, verified against the system's CAs) or ``unix://[[user]:password@]/path``; return
+    ``RespClient``'s keyword arguments. Options: db, password, username, protocol (2 or 3).
+
+    The credentials are everything between ``//`` and the *last* ``@``, so a password may
+    hold ``/ ? # @ :`` unescaped (or percent-escaped). A ValueError's message never quotes
+    any part of the credentials or of a password option.
+    """
+    scheme, slashes, rest = url.partition("://")
+    if not slashes or scheme.lower() not in _SCHEMES:
+        shown = scheme if slashes and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,15}", scheme) else "..."
+        raise ValueError(f"Redis URL scheme must be redis://, rediss:// or unix://, not {shown}://")
+    scheme = scheme.lower()
+    userinfo, at, location = rest.rpartition("@")
+    username, password = _credentials(userinfo) if at else (None, None)
+    parts = urllib.parse.urlsplit("x://" + location)
+    if parts.fragment:
+        raise ValueError("a Redis URL has no #fragment (percent-encode a '#' in the password as %23)")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(_URL_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown Redis URL option {unknown[0][:32]!r} (allowed: {', '.join(_URL_OPTIONS)})")
+
+    def option(name, value):
+        return query[name][-1] if name in query else value
+
+    username = option("username", username) or None
+    password = option("password", password)
+    if username is not None and password is None:
+        raise ValueError("a Redis URL with a username needs a password")
+    db_text = option("db", parts.path.lstrip("/") if scheme != "unix" else "") or "0"
+    if not re.fullmatch(r"[0-9]{1,9}", db_text):
+        raise ValueError(f"Redis database must be a whole number, not {db_text[:32]!r}")
+    protocol_text = option("protocol", "2")
+    if protocol_text not in ("2", "3"):
+        raise ValueError(f"Redis protocol must be 2 or 3, not {protocol_text[:32]!r}")
+    settings = dict(db=int(db_text), username=username, password=password, protocol=int(protocol_text))
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// Redis URL needs a socket path, e.g. unix:///run/redis.sock")
+        return {**settings, "unix_socket": urllib.parse.unquote(parts.path)}
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"Redis URL port must be a number from 1 to 65535 in {parts.netloc[:64]!r}") from None
+    if scheme == "rediss":
+        settings["ssl_context"] = ssl.create_default_context()
+    return {**settings, "host": parts.hostname or "localhost", "port": port}
+
+
+def _credentials(userinfo):
+    """``[user]:password`` between // and @ (a user alone is refused later, naming no part)."""
+    user, colon, password = userinfo.partition(":")
+    if any(c in user for c in "/?#"):  # a '@' in the query or path, not credentials: refuse, unquoted
+        raise ValueError("a Redis URL's credentials must come before the host: "
+                         "redis://[[user]:password@]host (percent-encode '@' elsewhere as %40)")
+    return urllib.parse.unquote(user) or None, urllib.parse.unquote(password) if colon else None
