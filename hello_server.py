@@ -5,22 +5,29 @@ Standard library only. Each visit to ``/`` runs ``INCR counter`` on Redis (throu
 counter is disabled, at once, instead of hanging. Also serves ``/healthz`` (liveness),
 ``/readyz`` (Redis answers PING) and JSON for clients that ask for it.
 
-It is built on ``http.server``'s request handler, with one change to how connections
-are served: one thread serves all connections, non-blocking, with a selector, and one
-more thread talks to Redis, sending the commands of all waiting requests in one pipeline.
-Idle keep-alive connections and slow clients therefore cost no thread, no flood of
-connections creates threads, and threads do not take turns at the interpreter lock on
-every request. It serves small pages to demo, learning and probe traffic; it is not a
-general web server (no request bodies, no TLS, no static files).
+It is built on ``http.server``'s request handler, which parses each request head, with
+one change to how connections are served: one thread serves all connections,
+non-blocking, with a selector, and one more thread talks to Redis, sending the commands
+of all waiting requests in one pipeline. Idle keep-alive connections and slow clients
+therefore cost no thread, no flood of connections creates threads, and threads do not
+take turns at the interpreter lock on every request. It serves small pages to demo,
+learning and probe traffic; it is not a general web server (no request bodies, no TLS,
+no static files).
+
+Read top to bottom: the page and its limits; settings; the site (one route table); the
+request handler (http.server's hooks); a connection and its state; the Redis side; the
+server loop; the logs; listening; the health check; main.
 
 Run ``python3 hello_server.py --help`` for the settings.
 """
 
 import argparse
 import collections
+import email.utils
 import errno
 import functools
 import html
+import http
 import http.client
 import http.server
 import io
@@ -37,20 +44,24 @@ import time
 
 import resp_client
 
+# -- the page and the limits -------------------------------------------------------------------
+
 PAGE = "<h3>Hello {name}!</h3><b>Hostname:</b> {hostname}<br/><b>Visits:</b> {visits}"
 COUNTER_DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 COUNTER_KEY = "counter"
 VERSION = "1.0"
+SERVER_NAME = f"friendlyhello/{VERSION}"
 
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
-MAX_HEAD = 16 * 1024          # request line plus headers; more gets 431
-SWEEP_INTERVAL = 0.25       # how often idle and slow connections are checked for expiry
-SHUTDOWN_GRACE = 5.0        # how long in-flight requests may finish after SIGTERM
-MAX_PIPELINE = 256          # Redis commands sent in one round trip at most
-HEALTHCHECK_TIMEOUT = 2.0   # the image's HEALTHCHECK gives it 3 s
+MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431 (so do over 100 headers)
+SWEEP_INTERVAL = 0.25        # how often idle and slow connections are checked for expiry
+SHUTDOWN_GRACE = 5.0         # how long in-flight requests may finish after SIGTERM
+LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
+MAX_PIPELINE = 256           # Redis commands sent in one round trip at most
+HEALTHCHECK_TIMEOUT = 2.0    # the image's HEALTHCHECK gives it 3 s
 
 
-# -- configuration: read once, validated, before anything binds ----------------------------
+# -- settings: read once, validated, before anything binds -------------------------------------
 
 class ConfigError(Exception):
     """A setting has a value the program cannot use; the message is one line."""
@@ -94,6 +105,14 @@ def _host(text):
     return text
 
 
+def _redis_url(text):
+    try:
+        resp_client.parse_url(text)
+    except ValueError as exc:  # its message quotes no credentials
+        raise ValueError(str(exc)) from None
+    return text
+
+
 class Setting(collections.namedtuple("Setting", "env default parse help secret", defaults=(False,))):
     """One setting: its environment variable, default, parser (raises ValueError) and help."""
 
@@ -112,7 +131,7 @@ SETTINGS = [
     Setting("NAME", "world", _text, "who the page greets"),
     Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
     Setting("BIND", "0.0.0.0", _host, "address to listen on"),
-    Setting("REDIS_URL", None, _text, "redis://[[user]:password@]host[:port][/db], rediss:// or "
+    Setting("REDIS_URL", None, _redis_url, "redis://[[user]:password@]host[:port][/db], rediss:// or "
             "unix:///path; replaces the four REDIS_* settings below", secret=True),
     Setting("REDIS_HOST", "redis", _host, "Redis host name"),
     Setting("REDIS_PORT", 6379, _whole(1, 65535), "Redis port"),
@@ -129,11 +148,11 @@ SETTINGS = [
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
-# Every setting, validated, read once by load_config(); immutable.
-Config = collections.namedtuple("Config", [s.field for s in SETTINGS] + ["healthcheck"])
+# Every setting, validated; made once by load_config() and never changed.
+Config = collections.namedtuple("Config", [s.field for s in SETTINGS])
 
 
-def _argument_parser():
+def argument_parser():
     parser = argparse.ArgumentParser(
         prog="hello_server.py",
         description="friendlyhello: Hello World! and a visit counter in Redis. Each setting is an "
@@ -148,10 +167,11 @@ def _argument_parser():
     return parser
 
 
-def load_config(argv=None, environ=None):
-    """Read flags and environment once; raise ConfigError naming the first bad value."""
+def load_config(argv=None, environ=None, args=None):
+    """Read flags (or argument_parser()'s ``args``) and environment once; raise
+    ConfigError naming the first bad value, and never showing a secret one."""
     environ = os.environ if environ is None else environ
-    args = vars(_argument_parser().parse_args(argv))
+    args = vars(args if args is not None else argument_parser().parse_args(argv))
     values, given = {}, set()
     for s in SETTINGS:
         if args[s.field] is not None:
@@ -165,16 +185,11 @@ def load_config(argv=None, environ=None):
         try:
             values[s.field] = s.parse(raw)
         except ValueError as exc:
-            shown = "(hidden)" if s.secret else repr(raw)
-            raise ConfigError(f"{source}={shown} is not valid: expected {exc}") from None
+            shown = " is not valid:" if s.secret else f"={raw!r} is not valid: expected"
+            raise ConfigError(f"{source}{shown} {exc}") from None
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
-    if values["redis_url"] is not None:
-        try:
-            resp_client.RespClient.from_url(values["redis_url"])
-        except ValueError as exc:
-            raise ConfigError(f"REDIS_URL is not valid: {exc}") from None
-    return Config(**values, healthcheck=args["healthcheck"])
+    return Config(**values)
 
 
 def redis_client(config):
@@ -186,26 +201,39 @@ def redis_client(config):
                                   password=config.redis_password, **timeouts)
 
 
-# -- the site: what each route answers ---------------------------------------------------------
+# -- the site: one route table -----------------------------------------------------------------
 
-Response = collections.namedtuple("Response", "status content_type body")
 TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+
+
+class Response(collections.namedtuple("Response", "status content_type body headers", defaults=((),))):
+    """What to answer: a status, a body (text) and any headers beyond the common ones."""
+
+    __slots__ = ()
+
+
+class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe")):
+    """One path: ``answer(wants_json, redis)`` makes its Response.
+
+    ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
+    ``redis`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
+    that counts visits sends nothing). A ``probe`` is left out of the access log by default.
+    """
+
+    __slots__ = ()
+
+
+RedisReply = collections.namedtuple("RedisReply", "value error")
+
 _INCR_COUNTER = resp_client.encode_command(("INCR", COUNTER_KEY))  # encoded once, sent on every visit
 _PING = resp_client.encode_command(("PING",))
-
-
-class Ask(collections.namedtuple("Ask", "command answer")):
-    """A route's need for one Redis command (``encode_command()``'s bytes, made once);
-    ``answer(reply, error)`` then makes the Response.
-
-    The server sends the commands of all waiting requests to Redis together, in one pipeline,
-    from its Redis thread; no request holds a thread while Redis is slow or away.
-    """
+_SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 
 
 class Site:
-    """The pages. Knows HTTP statuses and content; nothing of sockets, and of Redis only
-    resp_client's commands and errors."""
+    """The pages: statuses and content. Nothing of sockets, and of Redis only its replies."""
 
     def __init__(self, config, hostname=None):
         self.name = config.name
@@ -215,56 +243,42 @@ class Site:
         assert PAGE.endswith("{visits}")
         self.page_start = PAGE[:-len("{visits}")].format(
             name=html.escape(self.name), hostname=html.escape(self.hostname))
-        self._count_visit = {wants_json: Ask(_INCR_COUNTER, functools.partial(self._counted, wants_json))
-                             for wants_json in (False, True)}
-
-    def routes(self):
-        """Every path served; anything else is 404. Only "/" counts a visit."""
-        return {
-            "/": self.page,
-            "/healthz": self.healthz,
-            "/readyz": self.readyz,
+        self.routes = {
+            "/": Route(self.page, _INCR_COUNTER, counts_visit=True, probe=False),
+            "/healthz": Route(self.healthz, None, counts_visit=False, probe=True),
+            "/readyz": Route(self.readyz, _PING, counts_visit=False, probe=True),
         }
 
-    def page(self, wants_json, counting):
-        if not counting:  # HEAD: the same headers, and no visit
-            return self._render(wants_json, None, None)
-        return self._count_visit[wants_json]
-
-    def _counted(self, wants_json, visits, error):
-        if error is None and type(visits) is not int:
+    def page(self, wants_json, redis):
+        visits, error = (None, None) if redis is None else redis
+        if error is None and redis is not None and type(visits) is not int:
             error = resp_client.ProtocolError(f"INCR answered {visits!r:.64}, not an integer")
-        return self._render(wants_json, None if error else visits, error)
-
-    def _render(self, wants_json, visits, error):
+        if error is not None:
+            visits = None
         if wants_json:
             body = json.dumps({"name": self.name, "hostname": self.hostname, "visits": visits,
-                               "redis": _short_reason(error)})
-            return Response(200, "application/json", body + "\n")
+                               "redis": short_reason(error)})
+            return Response(200, JSON, body + "\n", _VARY_ACCEPT)
         text = COUNTER_DISABLED if visits is None else str(visits)
-        return Response(200, "text/html; charset=utf-8", self.page_start + text)
+        return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
 
-    def healthz(self, wants_json, counting):
+    def healthz(self, wants_json, redis):
+        return _SHUTTING_DOWN if self.shutting_down else Response(200, TEXT, "ok\n")
+
+    def readyz(self, wants_json, redis):
         if self.shutting_down:
-            return Response(503, TEXT, "shutting down\n")
-        return Response(200, TEXT, "ok\n")
-
-    def readyz(self, wants_json, counting):
-        if self.shutting_down:
-            return Response(503, TEXT, "shutting down\n")
-        return Ask(_PING, self._ready)
-
-    def _ready(self, reply, error):
-        if error is not None:
-            return Response(503, TEXT, f"redis unavailable: {error}\n")
+            return _SHUTTING_DOWN
+        if redis.error is not None:
+            return Response(503, TEXT, f"redis unavailable: {redis.error}\n")
         return Response(200, TEXT, "ready\n")
 
 
-def _short_reason(error):
-    if error is None:
-        return "ok"
-    if error.command_sent and not isinstance(error, resp_client.ResponseError):
-        return "no reply (the visit may have counted)"
+_VARY_ACCEPT = (("Vary", "Accept"),)
+
+
+def outage_reason(error):
+    """Why Redis cannot be used, in a few words; the error that opened an outage, if any."""
+    error = error.cause or error
     if isinstance(error, resp_client.RedisTimeoutError):
         return "timeout"
     if isinstance(error, resp_client.AuthenticationError):
@@ -276,191 +290,456 @@ def _short_reason(error):
     return "cannot connect"
 
 
-# -- HTTP: one request at a time, on http.server's handler ----------------------------------
+def short_reason(error):
+    """What the JSON answer says of Redis for one visit."""
+    if error is None:
+        return "ok"
+    if error.command_sent and not isinstance(error, resp_client.ResponseError):
+        return "no reply (the visit may have counted)"
+    return outage_reason(error)
 
-_CONTROL_CHARS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]}
-_PROBES = {"/healthz", "/readyz"}
+
+@functools.lru_cache(maxsize=256)
+def prefers_json(accept):
+    """True when an Accept field ranks application/json above text/html (RFC 9110 12.5.1):
+    the most specific media range that matches each type gives its q; ties go to HTML."""
+    ranks = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # (specificity, q)
+    for item in accept.split(","):
+        media, *parameters = item.split(";")
+        media = media.strip().lower()
+        q = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                q = float(value) if re.fullmatch(r" *(0(\.[0-9]{0,3})?|1(\.0{0,3})?) *", value) else -1.0
+        if q < 0:
+            continue  # a malformed q: the range is ignored
+        kind = media.split("/")[0]
+        for ours, (specificity, _) in ranks.items():
+            match = 2 if media == ours else 1 if media == kind + "/*" and ours.startswith(kind + "/") \
+                else 0 if media == "*/*" else -1
+            if match > specificity:
+                ranks[ours] = (match, q)
+    return ranks["application/json"][1] > ranks["text/html"][1]
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    """Answers one request whose head the server has already read.
+_PREFETCH_FIELDS = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
 
-    ``request`` is the server's connection; the head is parsed from memory and the
-    response is gathered in memory for the server to send. A route that needs Redis
-    leaves ``ask`` set; the server gets the reply and calls ``respond()``.
+
+def is_prefetch(headers):
+    """A browser fetching ahead of a navigation that may never happen (Sec-Purpose: prefetch,
+    or prefetch;prerender; the older Purpose, X-Purpose and X-Moz fields)."""
+    for field in _PREFETCH_FIELDS:
+        value = headers.get(field)
+        if value and re.split(r"[;, ]", value.strip().lower(), maxsplit=1)[0] in ("prefetch", "preview"):
+            return True
+    return False
+
+
+# A prefetch of a page that counts is declined: browsers drop a prefetch answered 503,
+# and the real navigation then fetches the page again and counts once.
+_PREFETCH_DECLINED = Response(503, TEXT, "prefetch declined: this page counts visits\n",
+                              (("Retry-After", "0"),))
+
+
+# -- HTTP: http.server's handler, through its hooks -------------------------------------------
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.[0-9]")
+_HEADER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://")
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    """Reads one request head from memory and decides what it asks for.
+
+    As in http.server, constructing it handles the request: ``setup()``, ``handle()`` and
+    ``finish()`` run at once. http.server parses the head; the hooks here hold it to RFC
+    9112 (one rule for line endings, strict framing and Host, absolute-form targets) and
+    leave the result in ``response`` (ready now) or ``route`` (its Redis command must be
+    sent first, then ``answer()``). Nothing here touches a socket.
     """
 
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # errors found before the version still get a status line
-    server_version = f"friendlyhello/{VERSION}"
-    error_message_format = "%(code)d %(message)s\n"
-    error_content_type = TEXT
-    headers = None      # until a request head parses
-    status = 0          # the status sent, for the access log
-    ask = None          # the Redis command this request waits for, if any
+    server_version = SERVER_NAME
+    response = None          # the answer, when it needs nothing from Redis
+    route = None             # the route waiting for its Redis reply
+    probe = False            # a health probe: left out of the access log by default
+    wants_json = False
+    client_closes = False    # the client asked to close after this response
+    command = path = headers = None
+    requestline = ""
+    request_version = default_request_version
+
+    def __init__(self, head, address, site):
+        super().__init__(head, address, site)  # handles the request, as http.server does
+
+    @property
+    def site(self):
+        return self.server
+
+    @property
+    def head_only(self):
+        return self.command == "HEAD"
 
     def setup(self):
-        self.connection = self.request.sock
-        self.rfile = io.BytesIO(self.request.head)
-        self.wfile = io.BytesIO()
+        self.rfile = io.BytesIO(self.request)
+        self.wfile = io.BytesIO()  # only http.server's own "100 Continue" lands here: never sent
 
     def handle(self):
         self.handle_one_request()
 
+    def finish(self):
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        self.response = Response(code, TEXT, f"{code} {http.HTTPStatus(code).phrase}\n")
+        self.close_connection = True
+
     def parse_request(self):
+        self.requestline = self.raw_requestline[:200].decode("latin-1").rstrip("\r\n")
+        status = _malformed_lines(self.request)
+        if status:
+            self.send_error(status)
+            return False
         if not super().parse_request():
             return False
-        if self.headers.defects:  # a header line without a colon, say
-            self.send_error(400, "Malformed header line")
+        status = self._framing_error() or self._host_error() or self._target_error()
+        if status:
+            self.send_error(status)
             return False
-        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
-            self.close_connection = True  # bodies are not read: never parse one as a request
+        options = {o.strip().lower() for v in self.headers.get_all("Connection", ()) for o in v.split(",")}
+        self.client_closes = "close" in options or (
+            self.request_version == "HTTP/1.0" and "keep-alive" not in options)
+        self.close_connection = self.client_closes or self.close_connection
         return True
 
-    def finish(self):
-        pass  # the server sends self.wfile and decides what becomes of the connection
+    def _framing_error(self):
+        """RFC 9112 6.3: bodies are not read, so a body whose length is in doubt is an error,
+        and any body closes the connection after the answer: never parsed as a request."""
+        if self.headers.defects:  # a header line http.server could not read
+            return 400
+        lengths = self.headers.get_all("Content-Length", ())
+        codings = self.headers.get_all("Transfer-Encoding", ())
+        if codings:
+            names = [c.strip().lower() for v in codings for c in v.split(",")]
+            if lengths or self.request_version == "HTTP/1.0" or names[-1] != "chunked":
+                return 400  # two framings, or a length that cannot be known
+            if names.count("chunked") > 1:
+                return 400  # chunked applied twice
+            if len(names) > 1:
+                return 501  # a coding this server does not implement
+            self.close_connection = True
+        elif lengths:
+            if len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+                return 400
+            if int(lengths[0]) > 0:
+                self.close_connection = True
+        return None
 
-    def version_string(self):
-        return self.server_version  # the app, not the Python version
+    def _host_error(self):
+        hosts = self.headers.get_all("Host", ())
+        if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
+            return 400
+        if hosts and not _HOST.fullmatch(hosts[0].strip()):
+            return 400
+        return None
 
-    def log_request(self, code="-", size="-"):
-        self.status = int(code)
+    def _target_error(self):
+        """origin-form (/path), absolute-form (http://host/path, as through a proxy), or * for OPTIONS."""
+        if self.path.startswith("/") or (self.path == "*" and self.command == "OPTIONS"):
+            return None
+        if _ABSOLUTE_FORM.match(self.path):
+            authority, slash, rest = self.path.split("://", 1)[1].partition("/")
+            if authority and "@" not in authority and _HOST.fullmatch(authority):
+                self.path = "/" + rest if slash else "/"
+                return None
+        return 400
 
-    def log_message(self, format, *args):
-        self.server.log_error(self.address_string(), format % args)
-
-    def end_headers(self):
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Cache-Control", "no-store")
-        if self.close_connection:
-            if not any(line.lower().startswith(b"connection:") for line in self._headers_buffer):
-                self.send_header("Connection", "close")
-        elif self.request_version == "HTTP/1.0":
-            self.send_header("Connection", "keep-alive")
-        super().end_headers()
+    def path_only(self):
+        return self.path.split("?", 1)[0] if self.path else "-"
 
     def do_GET(self):
-        route = self.server.routes.get(self.path.split("?", 1)[0])
+        route = self.site.routes.get(self.path_only())
         if route is None:
-            self.send_response(404)
-            self._send_body(TEXT, b"404 not found\n")
-            return
-        accept = self.headers.get("Accept", "")
-        outcome = route("application/json" in accept and "text/html" not in accept,
-                        counting=self.command == "GET")
-        if isinstance(outcome, Ask):
-            self.ask = outcome
+            self.response = Response(404, TEXT, "404 not found\n")
+        elif route.counts_visit and is_prefetch(self.headers):
+            self.response = _PREFETCH_DECLINED
         else:
-            self.respond(outcome)
+            self.probe = route.probe
+            self.wants_json = prefers_json(self.headers.get("Accept", ""))
+            if route.redis_command is None or (route.counts_visit and self.head_only):
+                self.response = route.answer(self.wants_json, None)
+            else:
+                self.route = route
 
     do_HEAD = do_GET  # the same headers, no body, and no visit counted
 
     def _not_allowed(self):
-        self.send_response(405)
-        self.send_header("Allow", "GET, HEAD")
-        self._send_body(TEXT, b"405 method not allowed\n")
+        self.response = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
-    def respond(self, response):
-        self.send_response(response.status)
-        self.send_header("Vary", "Accept")
-        self._send_body(response.content_type, response.body.encode())
-
-    def _send_body(self, content_type, body):
-        self.send_header("Content-Type", content_type)
-        if self.command == "HEAD":  # a HEAD of "/" counts nothing, so its length would be wrong
-            self.end_headers()
-            return
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def answer(self, reply, error):
+        """The route's Response once Redis has answered (or failed)."""
+        return self.route.answer(self.wants_json, RedisReply(reply, error))
 
 
-# -- the server: one thread for all HTTP, one for Redis ------------------------------------------
+def _malformed_lines(head):
+    """400 unless every line is well formed (RFC 9112 2-5): a request line of method, target
+    and HTTP/d.d with single spaces; header lines as name:value with no control characters
+    (NUL and bare CR included) and no folding. A line ends in LF or CRLF, everywhere alike.
+    505 for a major version other than 1."""
+    lines = head.split(b"\n")
+    first = _REQUEST_LINE.fullmatch(lines[0][:-1] if lines[0].endswith(b"\r") else lines[0])
+    if first is None:
+        return 400
+    if first.group(3) != b"1":
+        return 505
+    for line in lines[1:]:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line and not _HEADER_LINE.fullmatch(line):
+            return 400
+    return None
+
+
+# -- the response bytes: every answer, errors included, leaves through here -------------------
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
+_COMMON_HEADERS = (f"Server: {SERVER_NAME}\r\nX-Content-Type-Options: nosniff\r\n"
+                   f"Cache-Control: no-store\r\n")
+
+
+class HttpDate:
+    """The Date field's value, made at most once a second."""
+
+    def __init__(self):
+        self._second, self._text = None, ""
+
+    def __call__(self):
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._text = now, email.utils.formatdate(now, usegmt=True)
+        return self._text
+
+
+def response_bytes(response, date, *, head_only=False, close=False, keep_alive=False):
+    """The whole response, in one buffer: status, the common headers, the route's, the body."""
+    body = response.body.encode()
+    parts = [_STATUS_LINES[response.status], "Date: ", date, "\r\n", _COMMON_HEADERS,
+             "Content-Type: ", response.content_type, "\r\n"]
+    if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
+        parts += ["Content-Length: ", str(len(body)), "\r\n"]
+    for name, value in response.headers:
+        parts += [name, ": ", value, "\r\n"]
+    if close:
+        parts.append("Connection: close\r\n")
+    elif keep_alive:
+        parts.append("Connection: keep-alive\r\n")
+    parts.append("\r\n")
+    head = "".join(parts).encode("latin-1")
+    return head if head_only else head + body
+
+
+# -- a connection and where it stands ----------------------------------------------------------
+
+class HeadRefused(Exception):
+    """A request head past the limits: answered with ``status``, then the connection closes."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+_END_OF_HEAD = re.compile(rb"\n\r?\n")
+_BLANK_LINES = re.compile(rb"(?:\r?\n)+")
+
 
 class Connection:
-    __slots__ = ("sock", "address", "buffer", "head", "deadline", "events", "handler", "started",
-                 "outgoing", "close_after", "closed")
+    """One client connection: its bytes, its deadline and its state.
+
+    READING   waiting for (the rest of) a request head; the head must arrive by the deadline
+    WAITING   a request waits for Redis; the socket is not watched
+    SENDING   a response is going out; the client must take it by the deadline
+    LINGERING our side is shut after a response: what the client still sends is read and
+              dropped until it closes or the deadline, so it can read our answer (RFC 9112 9.6)
+    CLOSED    done
+    """
+
+    READING, WAITING, SENDING, LINGERING, CLOSED = "reading", "waiting", "sending", "lingering", "closed"
+
+    __slots__ = ("sock", "address", "state", "events", "deadline", "buffer", "outgoing",
+                 "handler", "started", "close_after", "linger")
 
     def __init__(self, sock, address):
         self.sock, self.address = sock, address
-        self.buffer = bytearray()
-        self.head = b""
+        self.state = Connection.READING
+        self.events = 0            # what the selector watches the socket for
         self.deadline = 0.0
-        self.events = 0          # what the selector watches this socket for
-        self.handler = None      # the request being answered (waiting for Redis, or being sent)
-        self.started = 0.0
-        self.outgoing = b""
-        self.close_after = False
-        self.closed = False
+        self.buffer = bytearray()  # received, not yet parsed
+        self.outgoing = b""        # to send
+        self.handler = None        # the request being answered
+        self.started = 0.0         # when its head was complete
+        self.close_after = False   # close once the response is sent...
+        self.linger = False        # ...and linger, since the client may still be sending
 
     def take_head(self):
-        """Move one complete request head from the buffer to .head; False if none yet.
+        """Remove one complete request head from the buffer and return it; None if none yet.
 
-        Raises HeadTooLarge when the head (complete or not) is past the limits.
+        Empty lines before a request are skipped (RFC 9112 2.2). Raises HeadRefused when
+        the head, complete or not, is past the limits.
         """
-        while self.buffer.startswith(b"\r\n"):  # blank lines before a request are allowed
-            del self.buffer[:2]
-        match = _END_OF_HEAD.search(self.buffer, 0, MAX_HEAD + 4)
-        head = self.buffer if match is None else self.buffer[:match.end()]
-        line_end = head.find(b"\n")
-        if (len(head) if line_end < 0 else line_end) > MAX_REQUEST_LINE:
-            raise HeadTooLarge(414, "URI Too Long")
-        if len(head) > MAX_HEAD:
-            raise HeadTooLarge(431, "Request Header Fields Too Large")
-        if match is None:
-            return False
-        self.head = bytes(head)
-        del self.buffer[:match.end()]
-        return True
+        blank = _BLANK_LINES.match(self.buffer)
+        if blank:
+            del self.buffer[:blank.end()]
+        end = _END_OF_HEAD.search(self.buffer, 0, MAX_HEAD + 3)
+        size = len(self.buffer) if end is None else end.end()
+        line_end = self.buffer.find(b"\n", 0, size)
+        if (size if line_end < 0 else line_end) > MAX_REQUEST_LINE:
+            raise HeadRefused(414)
+        if size > MAX_HEAD:
+            raise HeadRefused(431)
+        if end is None:
+            return None
+        head = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return head
 
 
-class HeadTooLarge(Exception):
-    def __init__(self, status, reason):
-        super().__init__(f"{status} {reason}")
-        self.status, self.reason = status, reason
+# -- the Redis side ----------------------------------------------------------------------------
+
+class RedisPipeline:
+    """One thread sends the commands of all waiting requests to Redis in one pipeline (one
+    round trip for many pages) and hands each reply back to the serving thread, which it
+    wakes with ``wake()``. Redis's timeout bounds each trip. It notes Redis's state too."""
+
+    def __init__(self, client, wake, log):
+        self.client, self._wake = client, wake
+        self.status = RedisStatus(client.address, log)
+        self._waiting = []                   # (connection, command) to send
+        self._changed = threading.Condition()
+        self._replies = collections.deque()  # (connection, reply, error) to hand back
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="redis", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def submit(self, conn, command):
+        with self._changed:
+            self._waiting.append((conn, command))
+            self._changed.notify()
+
+    def replies(self):
+        """The replies that came back since the last call, oldest first (serving thread)."""
+        while self._replies:
+            yield self._replies.popleft()
+
+    def stop(self):
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        self._thread.join(self.client.timeout * 2 + 1)
+
+    def _run(self):
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting or self._stopping)
+                if self._stopping:
+                    return
+                batch, self._waiting = self._waiting[:MAX_PIPELINE], self._waiting[MAX_PIPELINE:]
+            try:
+                replies = self.client.pipeline([command for _, command in batch])
+                errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
+                self.status.answered()
+            except resp_client.RedisError as exc:
+                replies, errors = [None] * len(batch), [exc] * len(batch)
+                self.status.failed(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: each request answers 500, the thread lives on
+                replies, errors = [None] * len(batch), [exc] * len(batch)
+            self._replies.extend((conn, reply, error) for (conn, _), reply, error
+                                 in zip(batch, replies, errors, strict=True))
+            self._wake()
 
 
-_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
+class RedisStatus:
+    """Whether Redis answers, logged once at each change: up, down with the reason, back.
+
+    An outage logs one line however many pages it touches; a new reason while it lasts
+    (refused, then a wrong password) logs one more. Called from the Redis thread only.
+    """
+
+    def __init__(self, address, log):
+        self.address, self._log = address, log
+        self.reason = None       # why Redis is down; None while it answers (or before it is tried)
+        self._down_since = None
+        self._seen_up = False
+
+    def answered(self):
+        if self.reason is None and self._seen_up:
+            return
+        if self.reason is not None:
+            self._log.error("redis", f"{self.address} is back after "
+                                     f"{time.monotonic() - self._down_since:.1f}s")
+        else:
+            self._log.error("redis", f"{self.address} answers")
+        self.reason, self._down_since, self._seen_up = None, None, True
+
+    def failed(self, error):
+        if isinstance(error, resp_client.ResponseError) and not isinstance(error, resp_client.AuthenticationError):
+            self.answered()  # an error reply is still an answer
+            return
+        reason = outage_reason(error)
+        if reason == self.reason:
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self.reason = reason
+        self._log.error("redis", f"{self.address} is unavailable ({reason}): {error.cause or error}"
+                                 " - pages say the counter is disabled until it answers again")
+
+
+# -- the server loop ---------------------------------------------------------------------------
+
+_LISTENER, _WAKE = object(), object()  # selector keys that are not connections
+_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.WAITING: 0,
+           Connection.SENDING: selectors.EVENT_WRITE, Connection.LINGERING: selectors.EVENT_READ,
+           Connection.CLOSED: 0}
 
 
 class HelloServer:
-    """Serves HTTP from one selector thread; Redis commands go through one Redis thread.
+    """Serves HTTP from one selector thread; Redis commands go through a RedisPipeline.
 
     Sockets are non-blocking, so no client, however slow or idle, holds a thread. The
-    Redis thread sends the commands of all waiting requests in one pipeline (one round
-    trip for many pages) and hands the replies back; Redis's timeout bounds each trip.
+    loop accepts, reads heads, hands each to a RequestHandler, sends the response (or
+    submits the Redis command and sends when the reply comes back), and sweeps expired
+    connections. ``stop()`` (safe from a signal handler) stops accepting and lets the
+    requests in flight finish within SHUTDOWN_GRACE.
     """
 
-    def __init__(self, config, site, client, out=sys.stdout, err=sys.stderr):
-        self.config, self.site, self.client = config, site, client
-        self.routes = site.routes()
-        self.out, self.err = out, err
-        self._log_lock = threading.Lock()
-        self.listener = _listen(config)
-        self.port = self.listener.getsockname()[1]
+    def __init__(self, config, site, client, listener, log):
+        self.config, self.site, self.log = config, site, log
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        self.stopping = False
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self.redis = RedisPipeline(client, self._wake, log)
+        self._date = HttpDate()
         self._connections = set()
         self._accepting = False
-        self._asks = []                        # (connection, command) for the Redis thread
-        self._asks_ready = threading.Condition()
-        self._answers = collections.deque()    # (connection, reply, error) back from it
-        self._redis_thread = threading.Thread(target=self._redis_loop, name="redis", daemon=True)
-        self._redis_stopping = False
-        self.stopping = False
-        self._log_probes = config.access_log == "all"
-
-    # -- the selector thread ---------------------------------------------------------
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._accept(True)
-        self._redis_thread.start()
+        self.redis.start()
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         grace_until = None
         try:
@@ -472,10 +751,10 @@ class HelloServer:
                     if not any(c.handler for c in self._connections) or time.monotonic() > grace_until:
                         return
                 for key, events in self._selector.select(SWEEP_INTERVAL):
-                    if key.data == "listener":
+                    if key.data is _LISTENER:
                         self._accept_waiting()
-                    elif key.data == "wake":
-                        self._take_answers()
+                    elif key.data is _WAKE:
+                        self._take_replies()
                     elif events & selectors.EVENT_WRITE:
                         if self._flush(key.data):
                             self._serve_requests(key.data)
@@ -500,10 +779,12 @@ class HelloServer:
         except OSError:  # the wake-up pipe is full: a wake-up is already pending
             pass
 
+    # -- connections coming and going ---------------------------------------------------------
+
     def _accept(self, on):
         if on != self._accepting:
             if on:
-                self._selector.register(self.listener, selectors.EVENT_READ, "listener")
+                self._selector.register(self.listener, selectors.EVENT_READ, _LISTENER)
             else:
                 self._selector.unregister(self.listener)
             self._accepting = on
@@ -518,30 +799,52 @@ class HelloServer:
             except BlockingIOError:
                 return
             except OSError as exc:  # out of file descriptors, say: stop accepting for a moment
-                self.log_error("-", f"accept failed: {exc}")
+                self.log.error("-", f"accept failed: {exc}")
                 self._accept(False)
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, address[0])
             self._connections.add(conn)
-            self._wait_for_request(conn)
+            self._enter(conn, Connection.READING)
 
-    def _watch(self, conn, events):
-        """Have the selector watch the connection for these events (0: not at all)."""
-        if events == conn.events:
-            return
-        if not conn.events:
-            self._selector.register(conn.sock, events, conn)
-        elif not events:
-            self._selector.unregister(conn.sock)
+    def _enter(self, conn, state, deadline=None):
+        """Move the connection to a state: the selector watches what that state waits for."""
+        events = _EVENTS[state]
+        if events != conn.events:
+            if not conn.events:
+                self._selector.register(conn.sock, events, conn)
+            elif not events:
+                self._selector.unregister(conn.sock)
+            else:
+                self._selector.modify(conn.sock, events, conn)
+            conn.events = events
+        conn.state = state
+        if state is not Connection.WAITING:
+            conn.deadline = time.monotonic() + (deadline or self.config.idle_timeout)
         else:
-            self._selector.modify(conn.sock, events, conn)
-        conn.events = events
+            conn.deadline = float("inf")  # Redis's own timeout bounds the wait
 
-    def _wait_for_request(self, conn):
-        conn.deadline = time.monotonic() + self.config.idle_timeout
-        self._watch(conn, selectors.EVENT_READ)
+    def _close(self, conn):
+        if conn.state is Connection.CLOSED:
+            return
+        self._enter(conn, Connection.CLOSED)
+        conn.sock.close()
+        conn.handler = None
+        self._connections.discard(conn)
+        if not self.stopping:
+            self._accept(True)
+
+    def _sweep(self, now):
+        for conn in [c for c in self._connections if c.deadline < now]:
+            if conn.state is Connection.READING and conn.buffer:
+                self._refuse(conn, 408)  # a head that never finished arriving
+            else:
+                self._close(conn)  # idle, not reading what we send, or done lingering
+        if not self.stopping and len(self._connections) < self.config.max_connections:
+            self._accept(True)  # after a failed accept(), try again
+
+    # -- requests and responses ---------------------------------------------------------------
 
     def _read(self, conn):
         try:
@@ -552,67 +855,80 @@ class HelloServer:
             data = b""
         if not data:
             self._close(conn)
-            return
-        conn.buffer += data
-        self._serve_requests(conn)
+        elif conn.state is Connection.READING:
+            conn.buffer += data
+            self._serve_requests(conn)
+        # LINGERING: what comes after our last answer is dropped
 
     def _serve_requests(self, conn):
         """Answer the complete requests the connection has sent, until one has to wait."""
-        while True:
+        while conn.state is Connection.READING:
             try:
-                complete = conn.take_head()
-            except HeadTooLarge as exc:
-                self._refuse(conn, exc.status, exc.reason)
+                head = conn.take_head()
+            except HeadRefused as refused:
+                self._refuse(conn, refused.status)
                 return
-            if not complete:
-                self._watch(conn, selectors.EVENT_READ)
+            if head is None:
                 return
-            self._watch(conn, 0)
             conn.started = time.monotonic()
             try:
-                conn.handler = Handler(conn, (conn.address, 0), self)
+                handler = conn.handler = RequestHandler(head, conn.address, self.site)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
                 self._internal_error(conn, exc)
                 return
-            if conn.handler.ask is not None:
-                with self._asks_ready:
-                    self._asks.append((conn, conn.handler.ask.command))
-                    self._asks_ready.notify()
+            if handler.route is not None:
+                self._enter(conn, Connection.WAITING)
+                self.redis.submit(conn, handler.route.redis_command)
                 return
-            if not self._respond(conn):
+            if not self._respond(conn, handler.response):
                 return
 
-    def _take_answers(self):
+    def _take_replies(self):
         try:
             self._wake_r.recv(4096)
         except BlockingIOError:
             pass
-        while self._answers:
-            conn, reply, error = self._answers.popleft()
-            if conn.closed:
+        for conn, reply, error in self.redis.replies():
+            if conn.state is Connection.CLOSED:
                 continue
-            handler = conn.handler
-            if self.stopping:
-                handler.close_connection = True
             try:
                 if error is not None and not isinstance(error, resp_client.RedisError):
                     raise error  # a bug of ours on the Redis thread, not an outage
-                handler.respond(handler.ask.answer(reply, error))
+                response = conn.handler.answer(reply, error)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
                 self._internal_error(conn, exc)
                 continue
-            if self._respond(conn):
+            if self._respond(conn, response):
                 self._serve_requests(conn)
 
-    def _respond(self, conn):
+    def _respond(self, conn, response):
         """Send the handler's response; True when the connection may go on to its next request."""
         handler = conn.handler
-        self.log_request(handler, conn.address, conn.started)
-        conn.outgoing = handler.wfile.getvalue()
-        conn.close_after = handler.close_connection or self.stopping
+        self.log.request(conn.address, handler.command, handler.path or handler.requestline, response.status,
+                         time.monotonic() - conn.started, handler.probe)
+        close = handler.close_connection or self.stopping
+        data = response_bytes(response, self._date(), head_only=handler.head_only, close=close,
+                              keep_alive=handler.request_version == "HTTP/1.0")
+        # Lingering is for a client that may still be sending: one that asked to close is done.
+        return self._send(conn, data, close, linger=not (handler.client_closes and not conn.buffer))
+
+    def _refuse(self, conn, status):
+        """Answer a request that never became one (too large, too slow), and close."""
+        self.log.request(conn.address, None, None, status, 0.0, False)
+        conn.handler = None
+        self._send(conn, response_bytes(Response(status, TEXT, f"{status} {http.HTTPStatus(status).phrase}\n"),
+                                        self._date(), close=True), True, linger=True)
+
+    def _internal_error(self, conn, exc):
+        self.log.error(conn.address, f"internal error: {exc!r}")
+        self._refuse(conn, 500)
+
+    def _send(self, conn, data, close, linger):
+        conn.outgoing, conn.close_after, conn.linger = data, close, linger
         return self._flush(conn)
 
     def _flush(self, conn):
+        """Send what the connection has to send; True when it may go on to its next request."""
         try:
             sent = conn.sock.send(conn.outgoing)
         except BlockingIOError:
@@ -622,49 +938,24 @@ class HelloServer:
             return False
         conn.outgoing = conn.outgoing[sent:]
         if conn.outgoing:  # the client reads slowly: wait until it can take more
-            conn.deadline = time.monotonic() + self.config.idle_timeout
-            self._watch(conn, selectors.EVENT_WRITE)
+            self._enter(conn, Connection.SENDING)
             return False
         conn.handler = None
-        if conn.close_after:
+        if not conn.close_after:
+            self._enter(conn, Connection.READING)
+            return True
+        if conn.linger:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(conn)
+                return False
+            self._enter(conn, Connection.LINGERING, LINGER)
+        else:
             self._close(conn)
-            return False
-        conn.deadline = time.monotonic() + self.config.idle_timeout
-        return True
+        return False
 
-    def _sweep(self, now):
-        for conn in [c for c in self._connections if c.events and c.deadline < now]:
-            if conn.events == selectors.EVENT_READ and conn.buffer:
-                self._refuse(conn, 408, "Request Timeout")  # a head that never finished arriving
-            else:
-                self._close(conn)  # idle, or not reading what we send
-        if not self.stopping and len(self._connections) < self.config.max_connections:
-            self._accept(True)  # after a failed accept(), try again
-
-    def _internal_error(self, conn, exc):
-        self.log_error(conn.address, f"internal error: {exc!r}")
-        self._refuse(conn, 500, "Internal Server Error")
-
-    def _refuse(self, conn, status, reason):
-        """Answer a request that never became one (too large, too slow), and close."""
-        self.log_access(conn.address, "-", "-", status, 0.0)
-        try:
-            conn.sock.send(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                           % (status, reason.encode()))
-        except OSError:
-            pass
-        self._close(conn)
-
-    def _close(self, conn):
-        if conn.closed:
-            return
-        self._watch(conn, 0)
-        conn.sock.close()
-        conn.closed = True
-        conn.handler = None
-        self._connections.discard(conn)
-        if not self.stopping:
-            self._accept(True)
+    # -- shutting down ------------------------------------------------------------------------
 
     def _stop_taking_requests(self):
         self._accept(False)
@@ -675,58 +966,53 @@ class HelloServer:
     def _shut_down(self):
         for conn in list(self._connections):
             self._close(conn)
-        with self._asks_ready:
-            self._redis_stopping = True
-            self._asks_ready.notify()
-        self._redis_thread.join(self.config.redis_timeout * 2 + 1)
+        self.redis.stop()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
-    # -- the Redis thread --------------------------------------------------------------
 
-    def _redis_loop(self):
-        while True:
-            with self._asks_ready:
-                self._asks_ready.wait_for(lambda: self._asks or self._redis_stopping)
-                if self._redis_stopping:
-                    return
-                batch, self._asks = self._asks[:MAX_PIPELINE], self._asks[MAX_PIPELINE:]
-            try:
-                replies = self.client.pipeline([command for _, command in batch])
-                errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
-            except Exception as exc:  # noqa: BLE001 - RedisError, or a bug reported per request
-                replies, errors = [None] * len(batch), [exc] * len(batch)
-            self._answers.extend((conn, reply, error) for (conn, _), reply, error
-                                 in zip(batch, replies, errors))
-            self._wake()
+# -- the logs ----------------------------------------------------------------------------------
 
-    # -- logs ------------------------------------------------------------------------
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {ord('"'): '\\"', ord("\\"): "\\\\"}
 
-    def log_request(self, handler, address, started):
-        path = handler.path if hasattr(handler, "path") else "-"
-        if self.config.access_log == "off" or (path in _PROBES and not self._log_probes):
+
+def printable(text):
+    """Anything from a request or a setting, made safe to quote in one log line."""
+    return text.translate(_ESCAPES)
+
+
+class Log:
+    """The access log (stdout) and the error log (stderr), each line written whole."""
+
+    def __init__(self, access_log, out=sys.stdout, err=sys.stderr):
+        self.access, self.probes = access_log != "off", access_log == "all"
+        self.out, self.err = out, err
+        self._lock = threading.Lock()
+
+    def request(self, address, method, target, status, seconds, probe):
+        if not self.access or (probe and not self.probes):
             return
-        self.log_access(address, handler.command or "-", path, handler.status,
-                        time.monotonic() - started)
+        self._write(self.out, f'{address} "{printable(method or "-")} {printable(target or "-")}" '
+                              f'{status} {seconds * 1000:.1f}ms')
 
-    def log_access(self, address, method, path, status, seconds):
-        if self.config.access_log == "off":
-            return
-        line = f'{address} "{method} {path}" {status} {seconds * 1000:.1f}ms'
-        self._write(self.out, line.translate(_CONTROL_CHARS))
-
-    def log_error(self, address, message):
-        self._write(self.err, f"friendlyhello: {address}: {message}".translate(_CONTROL_CHARS))
+    def error(self, where, message):
+        self._write(self.err, f"friendlyhello: {where}: {printable(message)}")
 
     def _write(self, stream, line):
-        with self._log_lock:
+        with self._lock:
             stream.write(line + "\n")
             stream.flush()
 
 
-def _listen(config):
-    """Bind and listen, or raise SystemExit with one line that says how to fix it."""
+# -- listening ---------------------------------------------------------------------------------
+
+class ListenError(Exception):
+    """The port cannot be listened on; the message says how to fix it, in one line."""
+
+
+def listen(config):
+    """Bind and listen, non-blocking, or raise ListenError."""
     family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -737,17 +1023,27 @@ def _listen(config):
         sock.close()
         where = f"port {config.port} on {config.bind}"
         if isinstance(exc, PermissionError):
-            raise SystemExit(
-                f"friendlyhello: not allowed to listen on {where} as user {os.getuid()}: "
+            raise ListenError(
+                f"not allowed to listen on {where} as user {os.getuid()}: "
                 f"set PORT=8080 (publish with -p 4000:8080), or give the container "
                 f"--sysctl net.ipv4.ip_unprivileged_port_start=0") from None
         if exc.errno == errno.EADDRINUSE:
-            raise SystemExit(f"friendlyhello: {where} is already in use: stop the other "
-                             f"program or choose another port, e.g. PORT=8080") from None
-        raise SystemExit(f"friendlyhello: cannot listen on {where}: {exc.strerror or exc}") from None
+            raise ListenError(f"{where} is already in use: stop the other "
+                              f"program or choose another port, e.g. PORT=8080") from None
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
+
+def _raise_file_limit(wanted):
+    """Idle connections are cheap here but each is a file descriptor: allow enough."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+# -- the health check --------------------------------------------------------------------------
 
 def healthcheck(config):
     """The image's HEALTHCHECK: 0 if this container's server answers /healthz with 200."""
@@ -764,25 +1060,25 @@ def healthcheck(config):
     return 0 if status == 200 else 1
 
 
-def _raise_file_limit(wanted):
-    """Idle connections are cheap here but each is a file descriptor: allow enough."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
+# -- main --------------------------------------------------------------------------------------
 
 def main(argv=None):
+    args = argument_parser().parse_args(argv)
     try:
-        config = load_config(argv)
+        config = load_config(args=args)
     except ConfigError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 2
-    if config.healthcheck:
+    if args.healthcheck:
         return healthcheck(config)
     _raise_file_limit(config.max_connections + 64)
+    try:
+        listener = listen(config)
+    except ListenError as exc:
+        print(f"friendlyhello: {exc}", file=sys.stderr)
+        return 1
     client = redis_client(config)
-    server = HelloServer(config, Site(config), client)
+    server = HelloServer(config, Site(config), client, listener, Log(config.access_log))
     stops = []
 
     def on_signal(signum, frame):

@@ -18,7 +18,7 @@ def main(source, target):
     labels = [row["figure"] for row in rows]
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.4), dpi=110)
     y = range(len(rows))
-    colors = ["#2e7d32" if b >= g else "#c62828" for b, g in zip(better, goals)]
+    colors = ["#2e7d32" if b >= g else "#c62828" for b, g in zip(better, goals, strict=True)]
     ax.barh(list(y), [b - 1 for b in better], left=1, color=colors)  # from 1x: even, either way
     ax.scatter(goals, list(y), marker="|", s=400, color="black", label="target", zorder=3)
     for i, value in enumerate(better):

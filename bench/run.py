@@ -286,7 +286,7 @@ def machine():
         pass
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 ROWS = [  # (figure, key, unit, target ratio, "higher" or "lower" is better)

@@ -1,13 +1,7 @@
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from fake_redis import FakeRedis  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from fake_redis import FakeRedis
+from redis_server import RedisServer
 
 
 @pytest.fixture
@@ -18,6 +12,5 @@ def fake_redis():
 
 @pytest.fixture
 def redis_server():
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
+    with RedisServer() as server:
+        yield server

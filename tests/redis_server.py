@@ -35,6 +35,12 @@ class RedisServer:
         self.tls = tls  # (certificate file, key file): serve TLS only, on self.port
         self.process = None
 
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.cleanup()
+
     @property
     def url(self):
         auth = f":{self.password}@" if self.password else ""

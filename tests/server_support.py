@@ -20,15 +20,21 @@ SERVER = os.path.join(ROOT, "hello_server.py")
 class Running:
     """A server serving in a thread of this process."""
 
-    def __init__(self, server, thread, log):
-        self.server, self.thread, self.log = server, thread, log
+    def __init__(self, server, thread, access_log, error_log):
+        self.server, self.thread = server, thread
+        self.access_log, self.error_log = access_log, error_log
         self.port = server.port
 
     def get(self, path="/", **options):
         return request(self.port, path, **options)
 
     def log_lines(self):
-        return self.log.getvalue().splitlines()
+        """The access log (stdout)."""
+        return self.access_log.getvalue().splitlines()
+
+    def error_lines(self):
+        """The error log (stderr)."""
+        return self.error_log.getvalue().splitlines()
 
 
 @contextlib.contextmanager
@@ -36,12 +42,13 @@ def serving(env=None, hostname=None):
     """Serve with these settings (as environment variables) until the block ends."""
     config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
     client = hello_server.redis_client(config)
-    log = io.StringIO()
-    server = hello_server.HelloServer(config, hello_server.Site(config, hostname), client, out=log, err=log)
+    access_log, error_log = io.StringIO(), io.StringIO()
+    server = hello_server.HelloServer(config, hello_server.Site(config, hostname), client, hello_server.listen(config),
+                                      hello_server.Log(config.access_log, access_log, error_log))
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        yield Running(server, thread, log)
+        yield Running(server, thread, access_log, error_log)
     finally:
         server.stop()
         thread.join(10)
@@ -85,7 +92,7 @@ class Process:
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout):
-            raise AssertionError("no start-up line within %ss" % timeout)
+            raise AssertionError(f"no start-up line within {timeout}s")
         self.first_line = self.process.stdout.readline().decode()
         assert "listening on http://" in self.first_line, self.first_line + self.stderr_now()
         self.port = int(self.first_line.split("listening on http://", 1)[1].split(" ")[0].rsplit(":", 1)[1])

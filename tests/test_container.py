@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pytest
-
 from common import unavailable
 from redis_server import free_port
 from server_support import ROOT

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from fake_redis import Delay, Silence
 from redis_server import RedisServer, free_port
 from server_support import SERVER, Process, request, run_to_exit, serving
@@ -149,13 +148,11 @@ def test_a_bug_in_a_page_answers_500_logs_it_and_the_server_keeps_serving(fake_r
         raise KeyError("a bug")
 
     with serving(redis_env(fake_redis)) as server:
-        if path == "/":
-            server.server.site._render = broken  # fails after Redis answered
-        else:
-            server.server.routes[path] = broken  # fails before
+        routes = server.server.site.routes  # "/" fails after Redis answered, "/healthz" at once
+        routes[path] = routes[path]._replace(answer=broken)
         reply = server.get(path)
         assert server.get("/readyz").status == 200
-        log = server.log.getvalue()
+        log = "\n".join(server.error_lines())
     assert reply.status == 500
     assert "internal error: KeyError('a bug')" in log
 
@@ -216,7 +213,7 @@ def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(fake_redis, r
 
 def test_request_with_a_body_is_answered_then_the_connection_closes(fake_redis):
     with serving(redis_env(fake_redis)) as server:
-        answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /")
+        answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /")
     assert answer.startswith(b"HTTP/1.1 405") and b"Connection: close" in answer
 
 
@@ -248,11 +245,13 @@ def test_access_log_has_one_line_per_request_and_leaves_probes_out(fake_redis):
     assert lines[1].startswith('127.0.0.1 "GET /nope" 404 ')
 
 
-def test_access_log_escapes_control_characters(fake_redis):
+def test_access_log_escapes_control_characters_and_quotes(fake_redis):
     with serving(redis_env(fake_redis)) as server:
-        raw_exchange(server.port, b"GET /\x1b[31mred HTTP/1.1\r\nConnection: close\r\n\r\n")
-        line = server.log_lines()[-1]
-    assert "\x1b" not in line and "\\x1b" in line
+        raw_exchange(server.port, b"GET /\x1b[31mred HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw_exchange(server.port, b'GET /a"b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        refused, quoted = server.log_lines()[-2:]
+    assert "\x1b" not in refused and "\\x1b" in refused and '" 400 ' in refused
+    assert '"GET /a\\"b" 404 ' in quoted
 
 
 @pytest.mark.parametrize("setting, logged", [("off", 0), ("all", 2)])

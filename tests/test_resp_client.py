@@ -8,13 +8,20 @@ import threading
 import time
 
 import pytest
-
-import resp_client
 from common import unavailable
 from fake_redis import Delay, Dribble, FakeRedis, Hangup, Silence
 from redis_server import RedisServer, free_port
-from resp_client import (AuthenticationError, ProtocolError, RedisConnectionError, RedisError,
-                         RedisTimeoutError, RespClient, ResponseError)
+
+import resp_client
+from resp_client import (
+    AuthenticationError,
+    ProtocolError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    RespClient,
+    ResponseError,
+)
 
 
 def client_for(fake, **options):
@@ -45,9 +52,8 @@ def test_text_is_sent_as_utf8(fake_redis):
 
 @pytest.mark.parametrize("bad", [None, True, ["a"], {"a": 1}, object()])
 def test_unsupported_argument_types_raise_type_error_before_anything_is_sent(fake_redis, bad):
-    with client_for(fake_redis) as client:
-        with pytest.raises(TypeError, match="cannot send"):
-            client.execute("SET", "k", bad)
+    with client_for(fake_redis) as client, pytest.raises(TypeError, match="cannot send"):
+        client.execute("SET", "k", bad)
     assert fake_redis.connections == 0
 
 
@@ -73,10 +79,9 @@ def test_protocol_3_opts_in_with_hello_carrying_the_credentials(fake_redis):
 
 
 def test_wrong_password_raises_authentication_error():
-    with FakeRedis(password="right") as fake:
-        with client_for(fake, password="wrong") as client:
-            with pytest.raises(AuthenticationError) as caught:
-                client.ping()
+    with FakeRedis(password="right") as fake, client_for(fake, password="wrong") as client, \
+            pytest.raises(AuthenticationError) as caught:
+        client.ping()
     assert caught.value.code == "WRONGPASS"
 
 
@@ -165,9 +170,8 @@ def test_pipeline_takes_commands_encoded_once(fake_redis):
 
 def test_incr_refuses_a_reply_that_is_not_an_integer(fake_redis):
     fake_redis.script(b"$1\r\n7\r\n")
-    with client_for(fake_redis) as client:
-        with pytest.raises(ProtocolError):
-            client.incr("counter")
+    with client_for(fake_redis) as client, pytest.raises(ProtocolError):
+        client.incr("counter")
 
 
 # -- a hostile or broken server ---------------------------------------------------------------
@@ -254,23 +258,22 @@ def test_server_closing_mid_reply_raises_connection_error(fake_redis, reset):
 
 
 def test_refused_port_raises_connection_error():
-    with RespClient("127.0.0.1", free_port()) as client:
-        with pytest.raises(RedisConnectionError, match="refused"):
-            client.incr("counter")
+    with RespClient("127.0.0.1", free_port()) as client, pytest.raises(RedisConnectionError, match="refused"):
+        client.incr("counter")
 
 
 def test_unknown_host_raises_connection_error_within_the_connect_timeout():
     started = time.monotonic()
-    with RespClient("no-such-host.invalid", connect_timeout=0.5) as client:
-        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
-            client.incr("counter")
+    with RespClient("no-such-host.invalid", connect_timeout=0.5) as client, \
+            pytest.raises((RedisConnectionError, RedisTimeoutError)):
+        client.incr("counter")
     assert time.monotonic() - started < 1.0
 
 
 def test_rediss_never_falls_back_to_plaintext(fake_redis):
-    with RespClient.from_url(f"rediss://127.0.0.1:{fake_redis.port}", timeout=1) as client:
-        with pytest.raises(RedisConnectionError):
-            client.incr("counter")
+    with RespClient.from_url(f"rediss://127.0.0.1:{fake_redis.port}", timeout=1) as client, \
+            pytest.raises(RedisConnectionError):
+        client.incr("counter")
     assert b"INCR" not in fake_redis.received
     assert fake_redis.received.startswith(b"\x16\x03")  # a TLS handshake record
 
@@ -303,16 +306,13 @@ def test_timed_out_command_is_not_sent_again(fake_redis):
 
 def test_errors_say_whether_the_command_may_have_reached_the_server(fake_redis):
     fake_redis.script(Silence())
-    with client_for(fake_redis, timeout=0.2) as client:
-        with pytest.raises(RedisTimeoutError) as after_sending:
-            client.incr("counter")
-    with RespClient("127.0.0.1", free_port()) as client:
-        with pytest.raises(RedisConnectionError) as before_sending:
-            client.incr("counter")
-    with FakeRedis(password="right") as fake:
-        with client_for(fake, password="wrong") as client:
-            with pytest.raises(AuthenticationError) as during_setup:
-                client.incr("counter")
+    with client_for(fake_redis, timeout=0.2) as client, pytest.raises(RedisTimeoutError) as after_sending:
+        client.incr("counter")
+    with RespClient("127.0.0.1", free_port()) as client, pytest.raises(RedisConnectionError) as before_sending:
+        client.incr("counter")
+    with FakeRedis(password="right") as fake, client_for(fake, password="wrong") as client, \
+            pytest.raises(AuthenticationError) as during_setup:
+        client.incr("counter")
     assert after_sending.value.command_sent is True
     assert before_sending.value.command_sent is False
     assert during_setup.value.command_sent is False
@@ -460,12 +460,10 @@ def test_real_redis_auth_right_and_wrong_password():
     try:
         with RespClient("127.0.0.1", server.port, password="correct horse") as good:
             assert good.incr("counter") == 1
-        with RespClient("127.0.0.1", server.port, password="wrong") as bad:
-            with pytest.raises(AuthenticationError):
-                bad.incr("counter")
-        with RespClient("127.0.0.1", server.port) as none:
-            with pytest.raises(AuthenticationError):
-                none.incr("counter")
+        with RespClient("127.0.0.1", server.port, password="wrong") as bad, pytest.raises(AuthenticationError):
+            bad.incr("counter")
+        with RespClient("127.0.0.1", server.port) as none, pytest.raises(AuthenticationError):
+            none.incr("counter")
     finally:
         server.cleanup()
 
@@ -492,12 +490,11 @@ def test_real_redis_over_tls_verifies_the_certificate(tmp_path):
         trusting = ssl.create_default_context(cafile=cert)
         with RespClient.from_url(f"rediss://localhost:{server.port}", ssl_context=trusting) as client:
             assert client.incr("counter") == 1
-        with RespClient.from_url(f"rediss://localhost:{server.port}") as client:
-            with pytest.raises(RedisConnectionError, match="certificate"):
-                client.incr("counter")
-        with RespClient("127.0.0.1", server.port, timeout=0.5) as plaintext:
-            with pytest.raises(RedisError):
-                plaintext.incr("counter")
+        with RespClient.from_url(f"rediss://localhost:{server.port}") as client, \
+                pytest.raises(RedisConnectionError, match="certificate"):
+            client.incr("counter")
+        with RespClient("127.0.0.1", server.port, timeout=0.5) as plaintext, pytest.raises(RedisError):
+            plaintext.incr("counter")
     finally:
         server.cleanup()
 

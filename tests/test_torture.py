@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from fault_proxy import FaultProxy
 from redis_server import RedisServer, free_port
 from server_support import Process
@@ -418,7 +417,7 @@ def test_a_client_that_never_reads_its_responses_is_dropped_while_others_are_ser
     sock = socket.create_connection(("127.0.0.1", proc.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(0.5)
-    requests = b"GET /healthz HTTP/1.1\r\n\r\n" * 1000
+    requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
     started, sent = time.monotonic(), 0
     try:
         for _ in range(1000):  # until the server stops taking requests: its answers pile up
@@ -446,7 +445,7 @@ def test_a_client_that_never_reads_its_responses_is_dropped_while_others_are_ser
     assert dropped and answered < sent, "the connection of a client that never read was not dropped"
 
 
-CLOSE = b"Connection: close\r\n"
+CLOSE = b"Host: x\r\nConnection: close\r\n"
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -454,12 +453,13 @@ CLOSE = b"Connection: close\r\n"
     (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n", b"431"),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"400"),
     (b"GET\r\n\r\n", b"400"),
-    (b"G@T / HTTP/1.1\r\n" + CLOSE + b"\r\n", b"501"),
+    (b"G@T / HTTP/1.1\r\n" + CLOSE + b"\r\n", b"400"),
+    (b"BREW / HTTP/1.1\r\n" + CLOSE + b"\r\n", b"501"),
     (b"GET /\xff\xfe\x80 HTTP/1.1\r\n" + CLOSE + b"\r\n", b"404"),
     (b"GET /%00%ff%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\n" + CLOSE + b"\r\n", b"404"),
     (b"GET / HTTP/1.0\r\n\r\n", b"200"),
     (b"GET / HTTP/2.0\r\n\r\n", b"505"),
-], ids=["100KB-line", "200-headers", "tls-hello", "no-path", "bad-method", "non-utf8-path",
+], ids=["100KB-line", "200-headers", "tls-hello", "no-path", "method-not-a-token", "unknown-method", "non-utf8-path",
         "percent-junk", "http-1.0", "http-2.0"])
 def test_abusive_requests_get_a_correct_status_and_the_server_keeps_serving(redis, start_server, raw, expected):
     proc = start_server(redis.port, IDLE_TIMEOUT=1)
@@ -472,12 +472,13 @@ def test_abusive_requests_get_a_correct_status_and_the_server_keeps_serving(redi
 
 def test_pipelined_requests_and_clients_vanishing_mid_response_leak_nothing(redis, start_server):
     proc = start_server(redis.port)
-    answer = exchange(proc.port, b"GET / HTTP/1.1\r\n\r\n" * 50 + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    answer = exchange(proc.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+                      + b"GET /healthz HTTP/1.1\r\n" + CLOSE + b"\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 51
     _, _, fds_before = proc_status(proc)
     for _ in range(300):
         sock = socket.create_connection(("127.0.0.1", proc.port))
-        sock.sendall(b"GET / HTTP/1.1\r\n\r\n" * 20)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()  # RST while the server is answering
     watch = Watch(proc.port)
@@ -497,7 +498,7 @@ def test_redis_password_never_appears_in_logs_pages_or_probes():
                       "REDIS_URL": f"redis://:{secret}@127.0.0.1:{free_port()}/0"})
     try:
         line = server.wait_listening()
-        bodies = [exchange(server.port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        bodies = [exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
                   for path in ("/", "/readyz", "/nope")]
     finally:
         server.signal()
