@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from common import shut_down
+from helpers import shut_down
 
 
 class Dribble:

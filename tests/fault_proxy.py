@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from common import shut_down
+from helpers import shut_down
 
 MODES = {"pass", "refuse", "silent", "delay", "cut", "reset", "drip"}
 

@@ -2,12 +2,11 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 
-from common import unavailable
+from helpers import free_port, unavailable
 
 
 def require_redis_server():
@@ -16,12 +15,6 @@ def require_redis_server():
     if path is None:
         unavailable("redis-server is not installed (apt-get install redis-server)")
     return path
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

@@ -12,14 +12,12 @@ import time
 import uuid
 
 import pytest
-from common import unavailable
-from redis_server import free_port
-from server_support import ROOT
+
+from helpers import DISABLED, ROOT, free_port, unavailable
 
 pytestmark = pytest.mark.container
 
 IMAGE = "friendlyhello"
-DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 
 
 def _find_engine():

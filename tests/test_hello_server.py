@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-from fake_redis import Delay, Silence
-from redis_server import RedisServer, free_port
-from server_support import SERVER, Process, request, run_to_exit, serving
 
-DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
+from fake_redis import Delay, Silence
+from helpers import DISABLED, SERVER, Process, free_port, raw_exchange, redis_counter, request, run_to_exit, serving
+from redis_server import RedisServer
+from resp_client import BACKOFF_CAP
 
 
 def redis_env(fake):
@@ -23,18 +23,6 @@ def redis_env(fake):
 
 def refused_env():
     return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5"}
-
-
-def raw_exchange(port, data, timeout=5):
-    """Send raw bytes; return everything the server answers until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
 
 # -- the page -------------------------------------------------------------------------------
@@ -222,14 +210,14 @@ def test_slow_request_head_times_out_with_408():
         started = time.monotonic()
         answer = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: slow")
     assert answer.startswith(b"HTTP/1.1 408")
-    assert time.monotonic() - started < 0.3 + 0.5
+    assert time.monotonic() - started < 0.3 + 1.0  # the timeout, plus a sweep, plus a loaded machine
 
 
 def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
     with serving({**refused_env(), "IDLE_TIMEOUT": "0.3"}) as server:
         started = time.monotonic()
         assert raw_exchange(server.port, b"") == b""
-    assert time.monotonic() - started < 0.3 + 0.5
+    assert time.monotonic() - started < 0.3 + 1.0
 
 
 # -- access log -------------------------------------------------------------------------------
@@ -274,27 +262,24 @@ def test_page_during_the_outage_backoff_answers_far_faster_than_the_redis_timeou
         second = server.get("/")
         second_took = time.monotonic() - started
     assert DISABLED in first.text and DISABLED in second.text
-    assert 1.0 <= first_took < 1.0 + 0.5
-    assert second_took < 0.1
+    assert 1.0 <= first_took < 1.0 + 1.0
+    assert second_took < first_took / 10  # answered at once, not after the timeout
 
 
 def test_counter_comes_back_by_itself_after_redis_restarts():
-    redis = RedisServer(appendonly=True).start()
-    try:
-        with serving({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}) as server:
-            assert server.get("/").text.endswith("</b> 1")
-            redis.stop()
-            assert server.get("/").text.endswith(DISABLED)
-            redis.start()
-            started = time.monotonic()
-            while DISABLED in server.get("/").text:
-                assert time.monotonic() - started < 3, "the counter did not come back"
-            assert time.monotonic() - started < 2.5
-            assert server.get("/").text.endswith("</b> 3")
-    finally:
-        redis.cleanup()
+    with RedisServer(appendonly=True) as redis, \
+            serving({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}) as server:
+        assert server.get("/").text.endswith("</b> 1")
+        redis.stop()
+        assert server.get("/").text.endswith(DISABLED)
+        redis.start()
+        started = time.monotonic()
+        while DISABLED in server.get("/").text:
+            assert time.monotonic() - started < BACKOFF_CAP + 2, "the counter did not come back"
+        assert server.get("/").text.endswith("</b> 3")
 
 
+@pytest.mark.slow
 def test_fifty_clients_of_a_hundred_requests_count_every_page_exactly_once(redis_server):
     shown = []
     failures = []
@@ -318,11 +303,8 @@ def test_fifty_clients_of_a_hundred_requests_count_every_page_exactly_once(redis
             thread.start()
         for thread in threads:
             thread.join(120)
-    with socket.create_connection(("127.0.0.1", redis_server.port)) as sock:
-        sock.sendall(b"GET counter\r\n")
-        counter = int(sock.recv(100).split(b"\r\n")[1])
     assert failures == []
-    assert len(shown) == 5000 == len(set(shown)) == counter
+    assert len(shown) == 5000 == len(set(shown)) == redis_counter(redis_server.port)
 
 
 # -- configuration, start-up and shutdown (as a real process) ----------------------------------

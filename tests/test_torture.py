@@ -14,15 +14,15 @@ import threading
 import time
 
 import pytest
+
 from fault_proxy import FaultProxy
-from redis_server import RedisServer, free_port
-from server_support import Process
+from helpers import DISABLED, Process, free_port, raw_exchange, redis_counter
+from redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
 THREADS = 2  # the server's own: one serves HTTP, one talks to Redis
 
-DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,8 @@ def enough_file_descriptors():
 
 @pytest.fixture
 def redis():
-    server = RedisServer(appendonly=True).start()
-    yield server
-    server.cleanup()
+    with RedisServer(appendonly=True) as server:
+        yield server
 
 
 @pytest.fixture
@@ -72,13 +71,6 @@ def proc_status(proc):
             fields[key] = value.split()[0] if value.split() else ""
     fds = len(os.listdir(f"/proc/{proc.process.pid}/fd"))
     return int(fields["Threads"]), int(fields["VmRSS"]), fds
-
-
-def redis_counter(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET counter\r\n")
-        reply = sock.recv(100)
-    return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
 
 
 class Tally:
@@ -354,21 +346,6 @@ def test_twenty_thousand_requests_at_100_connections_count_exactly(redis, start_
 
 # -- abuse from clients --------------------------------------------------------------------------
 
-def exchange(port, data, timeout=5):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_a_thousand_idle_connections_do_not_stop_a_normal_client(redis, start_server):
     proc = start_server(redis.port, IDLE_TIMEOUT=3)
     watch = Watch(proc.port)
@@ -464,7 +441,7 @@ CLOSE = b"Host: x\r\nConnection: close\r\n"
 def test_abusive_requests_get_a_correct_status_and_the_server_keeps_serving(redis, start_server, raw, expected):
     proc = start_server(redis.port, IDLE_TIMEOUT=1)
     watch = Watch(proc.port)
-    answer = exchange(proc.port, raw)
+    answer = raw_exchange(proc.port, raw)
     watch.finish()
     assert answer.split(b" ", 2)[1] == expected, answer[:200]
     assert b"\xff" not in answer and b"passwd" not in answer
@@ -472,7 +449,7 @@ def test_abusive_requests_get_a_correct_status_and_the_server_keeps_serving(redi
 
 def test_pipelined_requests_and_clients_vanishing_mid_response_leak_nothing(redis, start_server):
     proc = start_server(redis.port)
-    answer = exchange(proc.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+    answer = raw_exchange(proc.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50
                       + b"GET /healthz HTTP/1.1\r\n" + CLOSE + b"\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 51
     _, _, fds_before = proc_status(proc)
@@ -498,7 +475,7 @@ def test_redis_password_never_appears_in_logs_pages_or_probes():
                       "REDIS_URL": f"redis://:{secret}@127.0.0.1:{free_port()}/0"})
     try:
         line = server.wait_listening()
-        bodies = [exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        bodies = [raw_exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
                   for path in ("/", "/readyz", "/nope")]
     finally:
         server.signal()

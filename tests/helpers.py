@@ -1,4 +1,5 @@
-"""Running friendlyhello for tests: in-process on port 0, or as a real subprocess."""
+"""What the tests share: friendlyhello in-process or as a subprocess, raw HTTP exchanges,
+the counter in Redis, free ports, and skip-locally-fail-in-CI for missing services."""
 
 import contextlib
 import http.client
@@ -6,15 +7,65 @@ import io
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import pytest
+
 import hello_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "hello_server.py")
+DISABLED = hello_server.COUNTER_DISABLED
+
+
+def unavailable(message):
+    """A tool or service a test needs is missing: skip locally, fail in CI, where it must be."""
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must run this test)")
+    pytest.skip(message)
+
+
+def shut_down(sockets):
+    """Shut sockets down both ways, waking any thread blocked on them."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raw_exchange(port, data, timeout=5):
+    """Send raw bytes; return everything the server answers until it closes (or resets)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def redis_counter(port, key=hello_server.COUNTER_KEY):
+    """The counter as Redis has it (0 when unset), read with a bare inline command."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET %s\r\n" % key.encode())
+        reply = sock.recv(100)
+    return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
 
 
 class Running:
