@@ -686,7 +686,7 @@ class RedisStatus:
             self._log.error("redis", f"{self.address} is back after "
                                      f"{time.monotonic() - self._down_since:.1f}s")
         else:
-            self._log.error("redis", f"{self.address} answers")
+            self._log.error("redis", f"{self.address} is up: visits are counted")
         self.reason, self._down_since, self._seen_up = None, None, True
 
     def failed(self, error):

@@ -1,11 +1,15 @@
 """friendlyhello against the tutorial's original stack (Flask + redis-py), side by side.
 
-    python3 bench/run.py [--rounds 3] [--seconds 5]
+    python3 bench/run.py [--rounds 3] [--seconds 5] [--out bench/out]
+    python3 bench/run.py --versus DIR   # this tree against another checkout of friendlyhello
 
 Needs wrk and redis-server (Debian: apt-get install wrk redis-server). Makes a throwaway
 virtual environment in bench/.venv with bench/requirements.txt (Flask and redis-py for the
 peer, matplotlib for the chart); the service itself never uses them. Runs A, B, A, B ...
-for each figure, prints a table, writes bench/results/latest.json and bench/results/ratios.png.
+for each figure, prints a table, writes latest.json, latest.md and ratios.png to --out
+(bench/out, which git ignores; --out bench/results replaces the figures the README shows).
+With --versus, the peer is friendlyhello as another checkout has it (say, an older commit in
+a `git worktree`): throughput, p99 and memory, A/B, to show a change costs nothing.
 Every process it starts is stopped by its pid at the end, also on Ctrl-C; every loop is
 bounded in count and time. All traffic stays on 127.0.0.1.
 """
@@ -29,7 +33,6 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
 VENV_PYTHON = os.path.join(VENV, "bin", "python")
-RESULTS = os.path.join(BENCH, "results")
 sys.path.insert(0, ROOT)
 
 import resp_client  # noqa: E402
@@ -133,11 +136,15 @@ class Silent:
 
 # -- the two apps -------------------------------------------------------------------------
 
-APPS = {
-    "friendlyhello": lambda port, redis_port: (
-        [sys.executable, os.path.join(ROOT, "hello_server.py")],
+def friendlyhello(root):
+    return lambda port, redis_port: (
+        [sys.executable, os.path.join(root, "hello_server.py")],
         {"PORT": str(port), "BIND": "127.0.0.1", "REDIS_HOST": "127.0.0.1",
-         "REDIS_PORT": str(redis_port), "ACCESS_LOG": "off"}),
+         "REDIS_PORT": str(redis_port), "ACCESS_LOG": "off"})
+
+
+APPS = {
+    "friendlyhello": friendlyhello(ROOT),
     "flask+redis-py": lambda port, redis_port: (
         [VENV_PYTHON, os.path.join(BENCH, "peer_app.py")],
         {"PORT": str(port), "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port)}),
@@ -307,8 +314,14 @@ def main():
     parser.add_argument("--outage-pages", type=int, default=100,
                         help="pages after the first during the outage, for friendlyhello (default 100); "
                              "the peer gets 5, since each of its pages waits the whole timeout")
+    parser.add_argument("--out", default=os.path.join(BENCH, "out"),
+                        help="where the results go (default bench/out; bench/results is what the README shows)")
+    parser.add_argument("--versus", metavar="DIR",
+                        help="compare with friendlyhello in another checkout instead of Flask + redis-py")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if args.versus:
+        return versus(os.path.abspath(args.versus), args.rounds, args.seconds)
     ensure_venv()
     runs = {app: [] for app in APPS}
     try:
@@ -324,10 +337,33 @@ def main():
     finally:
         for process in list(PROCESSES):
             stop(process)
-    report(runs, resp_runs, machine())
+    report(runs, resp_runs, machine(), args.out)
 
 
-def report(runs, resp_runs, where):
+def versus(other, rounds, seconds):
+    """This tree (A) against another checkout (B): load figures only, alternating A, B."""
+    APPS.clear()
+    APPS.update({"this tree": friendlyhello(ROOT), os.path.basename(other): friendlyhello(other)})
+    runs = {app: [] for app in APPS}
+    try:
+        for round_number in range(rounds):
+            for app in APPS:
+                print(f"round {round_number + 1}/{rounds}: {app}", flush=True)
+                runs[app].append(figure_load(app, seconds))
+    finally:
+        for process in list(PROCESSES):
+            stop(process)
+    (a, b), where = APPS, machine()
+    print(f"\nmachine: {where['cpu']}, {where['cores']} cores, Python {where['python']}, {where['date']}; "
+          f"medians of {rounds} rounds\n\n| figure | {a} | {b} | ratio |\n| --- | ---: | ---: | ---: |")
+    for title, key, unit, _, _ in ROWS[:4]:
+        ma, mb = (statistics.median(run[key] for run in runs[app]) for app in (a, b))
+        each = " / ".join(f"{run[key]:,.0f}" for run in runs[a]) + " vs " + " / ".join(
+            f"{run[key]:,.0f}" for run in runs[b])
+        print(f"| {title} ({unit}) | {ma:,.1f} | {mb:,.1f} | {ma / mb:.3f}x |   rounds: {each}")
+
+
+def report(runs, resp_runs, where, out_dir):
     ours, peer = "friendlyhello", "flask+redis-py"
     medians = {app: {key: statistics.median(run[key] for run in runs[app]) for key in runs[app][0]}
                for app in runs}
@@ -359,15 +395,15 @@ def report(runs, resp_runs, where):
                  f"{peer} {medians[peer]['outage_pages_after_first']:.0f}; Redis timeout {REDIS_TIMEOUT:g} s")
     table = "\n".join(lines)
     print("\n" + table)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as out:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "latest.json"), "w") as out:
         json.dump({"machine": where, "runs": runs, "resp_runs": resp_runs, "rows": rows + resp_rows},
                   out, indent=2)
-    with open(os.path.join(RESULTS, "latest.md"), "w") as out:
+    with open(os.path.join(out_dir, "latest.md"), "w") as out:
         out.write(table + "\n")
-    subprocess.run([VENV_PYTHON, os.path.join(BENCH, "chart.py"), os.path.join(RESULTS, "latest.json"),
-                    os.path.join(RESULTS, "ratios.png")], check=True, timeout=120)
-    print(f"\nwrote {RESULTS}/latest.json, latest.md and ratios.png")
+    subprocess.run([VENV_PYTHON, os.path.join(BENCH, "chart.py"), os.path.join(out_dir, "latest.json"),
+                    os.path.join(out_dir, "ratios.png")], check=True, timeout=120)
+    print(f"\nwrote {out_dir}/latest.json, latest.md and ratios.png")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fake_redis import Delay, Silence
+from fake_redis import Delay, FakeRedis, Silence
 from helpers import DISABLED, SERVER, Process, free_port, raw_exchange, redis_counter, request, run_to_exit, serving
 from redis_server import RedisServer
 from resp_client import BACKOFF_CAP
@@ -307,6 +307,34 @@ def test_fifty_clients_of_a_hundred_requests_count_every_page_exactly_once(redis
     assert len(shown) == 5000 == len(set(shown)) == redis_counter(redis_server.port)
 
 
+def test_redis_going_away_and_coming_back_is_logged_once_each_way():
+    with RedisServer() as redis, serving({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}) as server:
+        assert server.get("/").status == 200
+        redis.stop()
+        outage = [server.get("/").text for _ in range(30)]
+        redis.start()
+        started = time.monotonic()
+        while DISABLED in server.get("/").text:
+            assert time.monotonic() - started < BACKOFF_CAP + 2, "the counter did not come back"
+        lines = server.error_lines()
+    assert all(DISABLED in page for page in outage)
+    assert len(lines) == 3, lines
+    assert lines[0].endswith(f"127.0.0.1:{redis.port} is up: visits are counted")
+    assert f"127.0.0.1:{redis.port} is unavailable (cannot connect): " in lines[1]
+    assert f"127.0.0.1:{redis.port} is back after " in lines[2]
+
+
+def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
+    with FakeRedis(password="right") as fake, \
+            serving({**redis_env(fake), "REDIS_PASSWORD": "wrong-pw"}) as server:
+        reasons = [json.loads(server.get("/", headers={"Accept": "application/json"}).body)["redis"]
+                   for _ in range(5)]
+        lines = server.error_lines()
+    assert reasons == ["authentication failed"] * 5
+    assert len(lines) == 1 and "is unavailable (authentication failed)" in lines[0]
+    assert "wrong-pw" not in "\n".join(lines)
+
+
 # -- configuration, start-up and shutdown (as a real process) ----------------------------------
 
 @pytest.mark.parametrize("env, args, named", [
@@ -361,6 +389,23 @@ def test_port_80_refused_to_a_non_root_user_exits_1_with_the_fix():
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "PORT=8080" in result.stderr and "ip_unprivileged_port_start=0" in result.stderr
+
+
+PASSWORD = "pw1/pw2?pw3#pw4@pw5:pw6"
+
+
+@pytest.mark.parametrize("url", [
+    f"redis://:{PASSWORD}@127.0.0.1:6390/x",
+    f"redis://:{PASSWORD}@127.0.0.1:99999/0",
+    f"redis:/:{PASSWORD}@127.0.0.1",
+    f"redis://{PASSWORD}@127.0.0.1",
+    f"redis://127.0.0.1/0?password={PASSWORD}",
+    f"redis://:{PASSWORD}@127.0.0.1/0?x=1",
+])
+def test_a_bad_redis_url_exits_2_without_any_part_of_its_password(url):
+    code, out, err = run_to_exit({"REDIS_URL": url})
+    assert code == 2 and err.startswith("friendlyhello: REDIS_URL is not valid: ") and err.count("\n") == 1
+    assert not [piece for piece in ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6") if piece in out + err], err
 
 
 def test_starts_without_redis_prints_one_line_and_serves_at_once():

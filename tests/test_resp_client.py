@@ -6,6 +6,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -398,6 +399,58 @@ def test_from_url_rediss_uses_a_verifying_tls_context():
 def test_from_url_rejects_bad_urls_with_a_clear_message(url, message):
     with pytest.raises(ValueError, match=message):
         RespClient.from_url(url)
+
+
+PASSWORD = "pw1/pw2?pw3#pw4@pw5:pw6"  # every character that can end a URL part
+PASSWORD_PIECES = ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6")
+
+
+@pytest.mark.parametrize("url", [
+    f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0",
+    f"redis://user:{PASSWORD}@127.0.0.1:{free_port()}",
+    f"redis://:{PASSWORD}@127.0.0.1/x",
+    f"redis://:{PASSWORD}@127.0.0.1:99999/0",
+    f"redis://:{PASSWORD}@127.0.0.1/0?dbb=1",
+    f"redis://:{PASSWORD}@127.0.0.1/0#part",
+    f"redis:/:{PASSWORD}@127.0.0.1",
+    f"redis//:{PASSWORD}@127.0.0.1",
+    f"http://:{PASSWORD}@127.0.0.1",
+    f"redis://{PASSWORD}@127.0.0.1",
+    f"redis://127.0.0.1/0?password={PASSWORD}",
+    f"redis://127.0.0.1/0?password={urllib.parse.quote(PASSWORD)}&db=x",
+    f"redis://127.0.0.1:{free_port()}/0?password={urllib.parse.quote(PASSWORD)}",
+    f"unix://:{PASSWORD}@/nonexistent/redis.sock?db=y",
+    f"unix://:{PASSWORD}@/nonexistent/redis.sock",
+])
+def test_no_part_of_a_password_appears_in_any_message_whatever_the_url(url):
+    try:
+        client = RespClient.from_url(url, connect_timeout=0.2, timeout=0.2)
+    except ValueError as exc:
+        said = str(exc)
+    else:
+        with client, pytest.raises(RedisError) as failed:
+            client.incr("counter")
+        said = f"{client!r} {client.address} {failed.value}"
+    assert not [piece for piece in PASSWORD_PIECES if piece in said], said
+
+
+def test_a_password_may_hold_url_delimiters_unescaped():
+    settings = resp_client.parse_url(f"redis://user:{PASSWORD}@cache:6380/3")
+    assert (settings["username"], settings["password"]) == ("user", PASSWORD)
+    assert (settings["host"], settings["port"], settings["db"]) == ("cache", 6380, 3)
+
+
+def test_sets_and_map_keys_treat_nested_arrays_alike():
+    def read(raw):
+        chunks = [raw]
+        reader = resp_client.ReplyReader(lambda: chunks.pop() if chunks else b"", None, 1 << 20, 1 << 20)
+        return reader.read()
+
+    assert read(b"~2\r\n*2\r\n:1\r\n:2\r\n:3\r\n") == {(1, 2), 3}
+    assert read(b"%1\r\n*2\r\n:1\r\n:2\r\n+v\r\n") == {(1, 2): "v"}
+    for raw in (b"~1\r\n%0\r\n", b"%1\r\n~0\r\n+v\r\n"):
+        with pytest.raises(ProtocolError, match="set member or a map key"):
+            read(raw)
 
 
 def test_repr_never_shows_the_password():
