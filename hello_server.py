@@ -572,12 +572,12 @@ class Connection:
 
     READING, WAITING, SENDING, LINGERING, CLOSED = "reading", "waiting", "sending", "lingering", "closed"
 
-    __slots__ = ("sock", "address", "state", "events", "deadline", "buffer", "outgoing",
+    __slots__ = ("sock", "address", "selector", "state", "events", "deadline", "buffer", "outgoing",
                  "handler", "started", "close_after", "linger")
 
-    def __init__(self, sock, address):
-        self.sock, self.address = sock, address
-        self.state = Connection.READING
+    def __init__(self, sock, address, selector):
+        self.sock, self.address, self.selector = sock, address, selector
+        self.state = None
         self.events = 0            # what the selector watches the socket for
         self.deadline = 0.0
         self.buffer = bytearray()  # received, not yet parsed
@@ -586,6 +586,45 @@ class Connection:
         self.started = 0.0         # when its head was complete
         self.close_after = False   # close once the response is sent...
         self.linger = False        # ...and linger, since the client may still be sending
+
+    def enter(self, state, seconds):
+        """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
+        the selector then watches the socket for what that state waits for."""
+        events = _EVENTS[state]
+        if events != self.events:
+            if not self.events:
+                self.selector.register(self.sock, events, self)
+            elif not events:
+                self.selector.unregister(self.sock)
+            else:
+                self.selector.modify(self.sock, events, self)
+            self.events = events
+        self.state = state
+        self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
+
+    def send(self):
+        """Send what is waiting to go: True when all of it went, None when the client is gone."""
+        try:
+            sent = self.sock.send(self.outgoing)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return None
+        self.outgoing = self.outgoing[sent:]
+        return not self.outgoing
+
+    def shut_sending(self):
+        """Send our end of the stream (FIN) but keep reading; False if the socket is gone."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+    def close(self):
+        self.enter(Connection.CLOSED, None)
+        self.sock.close()
+        self.handler = None
 
     def take_head(self):
         """Remove one complete request head from the buffer and return it; None if none yet.
@@ -608,6 +647,11 @@ class Connection:
         head = bytes(self.buffer[:size])
         del self.buffer[:size]
         return head
+
+
+_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.WAITING: 0,
+           Connection.SENDING: selectors.EVENT_WRITE, Connection.LINGERING: selectors.EVENT_READ,
+           Connection.CLOSED: 0}
 
 
 # -- the Redis side ----------------------------------------------------------------------------
@@ -706,9 +750,6 @@ class RedisStatus:
 # -- the server loop ---------------------------------------------------------------------------
 
 _LISTENER, _WAKE = object(), object()  # selector keys that are not connections
-_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.WAITING: 0,
-           Connection.SENDING: selectors.EVENT_WRITE, Connection.LINGERING: selectors.EVENT_READ,
-           Connection.CLOSED: 0}
 
 
 class HelloServer:
@@ -718,7 +759,8 @@ class HelloServer:
     loop accepts, reads heads, hands each to a RequestHandler, sends the response (or
     submits the Redis command and sends when the reply comes back), and sweeps expired
     connections. ``stop()`` (safe from a signal handler) stops accepting and lets the
-    requests in flight finish within SHUTDOWN_GRACE.
+    requests in flight finish within SHUTDOWN_GRACE. (Over 200 lines, as one class: each
+    step shares the selector and the connection table, and reads as one story.)
     """
 
     def __init__(self, config, site, client, listener, log):
@@ -804,33 +846,14 @@ class HelloServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, address[0])
+            conn = Connection(sock, address[0], self._selector)
             self._connections.add(conn)
-            self._enter(conn, Connection.READING)
-
-    def _enter(self, conn, state, deadline=None):
-        """Move the connection to a state: the selector watches what that state waits for."""
-        events = _EVENTS[state]
-        if events != conn.events:
-            if not conn.events:
-                self._selector.register(conn.sock, events, conn)
-            elif not events:
-                self._selector.unregister(conn.sock)
-            else:
-                self._selector.modify(conn.sock, events, conn)
-            conn.events = events
-        conn.state = state
-        if state is not Connection.WAITING:
-            conn.deadline = time.monotonic() + (deadline or self.config.idle_timeout)
-        else:
-            conn.deadline = float("inf")  # Redis's own timeout bounds the wait
+            conn.enter(Connection.READING, self.config.idle_timeout)
 
     def _close(self, conn):
         if conn.state is Connection.CLOSED:
             return
-        self._enter(conn, Connection.CLOSED)
-        conn.sock.close()
-        conn.handler = None
+        conn.close()
         self._connections.discard(conn)
         if not self.stopping:
             self._accept(True)
@@ -877,7 +900,7 @@ class HelloServer:
                 self._internal_error(conn, exc)
                 return
             if handler.route is not None:
-                self._enter(conn, Connection.WAITING)
+                conn.enter(Connection.WAITING, None)  # Redis's own timeout bounds the wait
                 self.redis.submit(conn, handler.route.redis_command)
                 return
             if not self._respond(conn, handler.response):
@@ -929,28 +952,18 @@ class HelloServer:
 
     def _flush(self, conn):
         """Send what the connection has to send; True when it may go on to its next request."""
-        try:
-            sent = conn.sock.send(conn.outgoing)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the client went away: nothing more to send it
+        sent = conn.send()
+        if sent is None:  # the client went away: nothing more to send it
             self._close(conn)
-            return False
-        conn.outgoing = conn.outgoing[sent:]
-        if conn.outgoing:  # the client reads slowly: wait until it can take more
-            self._enter(conn, Connection.SENDING)
-            return False
-        conn.handler = None
-        if not conn.close_after:
-            self._enter(conn, Connection.READING)
+        elif not sent:  # the client reads slowly: wait until it can take more
+            conn.enter(Connection.SENDING, self.config.idle_timeout)
+        elif not conn.close_after:
+            conn.handler = None
+            conn.enter(Connection.READING, self.config.idle_timeout)
             return True
-        if conn.linger:
-            try:
-                conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._close(conn)
-                return False
-            self._enter(conn, Connection.LINGERING, LINGER)
+        elif conn.linger and conn.shut_sending():
+            conn.handler = None
+            conn.enter(Connection.LINGERING, LINGER)
         else:
             self._close(conn)
         return False
