@@ -2,8 +2,8 @@
 
 Standard library only. Each visit to ``/`` runs ``INCR counter`` on Redis (through
 ``resp_client``) and shows the number; when Redis cannot be reached the page says the
-counter is disabled, at once, instead of hanging. Also serves ``/healthz`` (liveness),
-``/readyz`` (Redis answers PING) and JSON for clients that ask for it.
+counter is disabled, at once, instead of hanging. Also serves ``/healthz`` and ``/livez``
+(liveness), ``/readyz`` (readiness: "send me traffic") and JSON for clients that ask for it.
 
 It is built on ``http.server``'s request handler, which parses each request head, with
 one change to how connections are served: one thread serves all connections,
@@ -55,7 +55,6 @@ SERVER_NAME = f"friendlyhello/{VERSION}"
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431 (so do over 100 headers)
 SWEEP_INTERVAL = 0.25        # how often idle and slow connections are checked for expiry
-SHUTDOWN_GRACE = 5.0         # how long in-flight requests may finish after SIGTERM
 LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
 MAX_PIPELINE = 256           # Redis commands sent in one round trip at most
 HEALTHCHECK_TIMEOUT = 2.0    # the image's HEALTHCHECK gives it 3 s
@@ -75,14 +74,15 @@ def _whole(low, high):
     return parse
 
 
-def _seconds(low, high):
+def _seconds(low, high, low_allowed=False):
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not low < value <= high:
-            raise ValueError(f"a number of seconds above {low:g} and at most {high:g}")
+        if not (low < value <= high or low_allowed and value == low):
+            bound = "from" if low_allowed else "above"
+            raise ValueError(f"a number of seconds {bound} {low:g} and at most {high:g}")
         return value
     return parse
 
@@ -145,6 +145,13 @@ SETTINGS = [
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
             "seconds a keep-alive connection may idle, a request head may take to arrive (then 408), "
             "and a client may take to read a response"),
+    Setting("READY_NEEDS_REDIS", "off", _choice("off", "on"),
+            "on: /readyz answers 503 while Redis does not answer PING; off: /readyz only says how Redis is"),
+    Setting("SHUTDOWN_DELAY", 0.0, _seconds(0, 3600, low_allowed=True),
+            "after SIGTERM, seconds to go on accepting and serving (with /readyz at 503) while load "
+            "balancers and DNS learn that this replica is going"),
+    Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
+            "then, with the port closed, seconds that requests in flight may take to finish"),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
@@ -233,10 +240,12 @@ _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 
 
 class Site:
-    """The pages: statuses and content. Nothing of sockets, and of Redis only its replies."""
+    """The pages: statuses and content. Nothing of sockets; of Redis, its replies and its
+    state as ``redis_status`` (a RedisStatus) keeps it."""
 
-    def __init__(self, config, hostname=None):
+    def __init__(self, config, redis_status, hostname=None):
         self.name = config.name
+        self.redis_status = redis_status
         self.hostname = socket.gethostname() if hostname is None else hostname
         self.shutting_down = False
         # Everything on the page but the count is fixed: build it once.
@@ -246,7 +255,9 @@ class Site:
         self.routes = {
             "/": Route(self.page, _INCR_COUNTER, counts_visit=True, probe=False),
             "/healthz": Route(self.healthz, None, counts_visit=False, probe=True),
-            "/readyz": Route(self.readyz, _PING, counts_visit=False, probe=True),
+            "/livez": Route(self.healthz, None, counts_visit=False, probe=True),
+            "/readyz": Route(self.readyz, _PING if config.ready_needs_redis == "on" else None,
+                             counts_visit=False, probe=True),
         }
 
     def page(self, wants_json, redis):
@@ -263,11 +274,16 @@ class Site:
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
 
     def healthz(self, wants_json, redis):
-        return _SHUTTING_DOWN if self.shutting_down else Response(200, TEXT, "ok\n")
+        """Liveness: the process serves. Never Redis, and still 200 while it shuts down."""
+        return Response(200, TEXT, "ok\n")
 
     def readyz(self, wants_json, redis):
+        """Readiness: send me traffic. Pages serve without Redis, so by default Redis's state
+        is only reported: an outage must not pull every replica out of its load balancer."""
         if self.shutting_down:
             return _SHUTTING_DOWN
+        if redis is None:
+            return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
         if redis.error is not None:
             return Response(503, TEXT, f"redis unavailable: {redis.error}\n")
         return Response(200, TEXT, "ready\n")
@@ -661,9 +677,8 @@ class RedisPipeline:
     round trip for many pages) and hands each reply back to the serving thread, which it
     wakes with ``wake()``. Redis's timeout bounds each trip. It notes Redis's state too."""
 
-    def __init__(self, client, wake, log):
-        self.client, self._wake = client, wake
-        self.status = RedisStatus(client.address, log)
+    def __init__(self, client, status, wake):
+        self.client, self.status, self._wake = client, status, wake
         self._waiting = []                   # (connection, command) to send
         self._changed = threading.Condition()
         self._replies = collections.deque()  # (connection, reply, error) to hand back
@@ -723,6 +738,13 @@ class RedisStatus:
         self._down_since = None
         self._seen_up = False
 
+    def describe(self):
+        """How Redis is, in a few words (for /readyz; any thread)."""
+        reason, since = self.reason, self._down_since
+        if reason is not None:
+            return f"unavailable ({reason}) for {time.monotonic() - since:.1f}s"
+        return "up" if self._seen_up else "not asked yet"
+
     def answered(self):
         if self.reason is None and self._seen_up:
             return
@@ -758,9 +780,10 @@ class HelloServer:
     Sockets are non-blocking, so no client, however slow or idle, holds a thread. The
     loop accepts, reads heads, hands each to a RequestHandler, sends the response (or
     submits the Redis command and sends when the reply comes back), and sweeps expired
-    connections. ``stop()`` (safe from a signal handler) stops accepting and lets the
-    requests in flight finish within SHUTDOWN_GRACE. (Over 200 lines, as one class: each
-    step shares the selector and the connection table, and reads as one story.)
+    connections. ``stop()`` (safe from a signal handler) turns readiness to 503 at once,
+    goes on serving for SHUTDOWN_DELAY, then closes the port and lets the requests in flight
+    finish within DRAIN_TIMEOUT. (Over 200 lines, as one class: each step shares the selector
+    and the connection table, and reads as one story.)
     """
 
     def __init__(self, config, site, client, listener, log):
@@ -772,7 +795,7 @@ class HelloServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.redis = RedisPipeline(client, self._wake, log)
+        self.redis = RedisPipeline(client, site.redis_status, self._wake)
         self._date = HttpDate()
         self._connections = set()
         self._accepting = False
@@ -783,16 +806,21 @@ class HelloServer:
         self._accept(True)
         self.redis.start()
         next_sweep = time.monotonic() + SWEEP_INTERVAL
-        grace_until = None
+        delay_until = drain_until = None
         try:
             while True:
-                if self.stopping:
-                    if grace_until is None:
-                        grace_until = time.monotonic() + SHUTDOWN_GRACE
+                wait = SWEEP_INTERVAL
+                if self.stopping:  # two timers, one after the other: the delay, then the drain
+                    now = time.monotonic()
+                    if delay_until is None:
+                        delay_until = now + self.config.shutdown_delay
+                    if drain_until is None and now >= delay_until:
+                        drain_until = now + self.config.drain_timeout
                         self._stop_taking_requests()
-                    if not any(c.handler for c in self._connections) or time.monotonic() > grace_until:
+                    if drain_until is not None and (not self._busy() or now > drain_until):
                         return
-                for key, events in self._selector.select(SWEEP_INTERVAL):
+                    wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
+                for key, events in self._selector.select(wait):
                     if key.data is _LISTENER:
                         self._accept_waiting()
                     elif key.data is _WAKE:
@@ -808,6 +836,9 @@ class HelloServer:
                     next_sweep = now + SWEEP_INTERVAL
         finally:
             self._shut_down()
+
+    def _busy(self):
+        return any(c.handler for c in self._connections)
 
     def stop(self):
         """Safe from a signal handler or another thread."""
@@ -1091,12 +1122,14 @@ def main(argv=None):
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
     client = redis_client(config)
-    server = HelloServer(config, Site(config), client, listener, Log(config.access_log))
+    log = Log(config.access_log)
+    site = Site(config, RedisStatus(client.address, log))
+    server = HelloServer(config, site, client, listener, log)
     stops = []
 
     def on_signal(signum, frame):
         stops.append(signum)
-        if len(stops) > 1:  # asked twice: stop waiting for in-flight requests
+        if len(stops) > 1:  # asked twice: stop waiting for the delay or in-flight requests
             os._exit(1)
         server.stop()
 

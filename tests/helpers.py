@@ -44,6 +44,16 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def redis_env(fake):
+    """Settings that point the server at a (fake) Redis on loopback."""
+    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(fake.port)}
+
+
+def refused_env(**extra):
+    """Settings that point the server at a port where nothing listens."""
+    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5", **extra}
+
+
 def raw_exchange(port, data, timeout=5):
     """Send raw bytes; return everything the server answers until it closes (or resets)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -94,8 +104,9 @@ def serving(env=None, hostname=None):
     config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
     client = hello_server.redis_client(config)
     access_log, error_log = io.StringIO(), io.StringIO()
-    server = hello_server.HelloServer(config, hello_server.Site(config, hostname), client, hello_server.listen(config),
-                                      hello_server.Log(config.access_log, access_log, error_log))
+    log = hello_server.Log(config.access_log, access_log, error_log)
+    site = hello_server.Site(config, hello_server.RedisStatus(client.address, log), hostname)
+    server = hello_server.HelloServer(config, site, client, hello_server.listen(config), log)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:

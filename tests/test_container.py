@@ -99,6 +99,21 @@ def wait_for_200(port, path="/healthz", within=15):
         time.sleep(0.02)
 
 
+def wait_for_count(port, within=30):
+    """Ask for the page until it shows a number (Redis ready too); return that number. Pages that
+    said the counter is disabled counted nothing, so the first number is the first visit."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            status, body = get(port, timeout=3)
+            if status == 200 and not body.endswith(DISABLED):
+                return int(body.rsplit(" ", 1)[1])
+        except (OSError, http.client.HTTPException):
+            pass
+        assert time.monotonic() < deadline, f"port {port} showed no count within {within}s"
+        time.sleep(0.05)
+
+
 def test_image_adds_only_a_few_kilobytes_over_its_base(engine, image):
     base = run(engine, "image", "inspect", "--format", "{{.Size}}", "python:3.12-slim")
     ours = run(engine, "image", "inspect", "--format", "{{.Size}}", image)
@@ -122,21 +137,20 @@ def test_visits_count_beside_a_redis_container(engine, image, containers, networ
     containers("--network", network, "--network-alias", "redis", "redis:7")
     port = free_port()
     containers("--network", network, "-p", f"127.0.0.1:{port}:80", image)
-    wait_for_200(port, "/readyz")
-    assert [get(port)[1].rsplit(" ", 1)[1] for _ in range(3)] == ["1", "2", "3"]
+    assert [wait_for_count(port)] + [int(get(port)[1].rsplit(" ", 1)[1]) for _ in range(2)] == [1, 2, 3]
 
 
 def test_replicas_show_their_own_hostnames_and_share_one_count(engine, image, containers, network):
     containers("--network", network, "--network-alias", "redis", "redis:7")
     ports = [free_port() for _ in range(3)]
     ids = [containers("--network", network, "-p", f"127.0.0.1:{port}:80", image) for port in ports]
-    for port in ports:
-        wait_for_200(port, "/readyz")
+    first = [wait_for_count(port) for port in ports]
     pages = [get(port)[1] for port in ports * 2]
     hostnames = [page.split("<b>Hostname:</b> ")[1].split("<br/>")[0] for page in pages]
     counts = [int(page.rsplit(" ", 1)[1]) for page in pages]
+    assert first == [1, 2, 3]
     assert hostnames == [container[:12] for container in ids] * 2
-    assert counts == [1, 2, 3, 4, 5, 6]
+    assert counts == [4, 5, 6, 7, 8, 9]
 
 
 def test_process_runs_as_non_root_with_no_capabilities(engine, image, containers):
@@ -264,13 +278,11 @@ def test_compose_count_survives_down_and_up_and_down_leaves_nothing_running(engi
 
     try:
         compose_run("up", "-d")
-        wait_for_200(port, "/readyz", within=30)
-        assert [get(port)[1].rsplit(" ", 1)[1] for _ in range(2)] == ["1", "2"]
+        assert [wait_for_count(port), int(get(port)[1].rsplit(" ", 1)[1])] == [1, 2]
         compose_run("down")
         assert running() == ""
         compose_run("up", "-d")
-        wait_for_200(port, "/readyz", within=30)
-        assert get(port)[1].rsplit(" ", 1)[1] == "3"
+        assert wait_for_count(port) == 3
     finally:
         compose_run("down", "-v")
     assert running() == ""

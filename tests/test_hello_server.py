@@ -11,19 +11,23 @@ import time
 
 import pytest
 
+import hello_server
 from fake_redis import Delay, FakeRedis, Silence
-from helpers import DISABLED, SERVER, Process, free_port, raw_exchange, redis_counter, request, run_to_exit, serving
+from helpers import (
+    DISABLED,
+    SERVER,
+    Process,
+    free_port,
+    raw_exchange,
+    redis_counter,
+    redis_env,
+    refused_env,
+    request,
+    run_to_exit,
+    serving,
+)
 from redis_server import RedisServer
 from resp_client import BACKOFF_CAP
-
-
-def redis_env(fake):
-    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(fake.port)}
-
-
-def refused_env():
-    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5"}
-
 
 # -- the page -------------------------------------------------------------------------------
 
@@ -79,22 +83,39 @@ def test_browsers_get_html_even_though_they_accept_anything(fake_redis):
 
 # -- probes, other paths and methods --------------------------------------------------------
 
-def test_healthz_answers_without_touching_redis(fake_redis):
+@pytest.mark.parametrize("path", ["/healthz", "/livez"])
+def test_liveness_answers_without_touching_redis(fake_redis, path):
     with serving(redis_env(fake_redis)) as server:
-        reply = server.get("/healthz")
+        reply = server.get(path)
     assert (reply.status, reply.text) == (200, "ok\n")
     assert fake_redis.connections == 0
 
 
-def test_readyz_is_200_when_redis_answers_ping_and_counts_nothing(fake_redis):
-    with serving(redis_env(fake_redis)) as server:
+def test_readyz_is_200_without_redis_by_default_and_says_how_redis_is():
+    with serving(refused_env()) as server:
+        before = server.get("/readyz")
+        server.get("/")  # a visit finds Redis away
+        during = server.get("/readyz")
+    assert (before.status, before.text) == (200, "ready\nredis: not asked yet\n")
+    assert during.status == 200 and during.text.startswith("ready\nredis: unavailable (cannot connect) for ")
+
+
+def test_readyz_never_waits_on_a_silent_redis_by_default(fake_redis):
+    fake_redis.script(Silence())
+    with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "5"}) as server:
+        reply = server.get("/readyz", timeout=1)
+    assert reply.status == 200 and fake_redis.commands == []
+
+
+def test_readyz_needing_redis_is_200_when_redis_answers_ping_and_counts_nothing(fake_redis):
+    with serving({**redis_env(fake_redis), "READY_NEEDS_REDIS": "on"}) as server:
         reply = server.get("/readyz")
     assert (reply.status, reply.text) == (200, "ready\n")
     assert fake_redis.commands == [[b"PING"]]
 
 
-def test_readyz_is_503_with_a_one_line_reason_when_redis_refuses():
-    with serving(refused_env()) as server:
+def test_readyz_needing_redis_is_503_with_a_one_line_reason_when_redis_refuses():
+    with serving(refused_env(READY_NEEDS_REDIS="on")) as server:
         reply = server.get("/readyz")
     assert reply.status == 503
     assert reply.text.startswith("redis unavailable: ") and reply.text.count("\n") == 1
@@ -348,6 +369,9 @@ def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
     ({"ACCESS_LOG": "maybe"}, (), "ACCESS_LOG='maybe' is not valid: expected one of on, off, all"),
     ({"MAX_CONNECTIONS": "0"}, (), "MAX_CONNECTIONS='0'"),
     ({"IDLE_TIMEOUT": "-1"}, (), "IDLE_TIMEOUT='-1'"),
+    ({"SHUTDOWN_DELAY": "-1"}, (), "SHUTDOWN_DELAY='-1' is not valid: expected a number of seconds from 0"),
+    ({"DRAIN_TIMEOUT": "0"}, (), "DRAIN_TIMEOUT='0' is not valid: expected a number of seconds above 0"),
+    ({"READY_NEEDS_REDIS": "yes"}, (), "READY_NEEDS_REDIS='yes' is not valid: expected one of off, on"),
     ({"BIND": ""}, (), "BIND=''"),
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
     ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
@@ -363,8 +387,7 @@ def test_bad_setting_exits_2_with_one_line_naming_it(env, args, named):
 def test_help_lists_every_setting_with_its_default():
     code, out, _ = run_to_exit({}, ["--help"])
     assert code == 0
-    for name in ("NAME", "PORT", "BIND", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
-                 "REDIS_PASSWORD", "REDIS_TIMEOUT", "ACCESS_LOG", "--healthcheck"):
+    for name in [s.env for s in hello_server.SETTINGS] + ["--healthcheck"]:
         assert name in out
     assert "(default: 80)" in " ".join(out.split())
 
@@ -458,11 +481,48 @@ def test_sigterm_lets_the_in_flight_request_finish_and_stops_accepting(fake_redi
     assert replies[0].status == 200 and replies[0].text.endswith("</b> 1")
 
 
-def test_probes_say_503_while_shutting_down(fake_redis):
+def test_shutting_down_turns_readiness_503_and_leaves_liveness_200(fake_redis):
     with serving(redis_env(fake_redis)) as server:
         server.server.site.shutting_down = True
-        assert server.get("/healthz").status == 503
         assert server.get("/readyz").status == 503
+        assert server.get("/healthz").status == server.get("/livez").status == 200
+
+
+def test_sigterm_keeps_serving_through_the_delay_then_drains_in_a_timer_of_its_own(fake_redis):
+    fake_redis.script(Delay(0.8, b":1\r\n"))
+    proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1",
+                    "SHUTDOWN_DELAY": "1", "DRAIN_TIMEOUT": "0.6"})
+    try:
+        proc.wait_listening()
+        started = time.monotonic()
+        proc.signal()
+        readiness = request(proc.port, "/readyz")  # at once
+        during = request(proc.port, "/")  # still accepted, and still counted: Redis answers at 0.8 s
+        in_delay = time.monotonic() - started
+        code = proc.wait(5)
+        took = time.monotonic() - started
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proc.port), timeout=1)
+    finally:
+        proc.finish()
+    assert readiness.status == 503
+    assert during.status == 200 and during.text.endswith("</b> 1") and during.headers["Connection"] == "close"
+    assert in_delay < 1 and code == 0
+    assert 1 <= took < 1 + 0.6 + 1
+
+
+def test_a_second_signal_ends_the_delay_at_once():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1", "SHUTDOWN_DELAY": "30"})
+    try:
+        proc.wait_listening()
+        proc.signal()
+        assert request(proc.port, "/readyz").status == 503  # the first one is being handled
+        started = time.monotonic()
+        proc.signal()
+        code = proc.wait(5)
+    finally:
+        proc.finish()
+    assert code == 1 and time.monotonic() - started < 5
 
 
 def test_healthcheck_mode_exits_0_for_a_serving_server_and_1_otherwise():

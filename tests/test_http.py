@@ -8,17 +8,11 @@ import socket
 
 import pytest
 
-from helpers import free_port, raw_exchange, serving
+from helpers import raw_exchange, redis_env, refused_env, serving
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def refused_env(**extra):
-    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5", **extra}
-
-
-def redis_env(fake):
-    return {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(fake.port)}
 
 
 def statuses(answer):
