@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# Make a container engine usable on this machine for the container tests, offline.
+# Make the container engines usable on this machine for the container tests, offline.
 #
-# With a running Docker engine there is nothing to do. Otherwise (Debian, as root) this:
+# On Debian, as root (as CI runs it), this:
 #  1. installs rootful podman, runc and debootstrap from Debian's packages;
 #  2. writes /etc/containers/containers.conf so podman runs inside a sandbox without systemd
 #     (cgroupfs, runc, file events, rlimits it may set) and, like Docker 20.10+, lets non-root
 #     users in a container bind ports below 1024;
 #  3. builds stand-ins for the two base images when no registry can be reached: a minimal
 #     Debian root with python3, tagged as the Dockerfile's FROM image, and one with
-#     redis-server, tagged as compose.yaml's Redis image. Existing images are reused.
+#     redis-server, tagged as compose.yaml's Redis image. Existing images are reused;
+#  4. for the Swarm tests: installs Debian's docker.io, starts dockerd when none runs, loads
+#     the two base images into it from podman, and makes this machine a single-node Swarm.
+# Where Docker already runs and podman is missing (a developer's own machine), it only does 4's
+# Swarm step: the tests use that Docker for everything.
 set -euo pipefail
 
 PYTHON_IMAGE=${PYTHON_IMAGE:-docker.io/library/python:3.12-slim}
 REDIS_IMAGE=${REDIS_IMAGE:-docker.io/library/redis:7}
 ROOTS=${ROOTS:-/var/tmp/friendlyhello-roots}
 
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-  echo "container-engine: a Docker engine is running; nothing to set up"
+swarm() {
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+    docker swarm init >/dev/null 2>&1 || docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+  fi
+  echo "container-engine: docker $(docker info --format '{{.ServerVersion}}') ready, single-node Swarm active"
+}
+
+if ! command -v podman >/dev/null && docker info >/dev/null 2>&1; then
+  swarm
   exit 0
 fi
 
@@ -86,3 +97,19 @@ if ! podman image exists "$REDIS_IMAGE"; then
 fi
 
 podman info --format '{{.Host.OCIRuntime.Name}} {{.Version.Version}}' | sed 's/^/container-engine: podman ready, runtime /'
+
+# 4. Docker Engine and a Swarm, with the same base images.
+if ! command -v dockerd >/dev/null; then
+  apt-get install -y -qq docker.io >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  nohup dockerd >/var/log/friendlyhello-dockerd.log 2>&1 &
+  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null || { echo "container-engine: dockerd did not start:"; tail -n 20 /var/log/friendlyhello-dockerd.log; exit 1; }
+fi
+for image in "$PYTHON_IMAGE" "$REDIS_IMAGE"; do
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    podman save "$image" | docker load >/dev/null
+  fi
+done
+swarm

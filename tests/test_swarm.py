@@ -1,0 +1,167 @@
+"""stack.yaml on a real single-node Swarm (Docker Engine): replicas, scaling and rolling
+updates under steady load with no failed request, and a Redis that Swarm replaces.
+
+Deployed as a user would (`docker stack deploy`), with tests/stack.test.yaml on top (read it:
+this kernel has no IPVS, so the test client reaches the replicas by DNS round robin from a
+container on the stack's network). Skips locally without a Swarm; fails in CI, whose setup
+(scripts/container-engine.sh) makes one.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from helpers import ROOT, unavailable
+
+pytestmark = pytest.mark.container
+
+IMAGE = "friendlyhello"
+CLIENT_IMAGE = "python:3.12-slim"  # the client needs a whole standard library, not the server's
+
+
+def docker(*args, check=True, timeout=180):
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout.strip()
+
+
+def wait_until(check, within, what):
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within}s"
+        time.sleep(0.5)
+    return within - (deadline - time.monotonic())
+
+
+class Stack:
+    def __init__(self, name):
+        self.name = name
+        self.web, self.redis, self.network = f"{name}_web", f"{name}_redis", f"{name}_webnet"
+
+    def tasks(self, service):
+        """Containers of the service's running tasks: (id, health)."""
+        ids = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+        return [(c, docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", c))
+                for c in ids]
+
+    def healthy(self, replicas):
+        """True when exactly this many web tasks run, all healthy, and Redis runs."""
+        tasks = self.tasks(self.web)
+        return len(tasks) == replicas and all(h == "healthy" for _, h in tasks) and self.tasks(self.redis)
+
+    def counter(self):
+        (redis, _), = self.tasks(self.redis)
+        reply = docker("exec", redis, "redis-cli", "GET", "counter")
+        return int(reply) if reply else 0
+
+    def load(self, threads=4, max_seconds=120):
+        """Start steady load from a container on the stack's network; stop it with finish()."""
+        return docker("run", "-d", "--network", self.network, "-v", f"{ROOT}/tests:/t:ro", CLIENT_IMAGE,
+                      "python", "/t/swarm_client.py", "tasks.web", str(threads), str(max_seconds))
+
+    def finish(self, client, stop=True):
+        """Stop the load (or let it end at its own time limit) and return what it saw."""
+        if stop:
+            docker("kill", "-s", "TERM", client)
+        docker("wait", client, timeout=180)
+        seen = json.loads(docker("logs", client).splitlines()[-1])
+        docker("rm", "-f", client)
+        return seen
+
+
+@pytest.fixture(scope="module")
+def stack():
+    if shutil.which("docker") is None or subprocess.run(
+            ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
+            capture_output=True, text=True).stdout.strip() != "active":
+        unavailable("no Docker engine in an active Swarm (run scripts/container-engine.sh as root)")
+    docker("build", "-q", "-t", IMAGE, ROOT, timeout=600)
+    deployed = Stack(f"fhtest{uuid.uuid4().hex[:6]}")
+    try:
+        docker("stack", "deploy", "--resolve-image", "never", "-c", os.path.join(ROOT, "stack.yaml"),
+               "-c", os.path.join(ROOT, "tests", "stack.test.yaml"), deployed.name)
+        took = wait_until(lambda: deployed.healthy(5), 120, "five healthy replicas")
+        print(f"\nstack deployed, five replicas healthy after {took:.1f}s")
+        yield deployed
+    finally:
+        docker("stack", "rm", deployed.name, check=False)
+        wait_until(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
+                   60, "the stack's removal")
+        docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
+
+
+def assert_every_request_answered_and_counted_once(seen, rise):
+    assert seen["failed"] == 0, seen["errors"]
+    assert set(seen["statuses"]) == {"200"}, seen["statuses"]
+    numbers = seen["numbers"]
+    assert len(numbers) == len(set(numbers)), "a visit number was shown twice"
+    assert len(numbers) <= rise <= len(numbers) + seen["no_reply"]
+
+
+def test_five_healthy_replicas_answer_in_turn_and_share_one_count(stack):
+    before = stack.counter()
+    seen = stack.finish(stack.load(threads=2, max_seconds=3), stop=False)
+    rise = stack.counter() - before
+    print(f"\n{seen['requests']} requests over {len(seen['hostnames'])} replicas: {dict(seen['hostnames'])}")
+    assert len(seen["hostnames"]) >= 5
+    assert seen["disabled"] == 0 and rise == len(seen["numbers"]) == seen["requests"]
+    assert_every_request_answered_and_counted_once(seen, rise)
+
+
+def test_scaling_up_to_8_and_down_to_2_under_load_fails_no_request(stack):
+    before = stack.counter()
+    client = stack.load()
+    started = time.monotonic()
+    docker("service", "scale", "--detach=false", f"{stack.web}=8", timeout=300)
+    up = time.monotonic() - started
+    docker("service", "scale", "--detach=false", f"{stack.web}=2", timeout=300)
+    down = time.monotonic() - started - up
+    seen = stack.finish(client)
+    rise = stack.counter() - before
+    print(f"\nscale 5->8 in {up:.1f}s, 8->2 in {down:.1f}s: {seen['requests']} requests, "
+          f"{seen['failed']} failed, statuses {dict(seen['statuses'])}, rise {rise}")
+    assert_every_request_answered_and_counted_once(seen, rise)
+    assert len(stack.tasks(stack.web)) == 2
+
+
+def test_a_rolling_update_under_load_fails_no_request(stack):
+    docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
+    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    old = {c for c, _ in stack.tasks(stack.web)}
+    before = stack.counter()
+    client = stack.load()
+    started = time.monotonic()
+    docker("service", "update", "--detach=false", "--force", stack.web, timeout=600)
+    took = time.monotonic() - started
+    seen = stack.finish(client)
+    rise = stack.counter() - before
+    print(f"\nrolling update of 5 replicas in {took:.1f}s: {seen['requests']} requests, "
+          f"{seen['failed']} failed, statuses {dict(seen['statuses'])}, {len(seen['hostnames'])} hostnames")
+    assert_every_request_answered_and_counted_once(seen, rise)
+    assert not old & {c for c, _ in stack.tasks(stack.web)}, "some replica was not replaced"
+
+
+def test_redis_killed_is_replaced_and_the_count_goes_on_from_its_volume(stack):
+    (redis, _), = stack.tasks(stack.redis)
+    before = stack.counter()
+    client = stack.load()
+    wait_until(lambda: stack.counter() > before, 30, "counting under load")
+    docker("kill", redis)
+    started = time.monotonic()
+    wait_until(lambda: [c for c, _ in stack.tasks(stack.redis) if c != redis], 120, "a new Redis task")
+    replaced = time.monotonic() - started
+    after_restart = stack.counter()
+    wait_until(lambda: stack.counter() > after_restart, 60, "counting again")
+    seen = stack.finish(client)
+    rise = stack.counter() - before
+    print(f"\nRedis replaced in {replaced:.1f}s: {seen['requests']} requests, {seen['disabled']} pages "
+          f"said the counter is disabled, {seen['failed']} failed, rise {rise}")
+    assert after_restart >= before  # the count went on from the volume, not from zero
+    assert seen["disabled"] > 0
+    assert_every_request_answered_and_counted_once(seen, rise)
