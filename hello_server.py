@@ -113,8 +113,9 @@ def _redis_url(text):
     return text
 
 
-class Setting(collections.namedtuple("Setting", "env default parse help secret", defaults=(False,))):
-    """One setting: its environment variable, default, parser (raises ValueError) and help."""
+class Setting(collections.namedtuple("Setting", "env default parse help secret aliases", defaults=(False, ()))):
+    """One setting: its environment variable (and other spellings of it, tried in turn),
+    default, parser (raises ValueError) and help."""
 
     __slots__ = ()
 
@@ -152,6 +153,15 @@ SETTINGS = [
             "balancers and DNS learn that this replica is going"),
     Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
             "then, with the port closed, seconds that requests in flight may take to finish"),
+    # Where a replica runs, as Kubernetes' Downward API tells it, in the usual spellings.
+    Setting("POD_NAME", None, _text, "the pod's name, shown in the JSON answer and logs",
+            aliases=("MY_POD_NAME", "KUBERNETES_POD_NAME")),
+    Setting("POD_NAMESPACE", None, _text, "the pod's namespace, shown likewise",
+            aliases=("MY_POD_NAMESPACE", "KUBERNETES_NAMESPACE", "KUBERNETES_POD_NAMESPACE")),
+    Setting("NODE_NAME", None, _text, "the node's name, shown likewise",
+            aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
+    Setting("POD_IP", None, _text, "the pod's IP address, shown likewise",
+            aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
@@ -167,7 +177,8 @@ def argument_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     for s in SETTINGS:
         shown = "unset" if s.default is None else s.default
-        parser.add_argument(s.flag, dest=s.field, metavar=s.env, help=f"{s.help} (default: {shown})")
+        also = f"; also read as {', '.join(s.aliases)}" if s.aliases else ""
+        parser.add_argument(s.flag, dest=s.field, metavar=s.env, help=f"{s.help} (default: {shown}{also})")
     parser.add_argument("--healthcheck", action="store_true",
                         help="ask the server at PORT for /healthz and exit 0 if healthy, else 1 "
                              "(for HEALTHCHECK in an image without curl)")
@@ -181,13 +192,12 @@ def load_config(argv=None, environ=None, args=None):
     args = vars(args if args is not None else argument_parser().parse_args(argv))
     values, given = {}, set()
     for s in SETTINGS:
-        if args[s.field] is not None:
-            source, raw = s.flag, args[s.field]
-        elif s.env in environ:
-            source, raw = s.env, environ[s.env]
-        else:
+        source = s.flag if args[s.field] is not None else next(
+            (name for name in (s.env, *s.aliases) if name in environ), None)
+        if source is None:
             values[s.field] = s.default
             continue
+        raw = args[s.field] if source == s.flag else environ[source]
         given.add(s.env)
         try:
             values[s.field] = s.parse(raw)
@@ -247,6 +257,7 @@ class Site:
         self.name = config.name
         self.redis_status = redis_status
         self.hostname = socket.gethostname() if hostname is None else hostname
+        self.placement = placement(config)
         self.shutting_down = False
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -267,8 +278,8 @@ class Site:
         if error is not None:
             visits = None
         if wants_json:
-            body = json.dumps({"name": self.name, "hostname": self.hostname, "visits": visits,
-                               "redis": short_reason(error)})
+            body = json.dumps({"name": self.name, "hostname": self.hostname, **self.placement,
+                               "visits": visits, "redis": short_reason(error)})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
@@ -290,6 +301,13 @@ class Site:
 
 
 _VARY_ACCEPT = (("Vary", "Accept"),)
+
+
+def placement(config):
+    """Where this replica runs, as far as the Downward API said: only what is known."""
+    known = {"pod": config.pod_name, "namespace": config.pod_namespace, "node": config.node_name,
+             "pod_ip": config.pod_ip}
+    return {key: value for key, value in known.items() if value}
 
 
 def outage_reason(error):
@@ -1106,10 +1124,10 @@ def healthcheck(config):
 
 # -- main --------------------------------------------------------------------------------------
 
-def main(argv=None):
+def main(argv=None, environ=None):
     args = argument_parser().parse_args(argv)
     try:
-        config = load_config(args=args)
+        config = load_config(environ=environ, args=args)
     except ConfigError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 2
@@ -1136,8 +1154,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
+    where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
     print(f"friendlyhello listening on http://{host}:{server.port} "
-          f"(redis {client.address} db {client.db})", flush=True)
+          f"(redis {client.address} db {client.db}{where})", flush=True)
     server.serve()
     client.close()
     return 0

@@ -5,6 +5,7 @@ engine these skip with the reason; in CI they fail instead.
 """
 
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -295,3 +296,24 @@ def test_dockerfile_is_lint_clean():
     result = subprocess.run([hadolint, "--failure-threshold", "warning", os.path.join(ROOT, "Dockerfile")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_runs_the_way_the_kubernetes_deployment_runs_it(engine, image, containers):
+    from test_k8s import pod_environment, web_container  # the Deployment, read from k8s/
+
+    container = web_container()
+    context = container["securityContext"]
+    env = pod_environment(container, pod="friendlyhello-abc", namespace="demo", node="node-7", ip="10.9.8.7")
+    port = free_port()
+    settings = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
+    containers("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+               "--user", f"{context['runAsUser']}:{context['runAsGroup']}", *settings,
+               "-p", f"127.0.0.1:{port}:{container['ports'][0]['containerPort']}", image)
+    wait_for_200(port, container["readinessProbe"]["httpGet"]["path"])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/", headers={"Accept": "application/json"})
+    page = json.loads(conn.getresponse().read())
+    conn.close()
+    assert (page["pod"], page["namespace"], page["node"], page["pod_ip"]) == \
+        ("friendlyhello-abc", "demo", "node-7", "10.9.8.7")
+    assert page["visits"] is None  # no Redis named redis here: the page still serves

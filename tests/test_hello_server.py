@@ -376,12 +376,19 @@ def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
     ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
 ])
-def test_bad_setting_exits_2_with_one_line_naming_it(env, args, named):
-    code, out, err = run_to_exit(env, args)
+def test_bad_setting_exits_2_with_one_line_naming_it(capsys, env, args, named):
+    code = hello_server.main(list(args), environ=env)
+    out, err = capsys.readouterr()
     assert code == 2
     assert err.count("\n") == 1 and named in err, err
     assert "secret" not in err
     assert out == ""
+
+
+def test_a_bad_setting_stops_the_real_process_before_it_binds():
+    code, out, err = run_to_exit({"PORT": "eighty"})
+    assert (code, out) == (2, "")
+    assert err == "friendlyhello: PORT='eighty' is not valid: expected a whole number from 0 to 65535\n"
 
 
 def test_help_lists_every_setting_with_its_default():
@@ -425,8 +432,9 @@ PASSWORD = "pw1/pw2?pw3#pw4@pw5:pw6"
     f"redis://127.0.0.1/0?password={PASSWORD}",
     f"redis://:{PASSWORD}@127.0.0.1/0?x=1",
 ])
-def test_a_bad_redis_url_exits_2_without_any_part_of_its_password(url):
-    code, out, err = run_to_exit({"REDIS_URL": url})
+def test_a_bad_redis_url_exits_2_without_any_part_of_its_password(capsys, url):
+    code = hello_server.main([], environ={"REDIS_URL": url})
+    out, err = capsys.readouterr()
     assert code == 2 and err.startswith("friendlyhello: REDIS_URL is not valid: ") and err.count("\n") == 1
     assert not [piece for piece in ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6") if piece in out + err], err
 

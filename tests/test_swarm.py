@@ -127,7 +127,7 @@ def test_scaling_up_to_8_and_down_to_2_under_load_fails_no_request(stack):
     print(f"\nscale 5->8 in {up:.1f}s, 8->2 in {down:.1f}s: {seen['requests']} requests, "
           f"{seen['failed']} failed, statuses {dict(seen['statuses'])}, rise {rise}")
     assert_every_request_answered_and_counted_once(seen, rise)
-    assert len(stack.tasks(stack.web)) == 2
+    wait_until(lambda: len(stack.tasks(stack.web)) == 2, 30, "the stopped replicas' exit")
 
 
 def test_a_rolling_update_under_load_fails_no_request(stack):

@@ -471,7 +471,7 @@ def test_pipelined_requests_and_clients_vanishing_mid_response_leak_nothing(redi
 
 def test_redis_password_never_appears_in_logs_pages_or_probes():
     secret = "s3cr3t-pw"
-    server = Process({"PORT": "0", "BIND": "127.0.0.1", "ACCESS_LOG": "all",
+    server = Process({"PORT": "0", "BIND": "127.0.0.1", "ACCESS_LOG": "all", "READY_NEEDS_REDIS": "on",
                       "REDIS_URL": f"redis://:{secret}@127.0.0.1:{free_port()}/0"})
     try:
         line = server.wait_listening()

@@ -1,0 +1,228 @@
+"""The Kubernetes manifests in k8s/: valid against the API's own schemas, restricted by the Pod
+Security Standards, and in agreement with the server they run. No cluster runs here: the
+server is started with the environment a pod would have, on the port the Deployment declares."""
+
+import json
+import os
+import re
+
+import kubernetes_validate
+import pytest
+import yaml
+
+import hello_server
+from helpers import ROOT, Process, free_port, request
+
+K8S = os.path.join(ROOT, "k8s")
+KUBERNETES_VERSION = "1.35"  # a recent release whose schemas kubernetes-validate bundles
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+          "app.kubernetes.io/version")
+
+
+def manifest_files():
+    found = []
+    for folder, _, files in os.walk(K8S):
+        found += [os.path.relpath(os.path.join(folder, f), K8S) for f in files if f.endswith(".yaml")]
+    return sorted(f for f in found if f != "kustomization.yaml")
+
+
+def load(name):
+    with open(os.path.join(K8S, name)) as text:
+        return list(yaml.safe_load_all(text))
+
+
+def kustomization():
+    (document,) = load("kustomization.yaml")
+    return document
+
+
+def resources():
+    """Every resource `kubectl apply -k k8s/` creates."""
+    return [doc for name in kustomization()["resources"] for doc in load(name)]
+
+
+def one(kind, name):
+    (found,) = [r for r in resources() if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def web_container():
+    (container,) = one("Deployment", "friendlyhello")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# -- the schemas and the kustomization ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", manifest_files())
+def test_every_manifest_validates_strictly_against_the_kubernetes_api(name):
+    for document in load(name):
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_but_the_optional_ones():
+    listed = set(kustomization()["resources"])
+    assert listed == {f for f in manifest_files() if not f.startswith("optional/")}
+
+
+def test_the_optional_autoscaler_scales_the_web_deployment():
+    (hpa,) = load("optional/hpa.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "friendlyhello"
+
+
+@pytest.mark.parametrize("name", manifest_files())
+def test_everything_carries_the_recommended_labels(name):
+    for document in load(name):
+        assert set(LABELS) <= set(document["metadata"]["labels"]), document["metadata"]["name"]
+        template = document.get("spec", {}).get("template")
+        if template:
+            assert document["metadata"]["labels"] == template["metadata"]["labels"]
+            selector = document["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= template["metadata"]["labels"].items()
+            assert "app.kubernetes.io/version" not in selector  # a selector outlives versions
+
+
+def test_services_select_the_pods_of_their_workloads():
+    for service, workload in (("friendlyhello", ("Deployment", "friendlyhello")), ("redis", ("StatefulSet", "redis"))):
+        selector = one("Service", service)["spec"]["selector"]
+        assert selector.items() <= one(*workload)["spec"]["template"]["metadata"]["labels"].items()
+
+
+# -- the restricted Pod Security Standard ----------------------------------------------------------
+# Written from the Pod Security Standards' table (baseline, then restricted), not from our files:
+# https://kubernetes.io/docs/concepts/security/pod-security-standards/
+
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                "net.ipv4.tcp_keepalive_probes"}
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def restricted_violations(pod):
+    """Every way a pod spec breaks the restricted profile (and our two extra rules)."""
+    bad = []
+    pod_context = pod.get("securityContext", {})
+    containers = pod.get("containers", []) + pod.get("initContainers", []) + pod.get("ephemeralContainers", [])
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            bad.append(f"{field} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            bad.append(f"volume {volume['name']} is {kinds}")
+    for sysctl in pod_context.get("sysctls", []):
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            bad.append(f"sysctl {sysctl['name']}")
+    for c in containers:
+        ctx, name = c.get("securityContext", {}), c["name"]
+
+        def setting(field, ctx=ctx):
+            return ctx.get(field, pod_context.get(field))
+
+        if (ctx.get("windowsOptions") or pod_context.get("windowsOptions") or {}).get("hostProcess"):
+            bad.append(f"{name}: hostProcess")
+        if ctx.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{name}: hostPort")
+        if ctx.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount")
+        selinux = setting("seLinuxOptions") or {}
+        if selinux.get("type") not in SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+            bad.append(f"{name}: seLinuxOptions")
+        apparmor = (setting("appArmorProfile") or {}).get("type", "RuntimeDefault")
+        if apparmor not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: appArmorProfile {apparmor}")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        if setting("runAsNonRoot") is not True:
+            bad.append(f"{name}: runAsNonRoot is not true")
+        user = setting("runAsUser")
+        if not isinstance(user, int) or user == 0:
+            bad.append(f"{name}: runAsUser is not a numeric non-root user")
+        if (setting("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is not RuntimeDefault or Localhost")
+        capabilities = ctx.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            bad.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities")
+        if ctx.get("readOnlyRootFilesystem") is not True:
+            bad.append(f"{name}: root filesystem is writable")
+    return bad
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard():
+    pods = [r["spec"]["template"]["spec"] for r in resources() if r["kind"] in ("Deployment", "StatefulSet")]
+    assert len(pods) == 2
+    assert [restricted_violations(pod) for pod in pods] == [[], []]
+    assert all(pod.get("automountServiceAccountToken") is False for pod in pods)
+
+
+def test_the_restricted_check_catches_what_it_should():
+    loose = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+             "containers": [{"name": "c", "securityContext": {"privileged": True, "runAsUser": 0,
+                                                              "capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    found = " ".join(restricted_violations(loose))
+    for words in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation", "runAsNonRoot",
+                  "numeric non-root", "seccompProfile", "drop ALL", "adds capabilities", "writable"):
+        assert words in found
+
+
+# -- the manifests and the server agree ------------------------------------------------------------
+
+def pod_environment(container, pod="friendlyhello-7d9c-x2x4q", namespace="demo", node="node-1", ip="10.1.2.3"):
+    """The container's environment as the kubelet would give it (the Downward API resolved)."""
+    downward = {"metadata.name": pod, "metadata.namespace": namespace, "spec.nodeName": node,
+                "status.podIP": ip}
+    return {e["name"]: e["value"] if "value" in e else downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            for e in container["env"]}
+
+
+def test_every_environment_variable_the_deployment_sets_is_a_setting():
+    known = {name for s in hello_server.SETTINGS for name in (s.env, *s.aliases)}
+    assert set(pod_environment(web_container())) <= known
+
+
+def test_the_pod_answers_every_probe_on_its_declared_port_and_shows_where_it_runs():
+    container = web_container()
+    (port,) = container["ports"]
+    env = pod_environment(container)
+    assert env["PORT"] == str(port["containerPort"])
+    free = free_port()  # the declared port, moved to a free one on this shared machine
+    proc = Process({**env, "PORT": str(free), "BIND": "127.0.0.1", "REDIS_HOST": "127.0.0.1",
+                    "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5"})
+    try:
+        line = proc.wait_listening()
+        probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+        statuses = {kind: request(free, probe["path"]).status for kind, probe in probes.items()}
+        page = json.loads(request(free, "/", headers={"Accept": "application/json"}).body)
+    finally:
+        proc.signal()
+        proc.finish()
+    assert all(probe["port"] == port["name"] for probe in probes.values())
+    assert statuses == {"startupProbe": 200, "readinessProbe": 200, "livenessProbe": 200}
+    assert (page["pod"], page["namespace"], page["node"], page["pod_ip"]) == \
+        ("friendlyhello-7d9c-x2x4q", "demo", "node-1", "10.1.2.3")
+    assert "pod friendlyhello-7d9c-x2x4q" in line and "node node-1" in line
+
+
+def test_the_grace_period_covers_the_shutdown_delay_and_the_drain():
+    spec = one("Deployment", "friendlyhello")["spec"]["template"]["spec"]
+    env = pod_environment(web_container())
+    assert spec["terminationGracePeriodSeconds"] > float(env["SHUTDOWN_DELAY"]) + float(env["DRAIN_TIMEOUT"])
+    readiness = web_container()["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < float(env["SHUTDOWN_DELAY"])
+
+
+def test_the_image_and_version_are_the_ones_the_readme_and_server_name():
+    with open(os.path.join(ROOT, "README.md")) as readme:
+        built = re.search(r"^docker build -t (\S+) \.$", readme.read(), re.M).group(1)
+    assert web_container()["image"] in (built, built + ":latest")
+    assert one("Deployment", "friendlyhello")["metadata"]["labels"]["app.kubernetes.io/version"] == hello_server.VERSION
+    with open(os.path.join(ROOT, "Dockerfile")) as dockerfile:
+        assert re.search(r"^USER (\d+)", dockerfile.read(), re.M).group(1) == \
+            str(web_container()["securityContext"]["runAsUser"])
