@@ -57,7 +57,7 @@ base_root() {  # a minimal Debian root with Python, made once
   if [ ! -x "$dir/usr/bin/python3" ]; then
     rm -rf "$dir"
     mkdir -p "$ROOTS"
-    debootstrap --variant=minbase --include=python3,python-is-python3 bookworm "$dir" "$mirror" >/dev/null
+    debootstrap --variant=minbase --include=python3,python-is-python3,ca-certificates bookworm "$dir" "$mirror" >/dev/null
     rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
   fi
   echo "$dir"

@@ -1,14 +1,17 @@
 """The real Dockerfile and compose.yaml, built and run with a real container engine.
 
 podman here (set up by scripts/container-engine.sh), docker elsewhere. Locally without an
-engine these skip with the reason; in CI they fail instead.
+engine these skip with the reason; in CI they fail instead. `image` is the default target,
+the tiny FROM-scratch image; `slim_image` is the tutorial-shaped one (--target slim).
 """
 
 import http.client
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 import uuid
 
@@ -19,6 +22,8 @@ from helpers import DISABLED, ROOT, free_port, unavailable
 pytestmark = pytest.mark.container
 
 IMAGE = "friendlyhello"
+SLIM_IMAGE = "friendlyhello:slim"
+TINY_MAX_BYTES = 20_000_000
 
 
 def _find_engine():
@@ -44,14 +49,24 @@ def run(engine, *args, check=True, timeout=120):
     return result.stdout.strip()
 
 
+def build(engine, tag, *options):
+    command = ["build", *options, "-t", tag, ROOT]
+    if engine.endswith("podman"):
+        command[1:1] = ["--pull=never", "--format", "docker"]  # docker format keeps HEALTHCHECK
+    return run(engine, *command, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def image(engine):
-    build = ["build", "-t", IMAGE, ROOT]
-    if engine.endswith("podman"):
-        build[1:1] = ["--pull=never", "--format", "docker"]  # docker format keeps HEALTHCHECK
-    run(engine, *build, timeout=600)
+    build(engine, IMAGE)
     yield IMAGE
     run(engine, "image", "prune", "-f", check=False)  # the images earlier builds left untagged
+
+
+@pytest.fixture(scope="module")
+def slim_image(engine):
+    build(engine, SLIM_IMAGE, "--target", "slim")
+    return SLIM_IMAGE
 
 
 @pytest.fixture
@@ -115,12 +130,18 @@ def wait_for_count(port, within=30):
         time.sleep(0.05)
 
 
-def test_image_adds_only_a_few_kilobytes_over_its_base(engine, image):
+def test_the_slim_target_adds_only_our_two_files_to_its_base(engine, slim_image):
     base = run(engine, "image", "inspect", "--format", "{{.Size}}", "python:3.12-slim")
-    ours = run(engine, "image", "inspect", "--format", "{{.Size}}", image)
+    ours = run(engine, "image", "inspect", "--format", "{{.Size}}", slim_image)
     added = int(ours) - int(base)
-    print(f"\nimage adds {added} bytes over python:3.12-slim")
-    assert 0 < added < 100_000
+    print(f"\nslim image adds {added} bytes over python:3.12-slim")
+    assert 0 < added < 150_000
+
+
+def test_the_default_image_is_tiny(engine, image):
+    size = int(run(engine, "image", "inspect", "--format", "{{.Size}}", image))
+    print(f"\ntiny image: {size:,} bytes")
+    assert size <= TINY_MAX_BYTES
 
 
 def test_container_serves_the_tutorial_page_with_its_id_as_hostname(engine, image, containers):
@@ -158,11 +179,14 @@ def test_process_runs_as_non_root_with_no_capabilities(engine, image, containers
     port = free_port()
     container = containers("-p", f"127.0.0.1:{port}:80", image)
     wait_for_200(port)
-    status = run(engine, "exec", container, "cat", "/proc/1/status")
-    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    pid = run(engine, "inspect", "--format", "{{.State.Pid}}", container)  # no cat in the image: read it here
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":\t", 1) for line in status.read().splitlines() if ":\t" in line)
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        command = cmdline.read().split(b"\0")
     assert fields["Uid"].split()[0] == "10001"
     assert int(fields["CapEff"], 16) == 0
-    assert "hello_server.py" in run(engine, "exec", container, "cat", "/proc/1/cmdline")
+    assert b"hello_server" in command
 
 
 def test_health_check_reports_healthy(engine, image, containers):
@@ -317,3 +341,118 @@ def test_the_image_runs_the_way_the_kubernetes_deployment_runs_it(engine, image,
     assert (page["pod"], page["namespace"], page["node"], page["pod_ip"]) == \
         ("friendlyhello-abc", "demo", "node-7", "10.9.8.7")
     assert page["visits"] is None  # no Redis named redis here: the page still serves
+
+
+# -- the tiny image: all that the slim one does, with nothing else in it --------------------------
+
+def exit_status_and_output(engine, *args):
+    """Run a container to its end; its exit status and what it printed (not the engine's own noise)."""
+    container = run(engine, "run", "-d", *args)
+    try:
+        code = int(run(engine, "wait", container, timeout=60).splitlines()[-1])
+        logs = subprocess.run([engine, "logs", container], capture_output=True, text=True, timeout=60)
+        return code, (logs.stdout + logs.stderr).strip()  # the container's stdout, then its stderr
+    finally:
+        run(engine, "rm", "-f", container, check=False)
+
+
+def test_the_tiny_image_answers_help_and_refuses_a_bad_setting_with_one_line(engine, image, slim_image):
+    code, out = exit_status_and_output(engine, image, "--help")
+    assert code == 0 and "--redis-url" in out and "--shutdown-delay" in out
+    code, out = exit_status_and_output(engine, "-e", "REDIS_URL=redis://:pw/x?y@h:99999", image)
+    assert code == 2 and out.count("\n") == 0 and out.startswith("friendlyhello: REDIS_URL is not valid")
+    assert "pw" not in out
+    code, out = exit_status_and_output(engine, slim_image, "python", "hello_server.py", "--help")
+    assert code == 0 and "--redis-url" in out
+
+
+@pytest.mark.parametrize("which", ["tiny", "slim"])
+def test_json_and_every_probe_answer_in_both_images(engine, image, slim_image, containers, which):
+    port = free_port()
+    containers("-p", f"127.0.0.1:{port}:80", image if which == "tiny" else slim_image)
+    wait_for_200(port)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/", headers={"Accept": "application/json"})
+    page = json.loads(conn.getresponse().read())
+    conn.close()
+    assert page["name"] == "World" and page["visits"] is None and page["redis"] == "cannot connect"
+    assert [get(port, path)[0] for path in ("/healthz", "/livez", "/readyz", "/nope")] == [200, 200, 200, 404]
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A test CA and a certificate it signed for the host name redis-tls."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl is not installed (apt-get install openssl)")
+
+    def sh(*args):
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "ca.key", "-out", "ca.pem",
+       "-subj", "/CN=friendlyhello test CA")
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=redis-tls")
+    (tmp_path / "san.cnf").write_text("subjectAltName=DNS:redis-tls\n")
+    sh("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+       "-out", "redis.pem", "-extfile", "san.cnf")
+    for name in ("ca.pem", "redis.pem", "redis.key"):
+        (tmp_path / name).chmod(0o644)
+    tmp_path.chmod(0o755)  # the server's user 10001 reads the CA here
+    return tmp_path
+
+
+def test_the_tiny_image_talks_tls_to_redis_verified_by_a_mounted_ca(engine, image, containers, network, tls_files):
+    containers("--network", network, "--network-alias", "redis-tls", "-v", f"{tls_files}:/tls:ro", "redis:7",
+               "redis-server", "--port", "0", "--tls-port", "6380", "--tls-cert-file", "/tls/redis.pem",
+               "--tls-key-file", "/tls/redis.key", "--tls-ca-cert-file", "/tls/ca.pem", "--tls-auth-clients", "no")
+    port = free_port()
+    containers("--network", network, "-v", f"{tls_files}:/certs:ro", "-e", "SSL_CERT_FILE=/certs/ca.pem",
+               "-e", "REDIS_URL=rediss://redis-tls:6380", "-p", f"127.0.0.1:{port}:80", image)
+    assert wait_for_count(port) == 1
+
+
+def test_the_tiny_image_reaches_redis_over_a_unix_socket_on_a_mounted_volume(engine, image, containers, tmp_path):
+    tmp_path.chmod(0o777)
+    containers("-v", f"{tmp_path}:/sock", "redis:7", "redis-server", "--port", "0",
+               "--unixsocket", "/sock/redis.sock", "--unixsocketperm", "777")
+    port = free_port()
+    containers("-v", f"{tmp_path}:/sock", "-e", "REDIS_URL=unix:///sock/redis.sock",
+               "-p", f"127.0.0.1:{port}:80", image)
+    assert wait_for_count(port) == 1
+
+
+def test_the_tiny_image_runs_locked_down_as_any_user_and_writes_nothing(engine, image, containers):
+    port = free_port()
+    # podman's own additions, which are no writes of ours: the user in /etc/passwd, and tmpfs mounts
+    # on /tmp and /var/tmp of a read-only container.
+    podman = ["--passwd=false", "--read-only-tmpfs=false"] if engine.endswith("podman") else []
+    container = containers("--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                           "--user", "4242:4343", *podman, "-p", f"127.0.0.1:{port}:80", image)
+    wait_for_200(port)
+    assert get(port)[0] == 200 and get(port, "/readyz")[0] == 200
+    changes = set(run(engine, "diff", container).splitlines())
+    assert changes - {"C /etc"} == set()  # /etc holds the engine's mount points for hosts and resolv.conf
+
+
+def image_files(engine, image):
+    """Every file and link in the image (directories left out), as /path."""
+    container = run(engine, "create", image)
+    try:
+        tar = subprocess.run([engine, "export", container], capture_output=True, check=True, timeout=120).stdout
+    finally:
+        run(engine, "rm", "-f", container, check=False)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return {"/" + m.name.lstrip("./") for m in archive.getmembers() if not m.isdir()}
+
+
+def test_the_tiny_image_holds_what_the_collector_asked_for_and_nothing_else(engine, image):
+    build(engine, "friendlyhello:collect", "--target", "collect")
+    asked = set(run(engine, "run", "--rm", "friendlyhello:collect", "cat", "/runtime-files.txt").splitlines())
+    made_by_the_engine = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/.dockerenv", "/run/.containerenv",
+                          "/etc/passwd", "/etc/group"}
+    files = image_files(engine, image)
+    assert files - made_by_the_engine == asked
+    for absent in ("/bin/sh", "/usr/bin/sh", "/usr/bin/pip", "/usr/local/bin/pip", "/usr/bin/apt-get",
+                   "/var/lib/dpkg/status"):
+        assert absent not in files
+    assert not [f for f in files if "/site-packages/" in f or "/dist-packages/" in f or f.endswith(".py")]
