@@ -57,6 +57,7 @@ MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431 (so do o
 SWEEP_INTERVAL = 0.25        # how often idle and slow connections are checked for expiry
 LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
 MAX_PIPELINE = 256           # Redis commands sent in one round trip at most
+REQUESTS_PER_TURN = 8        # pipelined requests of one connection served per turn of the loop
 HEALTHCHECK_TIMEOUT = 2.0    # the image's HEALTHCHECK gives it 3 s
 
 
@@ -597,6 +598,8 @@ class Connection:
     """One client connection: its bytes, its deadline and its state.
 
     READING   waiting for (the rest of) a request head; the head must arrive by the deadline
+    READY     more requests are buffered than one turn of the loop serves: the rest wait for
+              the next turn, so a client that pipelines thousands cannot hold up the others
     WAITING   a request waits for Redis; the socket is not watched
     SENDING   a response is going out; the client must take it by the deadline
     LINGERING our side is shut after a response: what the client still sends is read and
@@ -604,7 +607,8 @@ class Connection:
     CLOSED    done
     """
 
-    READING, WAITING, SENDING, LINGERING, CLOSED = "reading", "waiting", "sending", "lingering", "closed"
+    READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
+        "reading", "ready", "waiting", "sending", "lingering", "closed")
 
     __slots__ = ("sock", "address", "selector", "state", "events", "deadline", "buffer", "outgoing",
                  "handler", "started", "close_after", "linger")
@@ -683,7 +687,7 @@ class Connection:
         return head
 
 
-_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.WAITING: 0,
+_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.READY: 0, Connection.WAITING: 0,
            Connection.SENDING: selectors.EVENT_WRITE, Connection.LINGERING: selectors.EVENT_READ,
            Connection.CLOSED: 0}
 
@@ -816,6 +820,7 @@ class HelloServer:
         self.redis = RedisPipeline(client, site.redis_status, self._wake)
         self._date = HttpDate()
         self._connections = set()
+        self._ready = []  # connections in state READY, served next turn
         self._accepting = False
 
     def serve(self):
@@ -838,7 +843,7 @@ class HelloServer:
                     if drain_until is not None and (not self._busy() or now > drain_until):
                         return
                     wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
-                for key, events in self._selector.select(wait):
+                for key, events in self._selector.select(0 if self._ready else wait):
                     if key.data is _LISTENER:
                         self._accept_waiting()
                     elif key.data is _WAKE:
@@ -848,6 +853,7 @@ class HelloServer:
                             self._serve_requests(key.data)
                     else:
                         self._read(key.data)
+                self._serve_ready()
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)
@@ -932,9 +938,19 @@ class HelloServer:
             self._serve_requests(conn)
         # LINGERING: what comes after our last answer is dropped
 
+    def _serve_ready(self):
+        ready, self._ready = self._ready, []
+        for conn in ready:
+            if conn.state is Connection.READY:
+                conn.enter(Connection.READING, self.config.idle_timeout)
+                self._serve_requests(conn)
+
     def _serve_requests(self, conn):
-        """Answer the complete requests the connection has sent, until one has to wait."""
-        while conn.state is Connection.READING:
+        """Answer the complete requests the connection has sent, until one has to wait or
+        this turn's share is served."""
+        for _ in range(REQUESTS_PER_TURN):
+            if conn.state is not Connection.READING:
+                return
             try:
                 head = conn.take_head()
             except HeadRefused as refused:
@@ -954,6 +970,9 @@ class HelloServer:
                 return
             if not self._respond(conn, handler.response):
                 return
+        if conn.state is Connection.READING and conn.buffer:
+            conn.enter(Connection.READY, None)
+            self._ready.append(conn)
 
     def _take_replies(self):
         try:
