@@ -22,6 +22,7 @@ Run ``python3 hello_server.py --help`` for the settings.
 """
 
 import argparse
+import bisect
 import collections
 import email.utils
 import errno
@@ -33,6 +34,7 @@ import http.server
 import io
 import json
 import os
+import platform
 import re
 import resource
 import selectors
@@ -41,6 +43,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 
 import resp_client
 
@@ -59,6 +62,8 @@ LINGER = 2.0                 # after closing our side, how long to read and drop
 MAX_PIPELINE = 256           # Redis commands sent in one round trip at most
 REQUESTS_PER_TURN = 8        # pipelined requests of one connection served per turn of the loop
 HEALTHCHECK_TIMEOUT = 2.0    # the image's HEALTHCHECK gives it 3 s
+HEARTBEAT_INTERVAL = 3.0     # how often a replica tells Redis it is alive
+REPLICA_TTL = 10             # seconds after its last heartbeat that a replica drops out of the view
 
 
 # -- settings: read once, validated, before anything binds -------------------------------------
@@ -141,7 +146,9 @@ SETTINGS = [
     Setting("REDIS_PASSWORD", None, _text, "Redis password", secret=True),
     Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
-            "on: a line per request on stdout, health probes left out; all: probes too; off: none"),
+            "on: a line per request on stdout, health probes and /metrics left out; all: them too; off: none"),
+    Setting("LOG_FORMAT", "text", _choice("text", "json"),
+            "text: one line of words per event; json: one JSON object per line, for log pipelines"),
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
@@ -163,6 +170,8 @@ SETTINGS = [
             aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
     Setting("POD_IP", None, _text, "the pod's IP address, shown likewise",
             aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
+    Setting("REPLICA_ID", None, _text, "this replica's name in /replicas (default: the pod's name, "
+            "else the host name; replicas that share it count as one)"),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
@@ -233,7 +242,7 @@ class Response(collections.namedtuple("Response", "status content_type body head
 
 
 class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe")):
-    """One path: ``answer(wants_json, redis)`` makes its Response.
+    """One path: ``answer(request, redis)`` makes its Response from a PageRequest.
 
     ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
     ``redis`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
@@ -243,53 +252,103 @@ class Route(collections.namedtuple("Route", "answer redis_command counts_visit p
     __slots__ = ()
 
 
+PageRequest = collections.namedtuple("PageRequest", "wants_json query")
 RedisReply = collections.namedtuple("RedisReply", "value error")
 
-_INCR_COUNTER = resp_client.encode_command(("INCR", COUNTER_KEY))  # encoded once, sent on every visit
 _PING = resp_client.encode_command(("PING",))
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# -- what replicas keep in Redis: Lua scripts, so that each runs whole or not at all -----------
+# KEYS and ARGV are fixed per process: each command is encoded once, at start-up.
+REPLICA_INDEX = "friendlyhello:replicas"   # sorted set: replica id -> time of its last heartbeat
+REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, node, started, seen, served
+VISIT_SCRIPT = """
+local visits = redis.call('INCR', KEYS[1])
+redis.call('HINCRBY', KEYS[2], 'served', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return visits
+"""  # a visit counts for the counter and for the replica that served it, together
+HEARTBEAT_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'seen', now)
+redis.call('HSETNX', KEYS[2], 'started', now)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+return now
+"""  # alive: the record refreshed, and the index trimmed, so Redis holds only live replicas
+VIEW_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+local out = {now, redis.call('GET', KEYS[2]) or false}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')) do
+  local record = redis.call('HGETALL', ARGV[2] .. id)
+  if #record > 0 then
+    out[#out + 1] = id
+    out[#out + 1] = record
+  end
+end
+return out
+"""  # the live replicas' records, the counter, and Redis's clock, in one round trip
+
+
+def replica_commands(replica_id, hostname, placement_):
+    """This replica's three Redis commands, encoded: a visit, a heartbeat, the view."""
+    key = REPLICA_PREFIX + replica_id
+    return (
+        resp_client.encode_command(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL)),
+        resp_client.encode_command(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, hostname,
+                                    placement_.get("pod", ""), placement_.get("node", ""), replica_id)),
+        resp_client.encode_command(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL,
+                                    REPLICA_PREFIX)))
 
 
 class Site:
     """The pages: statuses and content. Nothing of sockets; of Redis, its replies and its
     state as ``redis_status`` (a RedisStatus) keeps it."""
 
-    def __init__(self, config, redis_status, hostname=None):
+    def __init__(self, config, redis_status, metrics, hostname=None):
         self.name = config.name
-        self.redis_status = redis_status
+        self.redis_status, self.metrics = redis_status, metrics
         self.hostname = socket.gethostname() if hostname is None else hostname
         self.placement = placement(config)
+        self.replica_id = config.replica_id or self.placement.get("pod") or self.hostname
+        visit, self.heartbeat, view = replica_commands(self.replica_id, self.hostname, self.placement)
         self.shutting_down = False
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
         self.page_start = PAGE[:-len("{visits}")].format(
             name=html.escape(self.name), hostname=html.escape(self.hostname))
         self.routes = {
-            "/": Route(self.page, _INCR_COUNTER, counts_visit=True, probe=False),
+            "/": Route(self.page, visit, counts_visit=True, probe=False),
             "/healthz": Route(self.healthz, None, counts_visit=False, probe=True),
             "/livez": Route(self.healthz, None, counts_visit=False, probe=True),
             "/readyz": Route(self.readyz, _PING if config.ready_needs_redis == "on" else None,
                              counts_visit=False, probe=True),
+            "/metrics": Route(self.metrics_page, None, counts_visit=False, probe=True),
+            "/replicas": Route(self.replicas, view, counts_visit=False, probe=False),
         }
 
-    def page(self, wants_json, redis):
+    def page(self, request, redis):
         visits, error = (None, None) if redis is None else redis
         if error is None and redis is not None and type(visits) is not int:
             error = resp_client.ProtocolError(f"INCR answered {visits!r:.64}, not an integer")
         if error is not None:
             visits = None
-        if wants_json:
+        elif redis is not None:
+            self.metrics.visits += 1
+        if request.wants_json:
             body = json.dumps({"name": self.name, "hostname": self.hostname, **self.placement,
                                "visits": visits, "redis": short_reason(error)})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
 
-    def healthz(self, wants_json, redis):
+    def healthz(self, request, redis):
         """Liveness: the process serves. Never Redis, and still 200 while it shuts down."""
         return Response(200, TEXT, "ok\n")
 
-    def readyz(self, wants_json, redis):
+    def readyz(self, request, redis):
         """Readiness: send me traffic. Pages serve without Redis, so by default Redis's state
         is only reported: an outage must not pull every replica out of its load balancer."""
         if self.shutting_down:
@@ -300,8 +359,82 @@ class Site:
             return Response(503, TEXT, f"redis unavailable: {redis.error}\n")
         return Response(200, TEXT, "ready\n")
 
+    def metrics_page(self, request, redis):
+        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.reason is None))
+
+    def replicas(self, request, redis):
+        """Who served how many: the live replicas, from Redis, as a table or JSON."""
+        refresh = request.query.get("refresh", [""])[-1]
+        if refresh and not re.fullmatch(r"[1-9][0-9]{0,3}", refresh):
+            return Response(400, TEXT, "refresh must be a whole number of seconds from 1 to 9999\n")
+        view = ReplicaView.read(redis)
+        if request.wants_json:
+            return Response(200, JSON, json.dumps(view.as_json(self.hostname)) + "\n", _VARY_ACCEPT)
+        return Response(200, HTML, view.as_html(self.hostname, int(refresh or 0)), _VARY_ACCEPT)
+
 
 _VARY_ACCEPT = (("Vary", "Accept"),)
+
+
+class ReplicaView(collections.namedtuple("ReplicaView", "replicas total now reason")):
+    """The live replicas (dicts of their records), the counter, Redis's clock, and why the
+    view is empty when Redis could not be asked (else None)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def read(cls, redis):
+        if redis.error is not None:
+            return cls([], None, 0, outage_reason(redis.error))
+        now, total, *pairs = redis.value
+        replicas = []
+        for replica_id, fields in zip(pairs[::2], pairs[1::2], strict=True):
+            record = {k.decode(): v.decode("utf-8", "replace") for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            replicas.append({"id": replica_id.decode("utf-8", "replace"), "hostname": record.get("hostname", ""),
+                             "pod": record.get("pod", ""), "node": record.get("node", ""),
+                             "served": int(record.get("served", 0)),
+                             "seconds_since_seen": max(now - int(record.get("seen", now)), 0)})
+        replicas.sort(key=lambda r: (-r["served"], r["id"]))
+        return cls(replicas, int(total or 0), now, None)
+
+    def as_json(self, hostname):
+        shares = [{**r, "share": round(r["served"] / self.total, 4) if self.total else 0.0} for r in self.replicas]
+        return {"replicas": shares, "total": self.total, "served_by": hostname,
+                "redis": "ok" if self.reason is None else self.reason}
+
+    def as_html(self, hostname, refresh):
+        head = REPLICAS_HEAD.format(refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
+        if self.reason is not None:
+            return head + (f"<p>Redis is unavailable ({html.escape(self.reason)}): no replica view until it "
+                           f"answers again.</p>{REPLICAS_FOOT.format(hostname=html.escape(hostname))}")
+        rows = []
+        for r in self.replicas:
+            share = r["served"] / self.total if self.total else 0.0
+            rows.append(REPLICA_ROW.format(**{k: html.escape(str(v)) for k, v in r.items()},
+                                           share=f"{share:.0%}", bar=round(share * 200)))
+        elsewhere = self.total - sum(r["served"] for r in self.replicas)
+        return head + REPLICAS_TABLE.format(
+            count=len(self.replicas), total=self.total, rows="".join(rows), elsewhere=elsewhere,
+        ) + REPLICAS_FOOT.format(hostname=html.escape(hostname))
+
+
+# The replica view's page: plain HTML, its style inline; nothing loaded from elsewhere.
+REPLICAS_HEAD = """<!doctype html>
+<html><head><meta charset="utf-8"><title>friendlyhello replicas</title>{refresh}
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
+th,td{{padding:.35em .9em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}}td.n{{text-align:right}}
+.bar{{display:inline-block;height:.8em;background:#3b7dd8;margin-right:.5em}}</style></head>
+<body><h3>Replicas</h3>
+"""
+REPLICAS_TABLE = """<p>{count} live replicas; {total} visits counted in all.</p>
+<table><tr><th>replica</th><th>pod</th><th>node</th><th>visits served</th><th>share</th><th>last seen</th></tr>
+{rows}</table>
+<p>Visits counted by replicas gone from this view (stopped, or not seen for a while): {elsewhere}.</p>
+"""
+REPLICA_ROW = ('<tr><td>{hostname}</td><td>{pod}</td><td>{node}</td><td class="n">{served}</td>'
+               '<td><span class="bar" style="width:{bar}px"></span>{share}</td>'
+               '<td>{seconds_since_seen} s ago</td></tr>\n')
+REPLICAS_FOOT = "<p>This page was served by {hostname}.</p></body></html>\n"
 
 
 def placement(config):
@@ -403,7 +536,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     response = None          # the answer, when it needs nothing from Redis
     route = None             # the route waiting for its Redis reply
     probe = False            # a health probe: left out of the access log by default
-    wants_json = False
+    page_request = None
     client_closes = False    # the client asked to close after this response
     command = path = headers = None
     requestline = ""
@@ -505,9 +638,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.response = _PREFETCH_DECLINED
         else:
             self.probe = route.probe
-            self.wants_json = prefers_json(self.headers.get("Accept", ""))
+            query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
+            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query)
             if route.redis_command is None or (route.counts_visit and self.head_only):
-                self.response = route.answer(self.wants_json, None)
+                self.response = route.answer(self.page_request, None)
             else:
                 self.route = route
 
@@ -520,7 +654,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def answer(self, reply, error):
         """The route's Response once Redis has answered (or failed)."""
-        return self.route.answer(self.wants_json, RedisReply(reply, error))
+        return self.route.answer(self.page_request, RedisReply(reply, error))
 
 
 def _malformed_lines(head):
@@ -697,10 +831,13 @@ _EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.READY: 0, Connec
 class RedisPipeline:
     """One thread sends the commands of all waiting requests to Redis in one pipeline (one
     round trip for many pages) and hands each reply back to the serving thread, which it
-    wakes with ``wake()``. Redis's timeout bounds each trip. It notes Redis's state too."""
+    wakes with ``wake()``. Redis's timeout bounds each trip. Every HEARTBEAT_INTERVAL it
+    sends this replica's heartbeat too (with a batch, or alone). It notes Redis's state, and
+    counts replies by outcome and batch sizes for /metrics."""
 
-    def __init__(self, client, status, wake):
-        self.client, self.status, self._wake = client, status, wake
+    def __init__(self, client, site, wake):
+        self.client, self.status, self.metrics, self._wake = client, site.redis_status, site.metrics, wake
+        self._heartbeat = site.heartbeat
         self._waiting = []                   # (connection, command) to send
         self._changed = threading.Condition()
         self._replies = collections.deque()  # (connection, reply, error) to hand back
@@ -727,14 +864,20 @@ class RedisPipeline:
         self._thread.join(self.client.timeout * 2 + 1)
 
     def _run(self):
+        next_heartbeat = time.monotonic()
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._waiting or self._stopping)
+                self._changed.wait_for(lambda: self._waiting or self._stopping,
+                                       max(next_heartbeat - time.monotonic(), 0))
                 if self._stopping:
                     return
                 batch, self._waiting = self._waiting[:MAX_PIPELINE], self._waiting[MAX_PIPELINE:]
+            beat = time.monotonic() >= next_heartbeat
+            if beat:
+                next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
+            commands = [self._heartbeat] * beat + [command for _, command in batch]
             try:
-                replies = self.client.pipeline([command for _, command in batch])
+                replies = self.client.pipeline(commands)[beat:]  # the heartbeat's own reply: not needed
                 errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
                 self.status.answered()
             except resp_client.RedisError as exc:
@@ -742,9 +885,25 @@ class RedisPipeline:
                 self.status.failed(exc)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: each request answers 500, the thread lives on
                 replies, errors = [None] * len(batch), [exc] * len(batch)
+            if not batch:
+                continue
+            self.metrics.pipeline_sizes.observe((), len(batch))
+            for error in errors:
+                self.metrics.redis_replies[reply_outcome(error)] += 1
             self._replies.extend((conn, reply, error) for (conn, _), reply, error
                                  in zip(batch, replies, errors, strict=True))
             self._wake()
+
+
+def reply_outcome(error):
+    """How a Redis call ended, in the words of friendlyhello_redis_replies_total."""
+    if error is None:
+        return "ok"
+    if isinstance(error, resp_client.ResponseError):
+        return "error_reply"
+    if error.command_sent:
+        return "no_reply"
+    return "timeout" if isinstance(error, resp_client.RedisTimeoutError) else "cannot_connect"
 
 
 class RedisStatus:
@@ -817,9 +976,11 @@ class HelloServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.redis = RedisPipeline(client, site.redis_status, self._wake)
+        self.redis = RedisPipeline(client, site, self._wake)
+        self.metrics = site.metrics
         self._date = HttpDate()
         self._connections = set()
+        self.metrics.open_connections = self._connections.__len__
         self._ready = []  # connections in state READY, served next turn
         self._accepting = False
 
@@ -995,8 +1156,11 @@ class HelloServer:
     def _respond(self, conn, response):
         """Send the handler's response; True when the connection may go on to its next request."""
         handler = conn.handler
+        seconds = time.monotonic() - conn.started
+        path = handler.path_only()
+        self.metrics.request(handler.command, path if path in self.site.routes else "other", response.status, seconds)
         self.log.request(conn.address, handler.command, handler.path or handler.requestline, response.status,
-                         time.monotonic() - conn.started, handler.probe)
+                         seconds, handler.probe)
         close = handler.close_connection or self.stopping
         data = response_bytes(response, self._date(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
@@ -1005,6 +1169,7 @@ class HelloServer:
 
     def _refuse(self, conn, status):
         """Answer a request that never became one (too large, too slow), and close."""
+        self.metrics.request(None, "other", status, 0.0)
         self.log.request(conn.address, None, None, status, 0.0, False)
         conn.handler = None
         self._send(conn, response_bytes(Response(status, TEXT, f"{status} {http.HTTPStatus(status).phrase}\n"),
@@ -1053,6 +1218,117 @@ class HelloServer:
         self._wake_w.close()
 
 
+# -- metrics: the Prometheus text exposition format, version 0.0.4 -----------------------------
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+PIPELINE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+_REPLY_OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply")
+
+
+class Histogram:
+    """Observations per label set: a count per bucket (kept apart, summed when shown), sum, count."""
+
+    def __init__(self, buckets):
+        self.buckets = buckets
+        self.series = {}
+
+    def observe(self, labels, value):
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [[0] * (len(self.buckets) + 1), 0.0]
+        series[0][bisect.bisect_left(self.buckets, value)] += 1
+        series[1] += value
+
+    def samples(self, name, label_names):
+        for labels, (counts, total) in sorted(self.series.items()):
+            pairs = list(zip(label_names, labels, strict=True))
+            cumulative = 0
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else repr(float(bound))
+                yield f"{name}_bucket{_labels([*pairs, ('le', le)])} {cumulative}"
+            yield f"{name}_sum{_labels(pairs)} {total!r}"
+            yield f"{name}_count{_labels(pairs)} {cumulative}"
+
+
+def _labels(pairs):
+    pairs = list(pairs)
+    if not pairs:
+        return ""
+    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in pairs)
+    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(pairs, escaped, strict=True)) + "}"
+
+
+class Metrics:
+    """What the service counts, written by the serving thread (requests, visits) and the Redis
+    thread (replies, batch sizes), each to its own numbers; read for /metrics. Labels are
+    bounded: methods and routes outside the known ones are "other"."""
+
+    def __init__(self):
+        self.requests = collections.Counter()  # (method, route, code) -> count
+        self.durations = Histogram(DURATION_BUCKETS)
+        self.visits = 0
+        self.redis_replies = collections.Counter()
+        self.pipeline_sizes = Histogram(PIPELINE_BUCKETS)
+        self.open_connections = lambda: 0  # set by the server
+        self._ticks, self._page = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
+
+    def request(self, method, route, status, seconds):
+        method = method if method in _METHODS else "other"
+        self.requests[method, route, str(status)] += 1
+        self.durations.observe((method, route), seconds)
+
+    def exposition(self, redis_up):
+        return "".join(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(s + "\n" for s in samples)
+                       for name, kind, help_text, samples in self._families(redis_up) + self._process())
+
+    def _families(self, redis_up):
+        return [
+            ("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
+             [f"http_requests_total{_labels(zip(('method', 'route', 'code'), key, strict=True))} {count}"
+              for key, count in sorted(self.requests.items())]),
+            ("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
+             list(self.durations.samples("http_request_duration_seconds", ("method", "route")))),
+            ("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.",
+             [f"friendlyhello_visits_total {self.visits}"]),
+            ("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
+             [f'friendlyhello_redis_replies_total{{outcome="{o}"}} {self.redis_replies[o]}' for o in _REPLY_OUTCOMES]),
+            ("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.",
+             [f"friendlyhello_redis_up {int(redis_up)}"]),
+            ("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
+             list(self.pipeline_sizes.samples("friendlyhello_redis_pipeline_size", ()))),
+            ("friendlyhello_open_connections", "gauge", "Client connections open now.",
+             [f"friendlyhello_open_connections {self.open_connections()}"]),
+            ("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it.",
+             [f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1']),
+        ]
+
+    def _process(self):
+        """The process's own, as the official clients name them; none where /proc is not mounted."""
+        try:
+            with open("/proc/self/stat") as stat, open("/proc/stat") as system:
+                fields = stat.read().rpartition(")")[2].split()
+                boot_time = int(re.search(r"^btime (\d+)", system.read(), re.M).group(1))
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return []
+        return [
+            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+             [f"process_cpu_seconds_total {(int(fields[11]) + int(fields[12])) / self._ticks!r}"]),
+            ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+             [f"process_start_time_seconds {boot_time + int(fields[19]) / self._ticks!r}"]),
+            ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             [f"process_resident_memory_bytes {int(fields[21]) * self._page}"]),
+            ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+             [f"process_virtual_memory_bytes {int(fields[20])}"]),
+            ("process_open_fds", "gauge", "Number of open file descriptors.",
+             [f"process_open_fds {fds}"]),
+            ("process_max_fds", "gauge", "Maximum number of open file descriptors.",
+             [f"process_max_fds {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"]),
+        ]
+
+
 # -- the logs ----------------------------------------------------------------------------------
 
 _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]} | {ord('"'): '\\"', ord("\\"): "\\\\"}
@@ -1064,21 +1340,40 @@ def printable(text):
 
 
 class Log:
-    """The access log (stdout) and the error log (stderr), each line written whole."""
+    """The access log and the start-up line (stdout), the error log (stderr), each line written
+    whole: words, or with LOG_FORMAT=json one JSON object per line (every control character
+    escaped), carrying the replica's hostname and pod fields."""
 
-    def __init__(self, access_log, out=sys.stdout, err=sys.stderr):
+    def __init__(self, access_log, log_format="text", identity=None, out=sys.stdout, err=sys.stderr):
         self.access, self.probes = access_log != "off", access_log == "all"
+        self.json = log_format == "json"
+        self.identity = identity or {}
         self.out, self.err = out, err
         self._lock = threading.Lock()
 
     def request(self, address, method, target, status, seconds, probe):
         if not self.access or (probe and not self.probes):
             return
-        self._write(self.out, f'{address} "{printable(method or "-")} {printable(target or "-")}" '
-                              f'{status} {seconds * 1000:.1f}ms')
+        if self.json:
+            self._write(self.out, self._object("info", method=method or "-", path=target or "-", status=status,
+                                               duration_ms=round(seconds * 1000, 3), client=address))
+        else:
+            self._write(self.out, f'{address} "{printable(method or "-")} {printable(target or "-")}" '
+                                  f'{status} {seconds * 1000:.1f}ms')
+
+    def info(self, message):
+        self._write(self.out, self._object("info", message=message) if self.json else message)
 
     def error(self, where, message):
-        self._write(self.err, f"friendlyhello: {where}: {printable(message)}")
+        if self.json:
+            self._write(self.err, self._object("error", where=where, message=message))
+        else:
+            self._write(self.err, f"friendlyhello: {where}: {printable(message)}")
+
+    def _object(self, level, **fields):
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        return json.dumps({"time": stamp, "level": level, **fields, **self.identity})
 
     def _write(self, stream, line):
         with self._lock:
@@ -1159,8 +1454,9 @@ def main(argv=None, environ=None):
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
     client = redis_client(config)
-    log = Log(config.access_log)
-    site = Site(config, RedisStatus(client.address, log))
+    hostname = socket.gethostname()
+    log = Log(config.access_log, config.log_format, {"hostname": hostname, **placement(config)})
+    site = Site(config, RedisStatus(client.address, log), Metrics(), hostname)
     server = HelloServer(config, site, client, listener, log)
     stops = []
 
@@ -1174,8 +1470,7 @@ def main(argv=None, environ=None):
     signal.signal(signal.SIGINT, on_signal)
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
     where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
-    print(f"friendlyhello listening on http://{host}:{server.port} "
-          f"(redis {client.address} db {client.db}{where})", flush=True)
+    log.info(f"friendlyhello listening on http://{host}:{server.port} (redis {client.address} db {client.db}{where})")
     server.serve()
     client.close()
     return 0

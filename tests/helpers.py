@@ -70,10 +70,12 @@ def raw_exchange(port, data, timeout=5):
     return b"".join(chunks)
 
 
-def redis_counter(port, key=hello_server.COUNTER_KEY):
-    """The counter as Redis has it (0 when unset), read with a bare inline command."""
+def redis_counter(port, key=hello_server.COUNTER_KEY, field=None):
+    """A count as Redis has it (0 when unset), read with a bare inline command: a key's, or a
+    hash field's."""
+    command = b"GET %s\r\n" % key.encode() if field is None else b"HGET %s %s\r\n" % (key.encode(), field.encode())
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET %s\r\n" % key.encode())
+        sock.sendall(command)
         reply = sock.recv(100)
     return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
 
@@ -104,8 +106,8 @@ def serving(env=None, hostname=None):
     config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
     client = hello_server.redis_client(config)
     access_log, error_log = io.StringIO(), io.StringIO()
-    log = hello_server.Log(config.access_log, access_log, error_log)
-    site = hello_server.Site(config, hello_server.RedisStatus(client.address, log), hostname)
+    log = hello_server.Log(config.access_log, config.log_format, {}, access_log, error_log)
+    site = hello_server.Site(config, hello_server.RedisStatus(client.address, log), hello_server.Metrics(), hostname)
     server = hello_server.HelloServer(config, site, client, hello_server.listen(config), log)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()

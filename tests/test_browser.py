@@ -17,11 +17,16 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture
-def chromium(tmp_path):
+def chromium_path():
     path = shutil.which("chromium")
     if path is None:
         unavailable("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    path = chromium_path()
 
     def run(*args, timeout=60):
         result = subprocess.run([path, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],

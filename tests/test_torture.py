@@ -221,10 +221,10 @@ def peak_threads(proc, stop, peaks):
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, start_server, how):
-    proc = start_server(redis.port, REDIS_TIMEOUT=1)
+    replicas = [start_server(redis.port, REDIS_TIMEOUT=1, REPLICA_ID=name) for name in ("a", "b")]
     before = redis_counter(redis.port)
     tally, stop = Tally(), threading.Event()
-    clients = load(proc.port, tally, clients=20, until=stop, json_pages=True)
+    clients = [c for proc in replicas for c in load(proc.port, tally, clients=10, until=stop, json_pages=True)]
     time.sleep(1.0)  # load runs for a while before the fault: timing is the scenario here
     if how == "kill":
         redis.kill()
@@ -239,7 +239,9 @@ def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, sta
     stop.set()
     join(clients)
     rise = redis_counter(redis.port) - before
-    tally.report(f"redis {how} and restart (counting resumed {resumed_after:.2f}s after restart)", rise)
+    served = [redis_counter(redis.port, "friendlyhello:replica:" + name, field="served") for name in ("a", "b")]
+    tally.report(f"redis {how} and restart (counting resumed {resumed_after:.2f}s after restart); "
+                 f"served by each replica: {served}", rise)
     tally.assert_every_request_answered_200()
     assert tally.disabled > 0
     assert resumed_after < 2.5
@@ -248,6 +250,8 @@ def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, sta
     # Redis going away can run an INCR and never send its reply: that visit counts, and its
     # page says the counter is disabled with "no reply". Nothing else may differ.
     assert len(tally.numbers) <= rise <= len(tally.numbers) + tally.unknown
+    # Each visit counts for its replica in the same script: the replicas' shares add up exactly.
+    assert sum(served) == rise + before and all(served)
 
 
 def test_silent_redis_pages_answer_within_the_timeout_and_threads_stay_bounded(redis, start_server):

@@ -1,0 +1,187 @@
+"""/metrics in the Prometheus text format: read by the official parser, checked by promtool,
+and scraped by a real Prometheus; and the JSON logs."""
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import Process, free_port, raw_exchange, redis_env, refused_env, serving, unavailable
+
+FAMILIES = {
+    "http_requests": "counter", "http_request_duration_seconds": "histogram",
+    "friendlyhello_visits": "counter", "friendlyhello_redis_replies": "counter", "friendlyhello_redis_up": "gauge",
+    "friendlyhello_redis_pipeline_size": "histogram", "friendlyhello_open_connections": "gauge",
+    "friendlyhello_build_info": "gauge", "process_cpu_seconds": "counter", "process_start_time_seconds": "gauge",
+    "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge", "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+}
+
+
+def families(text):
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def sample(found, name, **labels):
+    (value,) = [s.value for f in found.values() for s in f.samples
+                if s.name == name and labels.items() <= s.labels.items()]
+    return value
+
+
+def test_every_family_parses_with_the_official_parser_and_has_its_type(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        server.get("/")
+        server.get("/", method="HEAD")
+        text = server.get("/metrics")
+    assert text.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    found = families(text.text)
+    assert {name: f.type for name, f in found.items()} == FAMILIES
+    assert sample(found, "http_requests_total", method="GET", route="/", code="200") == 1
+    assert sample(found, "http_requests_total", method="HEAD", route="/", code="200") == 1
+    assert sample(found, "friendlyhello_visits_total") == 1
+    assert sample(found, "friendlyhello_redis_replies_total", outcome="ok") == 1
+    assert sample(found, "friendlyhello_redis_pipeline_size_count") == 1
+    assert sample(found, "friendlyhello_redis_up") == 1
+    assert sample(found, "process_resident_memory_bytes") > 1_000_000
+    assert sample(found, "friendlyhello_build_info", version="1.0") == 1
+
+
+def test_promtool_finds_nothing_to_say(fake_redis):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (apt-get install prometheus)")
+    with serving(redis_env(fake_redis)) as server:
+        for path in ("/", "/nope", "/healthz"):
+            server.get(path)
+        text = server.get("/metrics").text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_a_scanner_cannot_create_series_and_metrics_count_no_visit_and_log_no_line(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        for i in range(50):
+            server.get(f"/wp-admin/{i}.php")
+        raw_exchange(server.port, b"BREW /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw_exchange(server.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+        found = families(server.get("/metrics").text)
+        log = server.log_lines()
+    series = {tuple(sorted(s.labels.items())) for s in found["http_requests"].samples
+              if s.name == "http_requests_total"}
+    assert series == {(("code", "404"), ("method", "GET"), ("route", "other")),
+                      (("code", "501"), ("method", "other"), ("route", "other")),
+                      (("code", "414"), ("method", "other"), ("route", "other"))}
+    assert fake_redis.visits == 0
+    assert not [line for line in log if "/metrics" in line]
+
+
+def test_redis_replies_are_counted_by_outcome_and_redis_up_follows_it():
+    with serving(refused_env()) as server:
+        server.get("/")
+        found = families(server.get("/metrics").text)
+    assert sample(found, "friendlyhello_redis_replies_total", outcome="cannot_connect") == 1
+    assert sample(found, "friendlyhello_redis_up") == 0
+    assert sample(found, "friendlyhello_visits_total") == 0
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Debian's prometheus, scraping whatever target the test names, every second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        unavailable("prometheus is not installed (apt-get install prometheus)")
+    started = []
+
+    def start(target):
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
+                          f"  - job_name: friendlyhello\n    static_configs:\n      - targets: ['{target}']\n")
+        process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                                    f"--web.listen-address=127.0.0.1:{port}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        return port
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(30)
+
+
+def api(port, path, **query):
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)["data"]
+
+
+def wait_for(check, within, what):
+    deadline = time.monotonic() + within
+    while (found := check()) is None:
+        assert time.monotonic() < deadline, f"{what} within {within}s"
+        time.sleep(0.2)
+    return found
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_it_and_sees_every_page_sent(fake_redis, prometheus):
+    with serving(redis_env(fake_redis)) as server:
+        port = prometheus(f"127.0.0.1:{server.port}")
+        query = 'http_requests_total{method="GET",route="/",code="200"}'
+
+        def value(at_least=None):
+            try:
+                result = api(port, "query", query=f"{query} or vector(0)")
+            except OSError:
+                return None
+            found = float(result["result"][0]["value"][1]) if result["result"] else None
+            return found if at_least is None or (found is not None and found >= at_least) else None
+
+        wait_for(lambda: target_up(port), 30, "the target up")
+        before = wait_for(value, 30, "a first scrape")
+        for _ in range(25):
+            server.get("/")
+        after = wait_for(lambda: value(before + 25), 30, "a scrape that saw the 25 pages")
+    assert after - before == 25
+    assert fake_redis.visits == 25
+
+
+def target_up(port):
+    try:
+        targets = api(port, "targets")["activeTargets"]
+    except OSError:
+        return None
+    return True if any(t["health"] == "up" for t in targets) else None
+
+
+# -- JSON logs -----------------------------------------------------------------------------------
+
+def test_json_logs_are_one_object_per_line_with_the_replica_and_escaped_control_characters(fake_redis):
+    secret = "s3cr3t-pw"
+    env = {**redis_env(fake_redis), "LOG_FORMAT": "json", "POD_NAME": "web-1", "NODE_NAME": "n1",
+           "REDIS_PASSWORD": secret}
+    proc = Process({**env, "PORT": "0", "BIND": "127.0.0.1"})
+    try:
+        first = proc.wait_listening()
+        raw_exchange(proc.port, b'GET /a\x1b[31m"b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        raw_exchange(proc.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        proc.signal()
+        proc.wait(10)
+        out, err = proc.finish()
+    lines = [first, *out.splitlines()]
+    objects = [json.loads(line) for line in lines if line.strip()]
+    started, odd, page = objects[0], objects[1], objects[2]
+    assert started["level"] == "info" and "listening on http://127.0.0.1:" in started["message"]
+    assert {"time", "level", "method", "path", "status", "duration_ms", "client", "hostname", "pod",
+            "node"} <= set(page)
+    assert (page["method"], page["path"], page["status"], page["pod"], page["node"]) == ("GET", "/", 200, "web-1", "n1")
+    assert odd["status"] == 400 and "\x1b" not in lines[1] and "\\u001b" in lines[1]
+    assert page["time"].endswith("Z") and secret not in out + err
+    for line in err.splitlines():
+        assert json.loads(line)["level"] == "error"
