@@ -33,6 +33,8 @@ import http.client
 import http.server
 import io
 import json
+import marshal
+import mmap
 import os
 import platform
 import re
@@ -40,6 +42,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -111,6 +114,34 @@ def _host(text):
     return text
 
 
+def cpus_available():
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
+    --cpus, a pod's CPU limit), rounded up; at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),  # cgroup v2: "150000 100000"
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read(
+                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us")])):  # v1, -1 when unlimited
+        try:
+            quota, period = parse(_read(path))
+            if quota not in ("max", "-1"):
+                cpus = min(cpus, -(-int(quota) // int(period)))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(cpus, 1)
+
+
+def _read(path):
+    with open(path) as file:
+        return file.read()
+
+
+def _workers(text):
+    if text.lower() == "auto":
+        return cpus_available()
+    return _whole(1, 256)(text)
+
+
 def _redis_url(text):
     try:
         resp_client.parse_url(text)
@@ -149,6 +180,8 @@ SETTINGS = [
             "on: a line per request on stdout, health probes and /metrics left out; all: them too; off: none"),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),
             "text: one line of words per event; json: one JSON object per line, for log pipelines"),
+    Setting("WORKERS", 1, _workers, "processes serving the port, or auto: one per CPU this process may "
+            "use (its affinity and cgroup quota); more than 1 adds a supervisor process"),
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
@@ -967,8 +1000,9 @@ class HelloServer:
     and the connection table, and reads as one story.)
     """
 
-    def __init__(self, config, site, client, listener, log):
+    def __init__(self, config, site, client, listener, log, supervisor=None):
         self.config, self.site, self.log = config, site, log
+        self.supervisor = supervisor  # the pid of the supervisor, in a worker
         self.listener = listener
         self.port = listener.getsockname()[1]
         self.stopping = False
@@ -1082,6 +1116,10 @@ class HelloServer:
                 self._close(conn)  # idle, not reading what we send, or done lingering
         if not self.stopping and len(self._connections) < self.config.max_connections:
             self._accept(True)  # after a failed accept(), try again
+        self.metrics.publish()
+        if self.supervisor is not None and os.getppid() != self.supervisor and not self.stopping:
+            self.log.error("worker", "the supervisor is gone: shutting down")
+            self.stop()
 
     # -- requests and responses ---------------------------------------------------------------
 
@@ -1263,46 +1301,53 @@ def _labels(pairs):
 class Metrics:
     """What the service counts, written by the serving thread (requests, visits) and the Redis
     thread (replies, batch sizes), each to its own numbers; read for /metrics. Labels are
-    bounded: methods and routes outside the known ones are "other"."""
+    bounded: methods and routes outside the known ones are "other".
 
-    def __init__(self):
+    With several workers each writes a snapshot of its numbers to its slot in ``shared`` (a
+    SharedSlots) every sweep, and /metrics shows the sum over all slots. A worker that replaces
+    a dead one takes over its slot's numbers, so no counter goes backwards."""
+
+    def __init__(self, shared=None, slot=0):
         self.requests = collections.Counter()  # (method, route, code) -> count
         self.durations = Histogram(DURATION_BUCKETS)
         self.visits = 0
         self.redis_replies = collections.Counter()
         self.pipeline_sizes = Histogram(PIPELINE_BUCKETS)
         self.open_connections = lambda: 0  # set by the server
+        self.shared, self.slot = shared, slot
+        self._cpu_before = 0.0  # CPU seconds of the workers this slot had before this one
         self._ticks, self._page = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
+        previous = shared.read(slot) if shared is not None else None
+        if previous:
+            self.requests.update(previous["requests"])
+            self.durations.series = previous["durations"]
+            self.visits = previous["visits"]
+            self.redis_replies.update(previous["replies"])
+            self.pipeline_sizes.series = previous["pipeline"]
+            self._cpu_before = previous["process"].get("cpu", 0.0)
 
     def request(self, method, route, status, seconds):
         method = method if method in _METHODS else "other"
         self.requests[method, route, str(status)] += 1
         self.durations.observe((method, route), seconds)
 
-    def exposition(self, redis_up):
-        return "".join(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(s + "\n" for s in samples)
-                       for name, kind, help_text, samples in self._families(redis_up) + self._process())
+    def snapshot(self):
+        """This process's numbers as plain data."""
+        return {"requests": dict(self.requests), "durations": self.durations.series, "visits": self.visits,
+                "replies": dict(self.redis_replies), "pipeline": self.pipeline_sizes.series,
+                "connections": self.open_connections(), "process": self._process()}
 
-    def _families(self, redis_up):
-        return [
-            ("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
-             [f"http_requests_total{_labels(zip(('method', 'route', 'code'), key, strict=True))} {count}"
-              for key, count in sorted(self.requests.items())]),
-            ("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
-             list(self.durations.samples("http_request_duration_seconds", ("method", "route")))),
-            ("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.",
-             [f"friendlyhello_visits_total {self.visits}"]),
-            ("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
-             [f'friendlyhello_redis_replies_total{{outcome="{o}"}} {self.redis_replies[o]}' for o in _REPLY_OUTCOMES]),
-            ("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.",
-             [f"friendlyhello_redis_up {int(redis_up)}"]),
-            ("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
-             list(self.pipeline_sizes.samples("friendlyhello_redis_pipeline_size", ()))),
-            ("friendlyhello_open_connections", "gauge", "Client connections open now.",
-             [f"friendlyhello_open_connections {self.open_connections()}"]),
-            ("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it.",
-             [f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1']),
-        ]
+    def publish(self):
+        if self.shared is not None:
+            self.shared.write(self.slot, self.snapshot())
+
+    def exposition(self, redis_up):
+        mine = self.snapshot()
+        if self.shared is not None:
+            self.shared.write(self.slot, mine)
+            mine = _merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
+        return "".join(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(s + "\n" for s in samples)
+                       for name, kind, help_text, samples in _families(mine, redis_up))
 
     def _process(self):
         """The process's own, as the official clients name them; none where /proc is not mounted."""
@@ -1312,21 +1357,102 @@ class Metrics:
                 boot_time = int(re.search(r"^btime (\d+)", system.read(), re.M).group(1))
             fds = len(os.listdir("/proc/self/fd"))
         except OSError:
-            return []
-        return [
+            return {}
+        return {"cpu": self._cpu_before + (int(fields[11]) + int(fields[12])) / self._ticks,
+                "start": boot_time + int(fields[19]) / self._ticks, "rss": int(fields[21]) * self._page,
+                "vms": int(fields[20]), "fds": fds, "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+
+
+def _merged(snapshots):
+    """The sum of several workers' snapshots (a missing one counts nothing)."""
+    total = {"requests": collections.Counter(), "durations": {}, "visits": 0, "replies": collections.Counter(),
+             "pipeline": {}, "connections": 0, "process": {}}
+    for snap in filter(None, snapshots):
+        total["requests"].update(snap["requests"])
+        total["replies"].update(snap["replies"])
+        total["visits"] += snap["visits"]
+        total["connections"] += snap["connections"]
+        for key in ("durations", "pipeline"):
+            for labels, (counts, seconds) in snap[key].items():
+                mine = total[key].setdefault(labels, [[0] * len(counts), 0.0])
+                mine[0] = [a + b for a, b in zip(mine[0], counts, strict=True)]
+                mine[1] += seconds
+        for key, value in snap["process"].items():
+            combine = {"start": min, "max_fds": max}.get(key, lambda a, b: a + b)
+            total["process"][key] = combine(total["process"][key], value) if key in total["process"] else value
+    return total
+
+
+def _families(snap, redis_up):
+    durations, pipeline = Histogram(DURATION_BUCKETS), Histogram(PIPELINE_BUCKETS)
+    durations.series, pipeline.series = snap["durations"], snap["pipeline"]
+    process = snap["process"]
+    families = [
+        ("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
+         [f"http_requests_total{_labels(zip(('method', 'route', 'code'), key, strict=True))} {count}"
+          for key, count in sorted(snap["requests"].items())]),
+        ("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
+         list(durations.samples("http_request_duration_seconds", ("method", "route")))),
+        ("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.",
+         [f"friendlyhello_visits_total {snap['visits']}"]),
+        ("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
+         [f'friendlyhello_redis_replies_total{{outcome="{o}"}} {snap["replies"].get(o, 0)}' for o in _REPLY_OUTCOMES]),
+        ("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.",
+         [f"friendlyhello_redis_up {int(redis_up)}"]),
+        ("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
+         list(pipeline.samples("friendlyhello_redis_pipeline_size", ()))),
+        ("friendlyhello_open_connections", "gauge", "Client connections open now.",
+         [f"friendlyhello_open_connections {snap['connections']}"]),
+        ("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it.",
+         [f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1']),
+    ]
+    if process:  # the workers' together, where there are several
+        families += [
             ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-             [f"process_cpu_seconds_total {(int(fields[11]) + int(fields[12])) / self._ticks!r}"]),
+             [f"process_cpu_seconds_total {process['cpu']!r}"]),
             ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
-             [f"process_start_time_seconds {boot_time + int(fields[19]) / self._ticks!r}"]),
+             [f"process_start_time_seconds {process['start']!r}"]),
             ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-             [f"process_resident_memory_bytes {int(fields[21]) * self._page}"]),
+             [f"process_resident_memory_bytes {process['rss']}"]),
             ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-             [f"process_virtual_memory_bytes {int(fields[20])}"]),
-            ("process_open_fds", "gauge", "Number of open file descriptors.",
-             [f"process_open_fds {fds}"]),
+             [f"process_virtual_memory_bytes {process['vms']}"]),
+            ("process_open_fds", "gauge", "Number of open file descriptors.", [f"process_open_fds {process['fds']}"]),
             ("process_max_fds", "gauge", "Maximum number of open file descriptors.",
-             [f"process_max_fds {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"]),
+             [f"process_max_fds {process['max_fds']}"]),
         ]
+    return families
+
+
+class SharedSlots:
+    """Memory the workers share, mapped before they fork: a slot each, where its owner writes a
+    snapshot whole under a sequence number (odd while it writes), so a reader never takes a
+    torn one. One writer per slot; any worker reads them all."""
+
+    SIZE = 256 * 1024  # a snapshot is a few kilobytes: labels are bounded
+
+    def __init__(self, count):
+        self.count = count
+        self._memory = mmap.mmap(-1, self.SIZE * count)
+
+    def write(self, slot, data):
+        payload = marshal.dumps(data)
+        base = slot * self.SIZE
+        if len(payload) > self.SIZE - 16:
+            return
+        sequence = struct.unpack_from("Q", self._memory, base)[0]
+        struct.pack_into("Q", self._memory, base, sequence + 1)
+        struct.pack_into("Q", self._memory, base + 8, len(payload))
+        self._memory[base + 16:base + 16 + len(payload)] = payload
+        struct.pack_into("Q", self._memory, base, sequence + 2)
+
+    def read(self, slot):
+        base = slot * self.SIZE
+        for _ in range(1000):
+            sequence, length = struct.unpack_from("QQ", self._memory, base)
+            payload = self._memory[base + 16:base + 16 + length]
+            if sequence % 2 == 0 and struct.unpack_from("Q", self._memory, base)[0] == sequence:
+                return marshal.loads(payload) if length else None
+        return None
 
 
 # -- the logs ----------------------------------------------------------------------------------
@@ -1354,6 +1480,8 @@ class Log:
     def request(self, address, method, target, status, seconds, probe):
         if not self.access or (probe and not self.probes):
             return
+        target = target if target is None or len(target) <= 1024 else target[:1024] + "..."  # lines stay
+        # under PIPE_BUF, so one write() each: workers sharing stdout never interleave mid-line
         if self.json:
             self._write(self.out, self._object("info", method=method or "-", path=target or "-", status=status,
                                                duration_ms=round(seconds * 1000, 3), client=address))
@@ -1436,6 +1564,110 @@ def healthcheck(config):
     return 0 if status == 200 else 1
 
 
+# -- several workers: one supervisor -----------------------------------------------------------
+
+class Supervisor:
+    """Runs WORKERS processes that serve one listening socket, bound once here and inherited.
+
+    A worker that dies is replaced (after a back-off that grows while they keep dying young),
+    and the reason is logged. SIGTERM or SIGINT is passed on as SIGTERM to every worker, each of
+    which shuts down as a single process does (readiness 503, the delay, the drain); it exits 0
+    when all have. A second signal kills them at once. Workers watch for the supervisor's end.
+    """
+
+    def __init__(self, config, log, start_worker):
+        self.config, self.log, self.start_worker = config, log, start_worker
+        self.workers = {}       # pid -> slot
+        self.started = {}       # slot -> when its worker started
+        self.failures = collections.Counter()  # slot -> deaths in a row, each within a second
+        self.stopping = False
+
+    def run(self, started):
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.log.info(started)  # once the signals are ours: a stop asked for now is not lost
+        for slot in range(self.config.workers):
+            self._start(slot)
+        while self.workers:
+            pid, status = os.waitpid(-1, 0)
+            slot = self.workers.pop(pid, None)
+            if slot is None or self.stopping:
+                continue
+            lived = time.monotonic() - self.started[slot]
+            self.failures[slot] = self.failures[slot] + 1 if lived < 1 else 0
+            delay = min(0.1 * 2 ** self.failures[slot], 10.0) if self.failures[slot] else 0.0
+            self.log.error("supervisor", f"worker {slot} (pid {pid}) {_ended(status)} after {lived:.1f}s; "
+                                         f"starting another in {delay:.1f}s")
+            time.sleep(delay)
+            if not self.stopping:
+                self._start(slot)
+        return 0
+
+    def _start(self, slot):
+        # Signals wait until the worker has its own handlers (serve() lets them through): a
+        # SIGTERM passed on at once must not run the supervisor's handler in the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the supervisor's code
+            code = 1
+            try:
+                code = self.start_worker(slot)
+            finally:
+                os._exit(code)
+        self.workers[pid] = slot
+        self.started[slot] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    def _on_signal(self, signum, frame):
+        if self.stopping:  # asked twice: end everything now
+            for pid in self.workers:
+                _kill(pid, signal.SIGKILL)
+            os._exit(1)
+        self.stopping = True
+        for pid in self.workers:
+            _kill(pid, signal.SIGTERM)
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _ended(status):
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _kill(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def serve(config, site, listener, log, supervisor=None, started=None):
+    """Serve until a signal ends it: one process (saying ``started`` once its signals are set),
+    or one worker of a Supervisor."""
+    client = redis_client(config)
+    server = HelloServer(config, site, client, listener, log, supervisor)
+    stops = []
+
+    def on_signal(signum, frame):
+        stops.append(signum)
+        if len(stops) > 1:  # asked twice: stop waiting for the delay or in-flight requests
+            os._exit(1)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    # A worker leaves Ctrl-C to the supervisor, which passes it on once, as SIGTERM.
+    signal.signal(signal.SIGINT, on_signal if supervisor is None else signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked in a worker until now
+    if started:
+        log.info(started)
+    server.serve()
+    client.close()
+    return 0
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def main(argv=None, environ=None):
@@ -1453,27 +1685,27 @@ def main(argv=None, environ=None):
     except ListenError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
-    client = redis_client(config)
     hostname = socket.gethostname()
     log = Log(config.access_log, config.log_format, {"hostname": hostname, **placement(config)})
-    site = Site(config, RedisStatus(client.address, log), Metrics(), hostname)
-    server = HelloServer(config, site, client, listener, log)
-    stops = []
-
-    def on_signal(signum, frame):
-        stops.append(signum)
-        if len(stops) > 1:  # asked twice: stop waiting for the delay or in-flight requests
-            os._exit(1)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    redis = redis_client(config)  # for its address; each worker makes its own, which connects
+    shared = SharedSlots(config.workers) if config.workers > 1 else None
+    # Everything that can be shared is built before any fork: the page's fixed part, the
+    # encoded Redis commands, the settings. Each worker then gets its own numbers and Redis state.
+    site = Site(config, RedisStatus(redis.address, log), Metrics(shared), hostname)
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
     where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
-    log.info(f"friendlyhello listening on http://{host}:{server.port} (redis {client.address} db {client.db}{where})")
-    server.serve()
-    client.close()
-    return 0
+    workers = f", {config.workers} workers" if shared else ""
+    started = (f"friendlyhello listening on http://{host}:{listener.getsockname()[1]} "
+               f"(redis {redis.address} db {redis.db}{where}{workers})")
+    if shared is None:
+        return serve(config, site, listener, log, started=started)
+    supervisor = os.getpid()
+
+    def start_worker(slot):
+        site.metrics, site.redis_status = Metrics(shared, slot), RedisStatus(redis.address, log)
+        return serve(config, site, listener, log, supervisor)
+
+    return Supervisor(config, log, start_worker).run(started)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,8 @@ def imported_modules(app):
                        serve=serve_every_page),
             run_module(app, env={**base, "REDIS_URL": f"rediss://127.0.0.1:{free_port()}/0"}, serve=serve_every_page),
             run_module(app, env={**base, "REDIS_URL": f"unix://{scratch}/redis.sock"}, serve=serve_every_page),
+            run_module(app, env={**base, "WORKERS": "2", "LOG_FORMAT": "json", "REDIS_HOST": "127.0.0.1",
+                                 "REDIS_PORT": str(fake_redis.getsockname()[1])}, serve=serve_every_page),
             run_module(app, ["--help"]),
             run_module(app, env={"PORT": "eighty"}),
             run_module(app, ["--healthcheck"], env={"PORT": str(free_port())}),

@@ -220,8 +220,9 @@ def peak_threads(proc, stop, peaks):
 # -- faults between the server and Redis ------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, start_server, how):
-    replicas = [start_server(redis.port, REDIS_TIMEOUT=1, REPLICA_ID=name) for name in ("a", "b")]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, start_server, how, workers):
+    replicas = [start_server(redis.port, REDIS_TIMEOUT=1, REPLICA_ID=name, WORKERS=workers) for name in ("a", "b")]
     before = redis_counter(redis.port)
     tally, stop = Tally(), threading.Event()
     clients = [c for proc in replicas for c in load(proc.port, tally, clients=10, until=stop, json_pages=True)]
@@ -240,8 +241,8 @@ def test_redis_going_away_and_back_mid_load_loses_and_doubles_nothing(redis, sta
     join(clients)
     rise = redis_counter(redis.port) - before
     served = [redis_counter(redis.port, "friendlyhello:replica:" + name, field="served") for name in ("a", "b")]
-    tally.report(f"redis {how} and restart (counting resumed {resumed_after:.2f}s after restart); "
-                 f"served by each replica: {served}", rise)
+    tally.report(f"redis {how} and restart, {workers} workers each (counting resumed {resumed_after:.2f}s "
+                 f"after restart); served by each replica: {served}", rise)
     tally.assert_every_request_answered_200()
     assert tally.disabled > 0
     assert resumed_after < 2.5

@@ -1,0 +1,165 @@
+"""WORKERS: several processes on one port under one supervisor, read as one service."""
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import hello_server
+from helpers import SERVER, Process, redis_counter, request
+
+pytestmark = pytest.mark.slow
+
+
+def start(redis, **env):
+    proc = Process({"PORT": "0", "BIND": "127.0.0.1", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port),
+                    "ACCESS_LOG": "off", "WORKERS": "2", **{k: str(v) for k, v in env.items()}})
+    proc.wait_listening()
+    return proc
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(p) for p in listing.read().split()]
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_until(check, within, what):
+    deadline = time.monotonic() + within
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {within}s"
+        time.sleep(0.05)
+    return found
+
+
+def requests_total(port):
+    text = request(port, "/metrics").text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "http_requests"]
+    return sum(s.value for s in family.samples if s.labels.get("route") == "/")
+
+
+def pages(port, count, clients=4):
+    """count GET / over new connections from several threads; the numbers shown."""
+    shown, failures = [], []
+
+    def client(n):
+        for _ in range(n):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read().decode()
+                shown.append(int(body.rsplit(" ", 1)[1])) if response.status == 200 else failures.append(body)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                failures.append(repr(exc))
+            finally:
+                conn.close()
+
+    threads = [threading.Thread(target=client, args=(count // clients,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    return shown
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use():
+    code = ("import os, hello_server; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "print(hello_server.load_config([], {'WORKERS': 'auto'}).workers)")
+    one_cpu = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                             cwd=os.path.dirname(SERVER), check=True).stdout.strip()
+    assert one_cpu == "1"
+    assert hello_server.load_config([], {"WORKERS": "auto"}).workers == hello_server.cpus_available() >= 1
+    assert hello_server.cpus_available() <= len(os.sched_getaffinity(0))
+
+
+def test_two_workers_share_the_port_and_one_count(redis_server):
+    proc = start(redis_server)
+    try:
+        workers = wait_until(lambda: len(children(proc.process.pid)) == 2 and children(proc.process.pid), 10,
+                             "two workers")
+        busy_before = [cpu_ticks(pid) for pid in workers]
+        shown = pages(proc.port, 400)
+        busy_after = [cpu_ticks(pid) for pid in workers]
+        wait_until(lambda: requests_total(proc.port) >= 400, 5, "both workers' numbers in one scrape")
+        metrics_total = requests_total(proc.port)
+    finally:
+        proc.signal()
+        code = proc.wait(10)
+        proc.finish()
+    assert code == 0
+    assert len(shown) == len(set(shown)) == 400 == redis_counter(redis_server.port)
+    assert all(after > before for before, after in zip(busy_before, busy_after, strict=True)), "one worker idled"
+    assert metrics_total == 400
+
+
+def test_a_dead_worker_is_replaced_and_no_counter_goes_backwards(redis_server):
+    proc = start(redis_server)
+    try:
+        victim = wait_until(lambda: len(children(proc.process.pid)) == 2 and children(proc.process.pid)[0], 10,
+                            "two workers")
+        pages(proc.port, 100)
+        time.sleep(hello_server.SWEEP_INTERVAL * 2)  # each worker writes its numbers at every sweep
+        before = requests_total(proc.port)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(children(proc.process.pid)) == 2 and victim not in children(proc.process.pid), 10,
+                   "a new worker")
+        after_restart = requests_total(proc.port)
+        pages(proc.port, 20)
+    finally:
+        proc.signal()
+        code = proc.wait(10)
+        _, err = proc.finish()
+    assert code == 0
+    assert after_restart >= before - 1  # the scrape itself may have been the victim's last request
+    assert re.search(rf"worker \d \(pid {victim}\) was killed by signal 9 after [\d.]+s; starting another", err)
+
+
+def test_sigterm_shuts_every_worker_down_gracefully_and_exits_0(redis_server):
+    proc = start(redis_server, SHUTDOWN_DELAY=1)
+    try:
+        workers = wait_until(lambda: len(children(proc.process.pid)) == 2 and children(proc.process.pid), 10,
+                             "two workers")
+        proc.signal()
+        # Passed on by the supervisor, the signal reaches each worker a moment later; within the
+        # delay every answer to /readyz, from either worker, turns 503.
+        wait_until(lambda: all(request(proc.port, "/readyz").status == 503 for _ in range(4)), 0.9,
+                   "readiness 503 in every worker")
+        code = proc.wait(10)
+    finally:
+        proc.finish()
+    assert code == 0
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], "a worker outlived the supervisor"
+
+
+def test_workers_end_when_their_supervisor_is_killed(redis_server):
+    proc = start(redis_server)
+    try:
+        workers = wait_until(lambda: len(children(proc.process.pid)) == 2 and children(proc.process.pid), 10,
+                             "two workers")
+        proc.process.kill()
+        proc.wait(5)
+        wait_until(lambda: not [p for p in workers if _alive(p)], 5, "the workers' exit")
+    finally:
+        proc.finish()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
