@@ -271,6 +271,7 @@ def test_access_log_can_be_turned_off_or_include_probes(fake_redis, setting, log
 
 # -- Redis outages and recovery ----------------------------------------------------------------
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_page_during_the_outage_backoff_answers_far_faster_than_the_redis_timeout(fake_redis):
     fake_redis.script(*[Silence()] * 10)
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "1"}) as server:
@@ -467,6 +468,7 @@ def test_signal_stops_an_idle_server_at_once_with_exit_0(signum):
     assert took < 1.0
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_sigterm_lets_the_in_flight_request_finish_and_stops_accepting(fake_redis):
     fake_redis.script(Delay(0.5, b":1\r\n"))
     proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1"})
@@ -494,6 +496,7 @@ def test_shutting_down_turns_readiness_503_and_leaves_liveness_200(fake_redis):
         assert server.get("/healthz").status == server.get("/livez").status == 200
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_sigterm_keeps_serving_through_the_delay_then_drains_in_a_timer_of_its_own(fake_redis):
     fake_redis.script(Delay(0.8, b":1\r\n"))
     proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1",

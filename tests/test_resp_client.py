@@ -319,6 +319,7 @@ def test_errors_say_whether_the_command_may_have_reached_the_server(fake_redis):
     assert during_setup.value.command_sent is False
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_calls_fail_fast_during_an_outage_and_only_one_caller_probes(fake_redis):
     fake_redis.script(Silence(), Silence())
     with client_for(fake_redis, timeout=0.5) as client:
