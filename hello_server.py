@@ -1515,14 +1515,22 @@ class ListenError(Exception):
     """The port cannot be listened on; the message says how to fix it, in one line."""
 
 
-def listen(config):
-    """Bind and listen, non-blocking, or raise ListenError."""
+def listen(config, shared_port=False, only_bind=False):
+    """Bind and listen, non-blocking, or raise ListenError.
+
+    ``shared_port``: with SO_REUSEPORT, so that each worker listens on a socket of its own and
+    the kernel spreads new connections over them (a socket inherited by all spread them badly
+    here: whichever worker woke first took a whole burst). ``only_bind``: the supervisor's,
+    which holds the port and checks it can be had, but takes no connections."""
     family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((config.bind, config.port))
-        sock.listen(1024)  # bursts of new connections must not meet dropped SYNs
+        if not only_bind:
+            sock.listen(1024)  # bursts of new connections must not meet dropped SYNs
     except OSError as exc:
         sock.close()
         where = f"port {config.port} on {config.bind}"
@@ -1567,7 +1575,7 @@ def healthcheck(config):
 # -- several workers: one supervisor -----------------------------------------------------------
 
 class Supervisor:
-    """Runs WORKERS processes that serve one listening socket, bound once here and inherited.
+    """Runs WORKERS processes on one port, each listening on a socket of its own (SO_REUSEPORT).
 
     A worker that dies is replaced (after a back-off that grows while they keep dying young),
     and the reason is logged. SIGTERM or SIGINT is passed on as SIGTERM to every worker, each of
@@ -1681,7 +1689,7 @@ def main(argv=None, environ=None):
         return healthcheck(config)
     _raise_file_limit(config.max_connections + 64)
     try:
-        listener = listen(config)
+        listener = listen(config, shared_port=config.workers > 1, only_bind=config.workers > 1)
     except ListenError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
@@ -1695,7 +1703,8 @@ def main(argv=None, environ=None):
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
     where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
     workers = f", {config.workers} workers" if shared else ""
-    started = (f"friendlyhello listening on http://{host}:{listener.getsockname()[1]} "
+    port = listener.getsockname()[1]
+    started = (f"friendlyhello listening on http://{host}:{port} "
                f"(redis {redis.address} db {redis.db}{where}{workers})")
     if shared is None:
         return serve(config, site, listener, log, started=started)
@@ -1703,7 +1712,13 @@ def main(argv=None, environ=None):
 
     def start_worker(slot):
         site.metrics, site.redis_status = Metrics(shared, slot), RedisStatus(redis.address, log)
-        return serve(config, site, listener, log, supervisor)
+        listener.close()  # the supervisor's: this worker listens on a socket of its own
+        try:
+            own = listen(config._replace(port=port), shared_port=True)
+        except ListenError as exc:
+            log.error("worker", str(exc))
+            return 1
+        return serve(config, site, own, log, supervisor)
 
     return Supervisor(config, log, start_worker).run(started)
 
