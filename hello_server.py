@@ -3,7 +3,8 @@
 Standard library only. Each visit to ``/`` runs ``INCR counter`` on Redis (through
 ``resp_client``) and shows the number; when Redis cannot be reached the page says the
 counter is disabled, at once, instead of hanging. Also serves ``/healthz`` and ``/livez``
-(liveness), ``/readyz`` (readiness: "send me traffic") and JSON for clients that ask for it.
+(liveness), ``/readyz`` (readiness: "send me traffic"), ``/metrics`` (Prometheus),
+``/replicas`` (who served how many) and JSON for clients that ask for it.
 
 It is built on ``http.server``'s request handler, which parses each request head, with
 one change to how connections are served: one thread serves all connections,
@@ -14,9 +15,10 @@ take turns at the interpreter lock on every request. It serves small pages to de
 learning and probe traffic; it is not a general web server (no request bodies, no TLS,
 no static files).
 
-Read top to bottom: the page and its limits; settings; the site (one route table); the
-request handler (http.server's hooks); a connection and its state; the Redis side; the
-server loop; the logs; listening; the health check; main.
+Read top to bottom: the page and its limits; settings; the site (one route table, and
+what replicas keep in Redis); the request handler (http.server's hooks); the response
+bytes; a connection and its state; the Redis side; the server loop; metrics; the logs;
+listening; the health check; several workers under a supervisor; main.
 
 Run ``python3 hello_server.py --help`` for the settings.
 """
