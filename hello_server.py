@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -1587,6 +1588,7 @@ class Supervisor:
 
     def __init__(self, config, log, start_worker):
         self.config, self.log, self.start_worker = config, log, start_worker
+        self._listening_r, self._listening_w = os.pipe()  # a byte from each worker that listens
         self.workers = {}       # pid -> slot
         self.started = {}       # slot -> when its worker started
         self.failures = collections.Counter()  # slot -> deaths in a row, each within a second
@@ -1595,9 +1597,10 @@ class Supervisor:
     def run(self, started):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.log.info(started)  # once the signals are ours: a stop asked for now is not lost
         for slot in range(self.config.workers):
             self._start(slot)
+        self._wait_until_listening(self.config.workers, deadline=time.monotonic() + 10)
+        self.log.info(started)  # now true: every worker listens, and a stop asked for is ours
         while self.workers:
             pid, status = os.waitpid(-1, 0)
             slot = self.workers.pop(pid, None)
@@ -1612,6 +1615,16 @@ class Supervisor:
             if not self.stopping:
                 self._start(slot)
         return 0
+
+    def _wait_until_listening(self, count, deadline):
+        heard = 0
+        while heard < count and (wait := deadline - time.monotonic()) > 0:
+            if select.select([self._listening_r], [], [], wait)[0]:
+                heard += len(os.read(self._listening_r, count - heard))
+
+    def listening(self):
+        """Said by a worker (in its own process) once its socket listens."""
+        os.write(self._listening_w, b"x")
 
     def _start(self, slot):
         # Signals wait until the worker has its own handlers (serve() lets them through): a
@@ -1704,10 +1717,9 @@ def main(argv=None, environ=None):
     site = Site(config, RedisStatus(redis.address, log), Metrics(shared), hostname)
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
     where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
-    workers = f", {config.workers} workers" if shared else ""
     port = listener.getsockname()[1]
     started = (f"friendlyhello listening on http://{host}:{port} "
-               f"(redis {redis.address} db {redis.db}{where}{workers})")
+               f"(redis {redis.address} db {redis.db}{where}{f', {config.workers} workers' if shared else ''})")
     if shared is None:
         return serve(config, site, listener, log, started=started)
     supervisor = os.getpid()
@@ -1720,9 +1732,11 @@ def main(argv=None, environ=None):
         except ListenError as exc:
             log.error("worker", str(exc))
             return 1
+        workers.listening()
         return serve(config, site, own, log, supervisor)
 
-    return Supervisor(config, log, start_worker).run(started)
+    workers = Supervisor(config, log, start_worker)
+    return workers.run(started)
 
 
 if __name__ == "__main__":

@@ -456,3 +456,17 @@ def test_the_tiny_image_holds_what_the_collector_asked_for_and_nothing_else(engi
                    "/var/lib/dpkg/status"):
         assert absent not in files
     assert not [f for f in files if "/site-packages/" in f or "/dist-packages/" in f or f.endswith(".py")]
+
+
+def test_the_tiny_image_runs_two_workers_and_stops_them_promptly(engine, image, containers):
+    port = free_port()
+    container = containers("-e", "WORKERS=2", "-p", f"127.0.0.1:{port}:80", image)
+    wait_for_200(port)
+    assert get(port)[0] == 200 and get(port, "/metrics")[0] == 200
+    pid = run(engine, "inspect", "--format", "{{.State.Pid}}", container)
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        assert len(listing.read().split()) == 2  # PID 1 is the supervisor
+    started = time.monotonic()
+    run(engine, "stop", "-t", "10", container)
+    assert time.monotonic() - started < 2
+    assert run(engine, "inspect", "--format", "{{.State.ExitCode}}", container) == "0"
