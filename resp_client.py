@@ -19,7 +19,7 @@ Connection state (MULTI, SELECT, WATCH) does not survive between calls because e
 call may use another pooled connection; send a transaction with ``pipeline()``.
 
 Read top to bottom: errors, encoding, the reply reader, one connection, the outage
-back-off, the client (pool and calls), URL parsing.
+back-off, the client (pool and calls), connecting, URL parsing.
 """
 
 import ipaddress
@@ -466,8 +466,9 @@ class RespClient:
         self.ssl_context, self.protocol = ssl_context, protocol
         self.max_connections = max_connections
         self.address = f"unix:{unix_socket}" if unix_socket else _host_port(host, port)
-        self._limits = (max_bulk_length, max_array_length)
-        self._setup = self._setup_commands()
+        self._connector = _Connector(self.address, host, port, unix_socket, ssl_context, connect_timeout, timeout,
+                                     (max_bulk_length, max_array_length),
+                                     _setup_commands(protocol, username, password, db))
         self._idle = []
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
@@ -559,12 +560,13 @@ class RespClient:
                     f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
             self._in_use += 1
             conn = self._idle.pop() if self._idle else None
+            generation = self._generation
         try:
             while conn is not None and conn.is_stale():
                 conn.close()
                 with self._lock:
                     conn = self._idle.pop() if self._idle else None
-            return (conn or self._connect()), probing
+            return (conn or self._connector.connect(generation)), probing
         except BaseException as exc:
             self._checkin(None)
             self._ended(probing, exc if isinstance(exc, RedisError) else ...)
@@ -595,22 +597,34 @@ class RespClient:
             if error is not ...:
                 self._outage.record(error)
 
-    # -- connecting --------------------------------------------------------------------------
 
-    def _setup_commands(self):
-        commands = []
-        if self.protocol == 3:
-            hello = ["HELLO", 3]
-            if self._password is not None:
-                hello += ["AUTH", self.username or "default", self._password]
-            commands.append(hello)
-        elif self._password is not None:
-            commands.append(["AUTH", self.username, self._password] if self.username else ["AUTH", self._password])
-        if self.db:
-            commands.append(["SELECT", self.db])
-        return b"".join(encode_command(c) for c in commands), len(commands)
+# -- connecting ------------------------------------------------------------------------------
 
-    def _connect(self):
+def _setup_commands(protocol, username, password, db):
+    """What every new connection sends first (HELLO or AUTH, then SELECT), encoded, and how many."""
+    commands = []
+    if protocol == 3:
+        hello = ["HELLO", 3]
+        if password is not None:
+            hello += ["AUTH", username or "default", password]
+        commands.append(hello)
+    elif password is not None:
+        commands.append(["AUTH", username, password] if username else ["AUTH", password])
+    if db:
+        commands.append(["SELECT", db])
+    return b"".join(encode_command(c) for c in commands), len(commands)
+
+
+class _Connector:
+    """Opens connections to one server: name lookup and connect within ``connect_timeout``,
+    TLS when asked, then the setup commands; every failure a typed error."""
+
+    def __init__(self, address, host, port, unix_socket, ssl_context, connect_timeout, timeout, limits, setup):
+        self.address, self.host, self.port, self.unix_socket = address, host, port, unix_socket
+        self.ssl_context, self.connect_timeout, self.timeout = ssl_context, connect_timeout, timeout
+        self.limits, self.setup = limits, setup
+
+    def connect(self, generation):
         deadline = time.monotonic() + self.connect_timeout
         try:
             sock = self._open_socket(deadline)
@@ -621,9 +635,8 @@ class RespClient:
             raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
         if not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
-        with self._lock:
-            conn = _Connection(sock, self.timeout, self._limits, self._generation)
-        payload, count = self._setup
+        conn = _Connection(sock, self.timeout, self.limits, generation)
+        payload, count = self.setup
         if count:
             try:
                 for reply in conn.call(payload, count):
