@@ -503,10 +503,15 @@ def short_reason(error):
     return outage_reason(error)
 
 
-@functools.lru_cache(maxsize=256)
 def prefers_json(accept):
     """True when an Accept field ranks application/json above text/html (RFC 9110 12.5.1):
-    the most specific media range that matches each type gives its q; ties go to HTML."""
+    the most specific media range that matches each type gives its q; ties go to HTML.
+    Browsers send a handful of short values: those are parsed once and remembered."""
+    return _ranks_json_first(accept) if len(accept) <= 256 else _ranks_json_first.__wrapped__(accept)
+
+
+@functools.lru_cache(maxsize=256)  # at most 256 fields of 256 characters kept, whatever clients send
+def _ranks_json_first(accept):
     ranks = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # (specificity, q)
     for item in accept.split(","):
         media, *parameters = item.split(";")

@@ -198,6 +198,7 @@ def test_after_an_error_the_server_reads_and_drops_what_the_client_still_sends()
     ("image/png", False),
     ("text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8", False),
     ("application/json;q=2", False),  # a q past 1 is malformed: the range is ignored
+    ("image/webp;q=0.5, " * 40 + "application/json", True),  # longer than what is remembered
 ])
 def test_accept_is_parsed_with_q_values_wildcards_and_case(fake_redis, accept, json_wanted):
     with serving(redis_env(fake_redis)) as server:
