@@ -301,10 +301,12 @@ REPLICA_INDEX = "friendlyhello:replicas"   # sorted set: replica id -> time of i
 REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, node, started, seen, served
 VISIT_SCRIPT = """
 local visits = redis.call('INCR', KEYS[1])
-redis.call('HINCRBY', KEYS[2], 'served', 1)
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+if redis.call('HINCRBY', KEYS[2], 'served', 1) == 1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
 return visits
-"""  # a visit counts for the counter and for the replica that served it, together
+"""  # a visit counts for the counter and for the replica that served it, together; a record
+# it makes anew expires too (heartbeats keep an existing one's expiry fresh)
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
 redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'seen', now)
