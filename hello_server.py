@@ -293,6 +293,13 @@ RedisReply = collections.namedtuple("RedisReply", "value error")
 
 _PING = resp_client.encode_command(("PING",))
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
+_NOT_FOUND = Response(404, TEXT, "404 not found\n")
+_NOT_ALLOWED = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
+
+
+def error_response(status):
+    """The plain answer to a request that failed: status and reason, as text."""
+    return Response(status, TEXT, f"{status} {http.HTTPStatus(status).phrase}\n")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # -- what replicas keep in Redis: Lua scripts, so that each runs whole or not at all -----------
@@ -579,6 +586,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     response = None          # the answer, when it needs nothing from Redis
     route = None             # the route waiting for its Redis reply
     probe = False            # a health probe: left out of the access log by default
+    route_label = "other"    # the route table's path, for metrics: a bounded label
     page_request = None
     client_closes = False    # the client asked to close after this response
     command = path = headers = None
@@ -607,7 +615,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def send_error(self, code, message=None, explain=None):
-        self.response = Response(code, TEXT, f"{code} {http.HTTPStatus(code).phrase}\n")
+        self.response = error_response(code)
         self.close_connection = True
 
     def parse_request(self):
@@ -626,6 +634,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.client_closes = "close" in options or (
             self.request_version == "HTTP/1.0" and "keep-alive" not in options)
         self.close_connection = self.client_closes or self.close_connection
+        path = self.path_only()
+        if path in self.site.routes:
+            self.route_label = path
         return True
 
     def _framing_error(self):
@@ -674,9 +685,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0] if self.path else "-"
 
     def do_GET(self):
-        route = self.site.routes.get(self.path_only())
+        route = self.site.routes.get(self.route_label)  # "other" is no route
         if route is None:
-            self.response = Response(404, TEXT, "404 not found\n")
+            self.response = _NOT_FOUND
         elif route.counts_visit and is_prefetch(self.headers):
             self.response = _PREFETCH_DECLINED
         else:
@@ -691,7 +702,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET  # the same headers, no body, and no visit counted
 
     def _not_allowed(self):
-        self.response = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
+        self.response = _NOT_ALLOWED
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
@@ -1205,8 +1216,7 @@ class HelloServer:
         """Send the handler's response; True when the connection may go on to its next request."""
         handler = conn.handler
         seconds = time.monotonic() - conn.started
-        path = handler.path_only()
-        self.metrics.request(handler.command, path if path in self.site.routes else "other", response.status, seconds)
+        self.metrics.request(handler.command, handler.route_label, response.status, seconds)
         self.log.request(conn.address, handler.command, handler.path or handler.requestline, response.status,
                          seconds, handler.probe)
         close = handler.close_connection or self.stopping
@@ -1220,8 +1230,7 @@ class HelloServer:
         self.metrics.request(None, "other", status, 0.0)
         self.log.request(conn.address, None, None, status, 0.0, False)
         conn.handler = None
-        self._send(conn, response_bytes(Response(status, TEXT, f"{status} {http.HTTPStatus(status).phrase}\n"),
-                                        self._date(), close=True), True, linger=True)
+        self._send(conn, response_bytes(error_response(status), self._date(), close=True), True, linger=True)
 
     def _internal_error(self, conn, exc):
         self.log.error(conn.address, f"internal error: {exc!r}")
