@@ -22,6 +22,7 @@ Read top to bottom: errors, encoding, the reply reader, one connection, the outa
 back-off, the client (pool and calls), connecting, URL parsing.
 """
 
+import collections
 import ipaddress
 import re
 import select
@@ -473,6 +474,9 @@ class RespClient:
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
+        # Callers waiting for a connection, first come first served: a freed slot is handed to
+        # the first of them, so a busy thread that calls again at once cannot starve the others.
+        self._waiting, self._handed = collections.deque(), set()
         self._generation = 0  # raised by close(): connections of older ones are not pooled
         self._outage = _Outage()
 
@@ -552,13 +556,18 @@ class RespClient:
         """
         with self._lock:
             probing = self._outage.admit(self.address)
-            if self._in_use >= self.max_connections and not self._slot_freed.wait_for(
-                    lambda: self._in_use < self.max_connections, self.timeout):
-                if probing:
-                    self._outage.probing = False
-                raise RedisTimeoutError(
-                    f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
-            self._in_use += 1
+            if self._in_use < self.max_connections and not self._waiting:
+                self._in_use += 1
+            else:
+                turn = object()
+                self._waiting.append(turn)
+                if not self._slot_freed.wait_for(lambda: turn in self._handed, self.timeout):
+                    self._waiting.remove(turn)
+                    if probing:
+                        self._outage.probing = False
+                    raise RedisTimeoutError(
+                        f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
+                self._handed.remove(turn)  # the slot came counted, from the caller that freed it
             conn = self._idle.pop() if self._idle else None
             generation = self._generation
         try:
@@ -575,15 +584,15 @@ class RespClient:
     def _checkin(self, conn, broken=False):
         """Give the connection back to the pool (closed, if broken or the pool was closed)."""
         with self._lock:
-            self._in_use -= 1
-            if self._in_use == self.max_connections - 1:  # it was full: a caller may be waiting
-                self._slot_freed.notify()
-            if conn is None:
-                return
-            keep = not broken and conn.generation == self._generation
+            keep = conn is not None and not broken and conn.generation == self._generation
             if keep:
                 self._idle.append(conn)
-        if not keep:
+            if self._waiting:  # the slot passes to the first waiting caller
+                self._handed.add(self._waiting.popleft())
+                self._slot_freed.notify_all()
+            else:
+                self._in_use -= 1
+        if conn is not None and not keep:
             conn.close()
 
     def _ended(self, probing, error=...):

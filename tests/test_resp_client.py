@@ -365,6 +365,28 @@ def test_pool_never_opens_more_than_max_connections(fake_redis):
     assert fake_redis.connections <= 2
 
 
+def test_callers_waiting_for_a_busy_pool_are_served_in_turn_not_starved(fake_redis):
+    fake_redis.script(*[Delay(0.005, b":1\r\n")] * 240)  # every call takes a while
+    errors = []
+
+    def calls():
+        try:
+            for _ in range(30):
+                client.incr("c")
+        except RedisError as exc:
+            errors.append(exc)
+
+    # 8 callers on 2 connections: each waits its turn, about 4 calls long, never the 0.5 s timeout
+    with client_for(fake_redis, max_connections=2, timeout=0.5) as client:
+        threads = [threading.Thread(target=calls) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+    assert len(fake_redis.commands) == 240
+
+
 # -- URLs -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, expected", [
