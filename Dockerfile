@@ -3,11 +3,12 @@
 #   docker build -t friendlyhello .                     the tiny image: FROM scratch, the default
 #   docker build --target slim -t friendlyhello:slim .  the tutorial's shape: python slim, a shell
 
-# -- slim: the official Python image and our two files ---------------------------------------
+# -- slim: the official Python image and our code (two modules and a package) ---------------------------------------
 FROM python:3.12-slim AS slim
 
 WORKDIR /app
 COPY hello_server.py resp_client.py ./
+COPY friendlyhello/*.py ./friendlyhello/
 
 ENV NAME=World \
     PYTHONUNBUFFERED=1 \
@@ -30,6 +31,7 @@ CMD ["python", "hello_server.py"]
 FROM python:3.12-slim AS collect
 
 COPY hello_server.py resp_client.py /src/
+COPY friendlyhello/*.py /src/friendlyhello/
 COPY scripts/collect_runtime.py /collect_runtime.py
 RUN ["python3", "/collect_runtime.py", "--app", "/src", "--out", "/runtime"]
 

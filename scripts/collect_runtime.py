@@ -14,7 +14,7 @@ interpreter along every path it can take (the page, JSON, probes, a bad request,
   extensions need (from ldd), the dynamic loader included; symbolic links on the way (such as
   Debian's /lib -> usr/lib) are made again as links;
 * the CA bundle that OpenSSL reads by default, so rediss:// verifies against the system's CAs;
-* the app's own modules, compiled, in /app.
+* the app's own modules and package, compiled, in /app.
 
 It prints what it copied, one path a line, to ROOT/../runtime-files.txt (for the image's file
 list test) and a summary by kind to stdout. It does not care where this Python keeps things:
@@ -38,6 +38,7 @@ import tempfile
 import time
 
 APP_MODULES = ("hello_server", "resp_client")
+APP_PACKAGE = "friendlyhello"  # every module of it goes in, imported on every path or not
 PYTHON_FLAGS = ("-S",)  # as the image runs it: no site, so no site-packages and no sitecustomize
 
 
@@ -189,7 +190,8 @@ def collect(app, out, entry):
         except ModuleNotFoundError:  # tried and not found there either (Jython's org.python, say)
             continue
         origin = spec and spec.origin
-        if not origin or origin in ("built-in", "frozen") or name in APP_MODULES:
+        if not origin or origin in ("built-in", "frozen") or name in APP_MODULES or \
+                name.split(".")[0] == APP_PACKAGE:
             continue
         real = os.path.realpath(origin)
         if not any(real.startswith(folder + os.sep) for folder in stdlib):
@@ -211,7 +213,9 @@ def collect(app, out, entry):
         root.copy(cafile)
         add("CA certificates", os.path.realpath(cafile))
 
-    for name in APP_MODULES:
+    package = sorted(f"{APP_PACKAGE}/{file[:-3]}" for file in os.listdir(os.path.join(app, APP_PACKAGE))
+                     if file.endswith(".py"))
+    for name in [*APP_MODULES, *package]:
         root.compile(os.path.join(app, name + ".py"), f"/app/{name}.pyc")
         add("our code", root._within(f"/app/{name}.pyc"))
     return root.files, sizes
@@ -219,7 +223,7 @@ def collect(app, out, entry):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app", required=True, help="the folder holding hello_server.py and resp_client.py")
+    parser.add_argument("--app", required=True, help="the folder holding hello_server.py, resp_client.py and friendlyhello/")
     parser.add_argument("--out", required=True, help="the root to fill (made if missing)")
     parser.add_argument("--entry", default="/usr/local/bin/python3", help="where to link the interpreter")
     args = parser.parse_args()

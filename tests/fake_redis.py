@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-import hello_server
+from friendlyhello import replicas
 from helpers import shut_down
 
 
@@ -245,8 +245,8 @@ class FakeRedis:
         return b"-ERR unknown command '%s'\r\n" % name
 
 
-_VISIT, _HEARTBEAT, _VIEW = (s.encode() for s in (hello_server.VISIT_SCRIPT, hello_server.HEARTBEAT_SCRIPT,
-                                                   hello_server.VIEW_SCRIPT))
+_VISIT, _HEARTBEAT, _VIEW = (s.encode() for s in (replicas.VISIT_SCRIPT, replicas.HEARTBEAT_SCRIPT,
+                                                   replicas.VIEW_SCRIPT))
 
 
 def _bulk(value):

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-import hello_server
+from friendlyhello import listening, logs, metrics, redis_pipeline, replicas, server, settings, site
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "hello_server.py")
-DISABLED = hello_server.COUNTER_DISABLED
+DISABLED = site.COUNTER_DISABLED
 
 
 def unavailable(message):
@@ -70,7 +70,7 @@ def raw_exchange(port, data, timeout=5):
     return b"".join(chunks)
 
 
-def redis_counter(port, key=hello_server.COUNTER_KEY, field=None):
+def redis_counter(port, key=replicas.COUNTER_KEY, field=None):
     """A count as Redis has it (0 when unset), read with a bare inline command: a key's, or a
     hash field's."""
     command = b"GET %s\r\n" % key.encode() if field is None else b"HGET %s %s\r\n" % (key.encode(), field.encode())
@@ -103,18 +103,18 @@ class Running:
 @contextlib.contextmanager
 def serving(env=None, hostname=None):
     """Serve with these settings (as environment variables) until the block ends."""
-    config = hello_server.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
-    client = hello_server.redis_client(config)
+    config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
+    client = redis_pipeline.redis_client(config)
     access_log, error_log = io.StringIO(), io.StringIO()
-    log = hello_server.Log(config.access_log, config.log_format, {}, access_log, error_log)
-    site = hello_server.Site(config, hello_server.RedisStatus(client.address, log), hello_server.Metrics(), hostname)
-    server = hello_server.HelloServer(config, site, client, hello_server.listen(config), log)
-    thread = threading.Thread(target=server.serve, daemon=True)
+    log = logs.Log(config.access_log, config.log_format, {}, access_log, error_log)
+    site_ = site.Site(config, redis_pipeline.RedisStatus(client.address, log), metrics.Metrics(), hostname)
+    server_ = server.HelloServer(config, site_, client, listening.listen(config), log)
+    thread = threading.Thread(target=server_.serve, daemon=True)
     thread.start()
     try:
-        yield Running(server, thread, access_log, error_log)
+        yield Running(server_, thread, access_log, error_log)
     finally:
-        server.stop()
+        server_.stop()
         thread.join(10)
         client.close()
         assert not thread.is_alive(), "the server did not stop"

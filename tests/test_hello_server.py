@@ -13,6 +13,7 @@ import pytest
 
 import hello_server
 from fake_redis import Delay, FakeRedis, Silence
+from friendlyhello import settings
 from helpers import (
     DISABLED,
     SERVER,
@@ -393,7 +394,7 @@ def test_a_bad_setting_stops_the_real_process_before_it_binds():
 def test_help_lists_every_setting_with_its_default():
     code, out, _ = run_to_exit({}, ["--help"])
     assert code == 0
-    for name in [s.env for s in hello_server.SETTINGS] + ["--healthcheck"]:
+    for name in [s.env for s in settings.SETTINGS] + ["--healthcheck"]:
         assert name in out
     assert "(default: 80)" in " ".join(out.split())
 

@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import hello_server
+import friendlyhello
+from friendlyhello import settings
 from helpers import ROOT, Process, free_port, request
 
 K8S = os.path.join(ROOT, "k8s")
@@ -183,7 +184,7 @@ def pod_environment(container, pod="friendlyhello-7d9c-x2x4q", namespace="demo",
 
 
 def test_every_environment_variable_the_deployment_sets_is_a_setting():
-    known = {name for s in hello_server.SETTINGS for name in (s.env, *s.aliases)}
+    known = {name for s in settings.SETTINGS for name in (s.env, *s.aliases)}
     assert set(pod_environment(web_container())) <= known
 
 
@@ -222,7 +223,8 @@ def test_the_image_and_version_are_the_ones_the_readme_and_server_name():
     with open(os.path.join(ROOT, "README.md")) as readme:
         built = re.search(r"^docker build -t (\S+) \.$", readme.read(), re.M).group(1)
     assert web_container()["image"] in (built, built + ":latest")
-    assert one("Deployment", "friendlyhello")["metadata"]["labels"]["app.kubernetes.io/version"] == hello_server.VERSION
+    labels = one("Deployment", "friendlyhello")["metadata"]["labels"]
+    assert labels["app.kubernetes.io/version"] == friendlyhello.VERSION
     with open(os.path.join(ROOT, "Dockerfile")) as dockerfile:
         assert re.search(r"^USER (\d+)", dockerfile.read(), re.M).group(1) == \
             str(web_container()["securityContext"]["runAsUser"])

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import hello_server
+from friendlyhello import settings
 from helpers import SERVER, Process, redis_counter, request
 
 pytestmark = pytest.mark.slow
@@ -77,13 +77,13 @@ def pages(port, count, clients=4):
 
 
 def test_workers_auto_is_the_cpus_this_process_may_use():
-    code = ("import os, hello_server; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "print(hello_server.load_config([], {'WORKERS': 'auto'}).workers)")
+    code = ("import os; from friendlyhello import settings; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "print(settings.load_config([], {'WORKERS': 'auto'}).workers)")
     one_cpu = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                              cwd=os.path.dirname(SERVER), check=True).stdout.strip()
     assert one_cpu == "1"
-    assert hello_server.load_config([], {"WORKERS": "auto"}).workers == hello_server.cpus_available() >= 1
-    assert hello_server.cpus_available() <= len(os.sched_getaffinity(0))
+    assert settings.load_config([], {"WORKERS": "auto"}).workers == settings.cpus_available() >= 1
+    assert settings.cpus_available() <= len(os.sched_getaffinity(0))
 
 
 def test_two_workers_share_the_port_and_one_count(redis_server):

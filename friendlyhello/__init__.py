@@ -1,0 +1,2 @@
+VERSION = "1.0"
+SERVER_NAME = f"friendlyhello/{VERSION}"

@@ -1,0 +1,232 @@
+
+import functools
+import http
+import http.client
+import http.server
+import io
+import re
+import urllib.parse
+
+from . import SERVER_NAME
+from .responses import TEXT, PageRequest, RedisReply, Response, error_response
+
+_NOT_FOUND = Response(404, TEXT, "404 not found\n")
+_NOT_ALLOWED = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
+
+
+def prefers_json(accept):
+    """True when an Accept field ranks application/json above text/html (RFC 9110 12.5.1):
+    the most specific media range that matches each type gives its q; ties go to HTML.
+    Browsers send a handful of short values: those are parsed once and remembered."""
+    return _ranks_json_first(accept) if len(accept) <= 256 else _ranks_json_first.__wrapped__(accept)
+
+
+@functools.lru_cache(maxsize=256)  # at most 256 fields of 256 characters kept, whatever clients send
+def _ranks_json_first(accept):
+    ranks = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # (specificity, q)
+    for item in accept.split(","):
+        media, *parameters = item.split(";")
+        media = media.strip().lower()
+        q = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                q = float(value) if re.fullmatch(r" *(0(\.[0-9]{0,3})?|1(\.0{0,3})?) *", value) else -1.0
+        if q < 0:
+            continue  # a malformed q: the range is ignored
+        kind = media.split("/")[0]
+        for ours, (specificity, _) in ranks.items():
+            match = 2 if media == ours else 1 if media == kind + "/*" and ours.startswith(kind + "/") \
+                else 0 if media == "*/*" else -1
+            if match > specificity:
+                ranks[ours] = (match, q)
+    return ranks["application/json"][1] > ranks["text/html"][1]
+
+
+_PREFETCH_FIELDS = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
+
+
+def is_prefetch(headers):
+    """A browser fetching ahead of a navigation that may never happen (Sec-Purpose: prefetch,
+    or prefetch;prerender; the older Purpose, X-Purpose and X-Moz fields)."""
+    for field in _PREFETCH_FIELDS:
+        value = headers.get(field)
+        if value and re.split(r"[;, ]", value.strip().lower(), maxsplit=1)[0] in ("prefetch", "preview"):
+            return True
+    return False
+
+
+# A prefetch of a page that counts is declined: browsers drop a prefetch answered 503,
+# and the real navigation then fetches the page again and counts once.
+_PREFETCH_DECLINED = Response(503, TEXT, "prefetch declined: this page counts visits\n",
+                              (("Retry-After", "0"),))
+
+
+# -- HTTP: http.server's handler, through its hooks -------------------------------------------
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.[0-9]")
+_HEADER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://")
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    """Reads one request head from memory and decides what it asks for.
+
+    As in http.server, constructing it handles the request: ``setup()``, ``handle()`` and
+    ``finish()`` run at once. http.server parses the head; the hooks here hold it to RFC
+    9112 (one rule for line endings, strict framing and Host, absolute-form targets) and
+    leave the result in ``response`` (ready now) or ``route`` (its Redis command must be
+    sent first, then ``answer()``). Nothing here touches a socket.
+    """
+
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # errors found before the version still get a status line
+    server_version = SERVER_NAME
+    response = None          # the answer, when it needs nothing from Redis
+    route = None             # the route waiting for its Redis reply
+    probe = False            # a health probe: left out of the access log by default
+    route_label = "other"    # the route table's path, for metrics: a bounded label
+    page_request = None
+    client_closes = False    # the client asked to close after this response
+    command = path = headers = None
+    requestline = ""
+    request_version = default_request_version
+
+    def __init__(self, head, address, site):
+        super().__init__(head, address, site)  # handles the request, as http.server does
+
+    @property
+    def site(self):
+        return self.server
+
+    @property
+    def head_only(self):
+        return self.command == "HEAD"
+
+    def setup(self):
+        self.rfile = io.BytesIO(self.request)
+        self.wfile = io.BytesIO()  # only http.server's own "100 Continue" lands here: never sent
+
+    def handle(self):
+        self.handle_one_request()
+
+    def finish(self):
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        self.response = error_response(code)
+        self.close_connection = True
+
+    def parse_request(self):
+        self.requestline = self.raw_requestline[:200].decode("latin-1").rstrip("\r\n")
+        status = _malformed_lines(self.request)
+        if status:
+            self.send_error(status)
+            return False
+        if not super().parse_request():
+            return False
+        status = self._framing_error() or self._host_error() or self._target_error()
+        if status:
+            self.send_error(status)
+            return False
+        options = {o.strip().lower() for v in self.headers.get_all("Connection", ()) for o in v.split(",")}
+        self.client_closes = "close" in options or (
+            self.request_version == "HTTP/1.0" and "keep-alive" not in options)
+        self.close_connection = self.client_closes or self.close_connection
+        path = self.path_only()
+        if path in self.site.routes:
+            self.route_label = path
+        return True
+
+    def _framing_error(self):
+        """RFC 9112 6.3: bodies are not read, so a body whose length is in doubt is an error,
+        and any body closes the connection after the answer: never parsed as a request."""
+        if self.headers.defects:  # a header line http.server could not read
+            return 400
+        lengths = self.headers.get_all("Content-Length", ())
+        codings = self.headers.get_all("Transfer-Encoding", ())
+        if codings:
+            names = [c.strip().lower() for v in codings for c in v.split(",")]
+            if lengths or self.request_version == "HTTP/1.0" or names[-1] != "chunked":
+                return 400  # two framings, or a length that cannot be known
+            if names.count("chunked") > 1:
+                return 400  # chunked applied twice
+            if len(names) > 1:
+                return 501  # a coding this server does not implement
+            self.close_connection = True
+        elif lengths:
+            if len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+                return 400
+            if int(lengths[0]) > 0:
+                self.close_connection = True
+        return None
+
+    def _host_error(self):
+        hosts = self.headers.get_all("Host", ())
+        if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
+            return 400
+        if hosts and not _HOST.fullmatch(hosts[0].strip()):
+            return 400
+        return None
+
+    def _target_error(self):
+        """origin-form (/path), absolute-form (http://host/path, as through a proxy), or * for OPTIONS."""
+        if self.path.startswith("/") or (self.path == "*" and self.command == "OPTIONS"):
+            return None
+        if _ABSOLUTE_FORM.match(self.path):
+            authority, slash, rest = self.path.split("://", 1)[1].partition("/")
+            if authority and "@" not in authority and _HOST.fullmatch(authority):
+                self.path = "/" + rest if slash else "/"
+                return None
+        return 400
+
+    def path_only(self):
+        return self.path.split("?", 1)[0] if self.path else "-"
+
+    def do_GET(self):
+        route = self.site.routes.get(self.route_label)  # "other" is no route
+        if route is None:
+            self.response = _NOT_FOUND
+        elif route.counts_visit and is_prefetch(self.headers):
+            self.response = _PREFETCH_DECLINED
+        else:
+            self.probe = route.probe
+            query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
+            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query)
+            if route.redis_command is None or (route.counts_visit and self.head_only):
+                self.response = route.answer(self.page_request, None)
+            else:
+                self.route = route
+
+    do_HEAD = do_GET  # the same headers, no body, and no visit counted
+
+    def _not_allowed(self):
+        self.response = _NOT_ALLOWED
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def answer(self, reply, error):
+        """The route's Response once Redis has answered (or failed)."""
+        return self.route.answer(self.page_request, RedisReply(reply, error))
+
+
+def _malformed_lines(head):
+    """400 unless every line is well formed (RFC 9112 2-5): a request line of method, target
+    and HTTP/d.d with single spaces; header lines as name:value with no control characters
+    (NUL and bare CR included) and no folding. A line ends in LF or CRLF, everywhere alike.
+    505 for a major version other than 1."""
+    lines = head.split(b"\n")
+    first = _REQUEST_LINE.fullmatch(lines[0][:-1] if lines[0].endswith(b"\r") else lines[0])
+    if first is None:
+        return 400
+    if first.group(3) != b"1":
+        return 505
+    for line in lines[1:]:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line and not _HEADER_LINE.fullmatch(line):
+            return 400
+    return None

@@ -1,0 +1,77 @@
+
+import collections
+import email.utils
+import http
+import http.client
+import http.server
+import time
+
+from . import SERVER_NAME
+
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+
+
+class Response(collections.namedtuple("Response", "status content_type body headers", defaults=((),))):
+    """What to answer: a status, a body (text) and any headers beyond the common ones."""
+
+    __slots__ = ()
+
+
+class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe")):
+    """One path: ``answer(request, redis)`` makes its Response from a PageRequest.
+
+    ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
+    ``redis`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
+    that counts visits sends nothing). A ``probe`` is left out of the access log by default.
+    """
+
+    __slots__ = ()
+
+
+PageRequest = collections.namedtuple("PageRequest", "wants_json query")
+RedisReply = collections.namedtuple("RedisReply", "value error")
+
+
+def error_response(status):
+    """The plain answer to a request that failed: status and reason, as text."""
+    return Response(status, TEXT, f"{status} {http.HTTPStatus(status).phrase}\n")
+
+
+# -- the response bytes: every answer, errors included, leaves through here -------------------
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
+_COMMON_HEADERS = (f"Server: {SERVER_NAME}\r\nX-Content-Type-Options: nosniff\r\n"
+                   f"Cache-Control: no-store\r\n")
+
+
+class HttpDate:
+    """The Date field's value, made at most once a second."""
+
+    def __init__(self):
+        self._second, self._text = None, ""
+
+    def __call__(self):
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._text = now, email.utils.formatdate(now, usegmt=True)
+        return self._text
+
+
+def response_bytes(response, date, *, head_only=False, close=False, keep_alive=False):
+    """The whole response, in one buffer: status, the common headers, the route's, the body."""
+    body = response.body.encode()
+    parts = [_STATUS_LINES[response.status], "Date: ", date, "\r\n", _COMMON_HEADERS,
+             "Content-Type: ", response.content_type, "\r\n"]
+    if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
+        parts += ["Content-Length: ", str(len(body)), "\r\n"]
+    for name, value in response.headers:
+        parts += [name, ": ", value, "\r\n"]
+    if close:
+        parts.append("Connection: close\r\n")
+    elif keep_alive:
+        parts.append("Connection: keep-alive\r\n")
+    parts.append("\r\n")
+    head = "".join(parts).encode("latin-1")
+    return head if head_only else head + body

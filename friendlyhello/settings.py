@@ -1,0 +1,189 @@
+
+import argparse
+import collections
+import os
+import re
+
+import resp_client
+
+# -- settings: read once, validated, before anything binds -------------------------------------
+
+class ConfigError(Exception):
+    """A setting has a value the program cannot use; the message is one line."""
+
+
+def _whole(low, high):
+    def parse(text):
+        if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return int(text)
+    return parse
+
+
+def _seconds(low, high, low_allowed=False):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value <= high or low_allowed and value == low):
+            bound = "from" if low_allowed else "above"
+            raise ValueError(f"a number of seconds {bound} {low:g} and at most {high:g}")
+        return value
+    return parse
+
+
+def _choice(*allowed):
+    def parse(text):
+        if text.lower() not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return text.lower()
+    return parse
+
+
+def _text(text):
+    return text
+
+
+def _host(text):
+    if not text or any(c.isspace() for c in text):
+        raise ValueError("a host name or IP address, such as 0.0.0.0, :: or redis")
+    return text
+
+
+def cpus_available():
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
+    --cpus, a pod's CPU limit), rounded up; at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),  # cgroup v2: "150000 100000"
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read(
+                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us")])):  # v1, -1 when unlimited
+        try:
+            quota, period = parse(_read(path))
+            if quota not in ("max", "-1"):
+                cpus = min(cpus, -(-int(quota) // int(period)))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(cpus, 1)
+
+
+def _read(path):
+    with open(path) as file:
+        return file.read()
+
+
+def _workers(text):
+    if text.lower() == "auto":
+        return cpus_available()
+    return _whole(1, 256)(text)
+
+
+def _redis_url(text):
+    try:
+        resp_client.parse_url(text)
+    except ValueError as exc:  # its message quotes no credentials
+        raise ValueError(str(exc)) from None
+    return text
+
+
+class Setting(collections.namedtuple("Setting", "env default parse help secret aliases", defaults=(False, ()))):
+    """One setting: its environment variable (and other spellings of it, tried in turn),
+    default, parser (raises ValueError) and help."""
+
+    __slots__ = ()
+
+    @property
+    def flag(self):
+        return "--" + self.env.lower().replace("_", "-")
+
+    @property
+    def field(self):
+        return self.env.lower()
+
+
+SETTINGS = [
+    Setting("NAME", "world", _text, "who the page greets"),
+    Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
+    Setting("BIND", "0.0.0.0", _host, "address to listen on"),
+    Setting("REDIS_URL", None, _redis_url, "redis://[[user]:password@]host[:port][/db], rediss:// or "
+            "unix:///path; replaces the four REDIS_* settings below", secret=True),
+    Setting("REDIS_HOST", "redis", _host, "Redis host name"),
+    Setting("REDIS_PORT", 6379, _whole(1, 65535), "Redis port"),
+    Setting("REDIS_DB", 0, _whole(0, 100000), "Redis database number"),
+    Setting("REDIS_PASSWORD", None, _text, "Redis password", secret=True),
+    Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
+    Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
+            "on: a line per request on stdout, health probes and /metrics left out; all: them too; off: none"),
+    Setting("LOG_FORMAT", "text", _choice("text", "json"),
+            "text: one line of words per event; json: one JSON object per line, for log pipelines"),
+    Setting("WORKERS", 1, _workers, "processes serving the port, or auto: one per CPU this process may "
+            "use (its affinity and cgroup quota); more than 1 adds a supervisor process"),
+    Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
+            "open client connections at most; more wait in the listen backlog"),
+    Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
+            "seconds a keep-alive connection may idle, a request head may take to arrive (then 408), "
+            "and a client may take to read a response"),
+    Setting("READY_NEEDS_REDIS", "off", _choice("off", "on"),
+            "on: /readyz answers 503 while Redis does not answer PING; off: /readyz only says how Redis is"),
+    Setting("SHUTDOWN_DELAY", 0.0, _seconds(0, 3600, low_allowed=True),
+            "after SIGTERM, seconds to go on accepting and serving (with /readyz at 503) while load "
+            "balancers and DNS learn that this replica is going"),
+    Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
+            "then, with the port closed, seconds that requests in flight may take to finish"),
+    # Where a replica runs, as Kubernetes' Downward API tells it, in the usual spellings.
+    Setting("POD_NAME", None, _text, "the pod's name, shown in the JSON answer and logs",
+            aliases=("MY_POD_NAME", "KUBERNETES_POD_NAME")),
+    Setting("POD_NAMESPACE", None, _text, "the pod's namespace, shown likewise",
+            aliases=("MY_POD_NAMESPACE", "KUBERNETES_NAMESPACE", "KUBERNETES_POD_NAMESPACE")),
+    Setting("NODE_NAME", None, _text, "the node's name, shown likewise",
+            aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
+    Setting("POD_IP", None, _text, "the pod's IP address, shown likewise",
+            aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
+    Setting("REPLICA_ID", None, _text, "this replica's name in /replicas (default: the pod's name, "
+            "else the host name; replicas that share it count as one)"),
+]
+_REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+
+# Every setting, validated; made once by load_config() and never changed.
+Config = collections.namedtuple("Config", [s.field for s in SETTINGS])
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(
+        prog="hello_server.py",
+        description="friendlyhello: Hello World! and a visit counter in Redis. Each setting is an "
+                    "environment variable or the flag beside it (the flag wins).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for s in SETTINGS:
+        shown = "unset" if s.default is None else s.default
+        also = f"; also read as {', '.join(s.aliases)}" if s.aliases else ""
+        parser.add_argument(s.flag, dest=s.field, metavar=s.env, help=f"{s.help} (default: {shown}{also})")
+    parser.add_argument("--healthcheck", action="store_true",
+                        help="ask the server at PORT for /healthz and exit 0 if healthy, else 1 "
+                             "(for HEALTHCHECK in an image without curl)")
+    return parser
+
+
+def load_config(argv=None, environ=None, args=None):
+    """Read flags (or argument_parser()'s ``args``) and environment once; raise
+    ConfigError naming the first bad value, and never showing a secret one."""
+    environ = os.environ if environ is None else environ
+    args = vars(args if args is not None else argument_parser().parse_args(argv))
+    values, given = {}, set()
+    for s in SETTINGS:
+        source = s.flag if args[s.field] is not None else next(
+            (name for name in (s.env, *s.aliases) if name in environ), None)
+        if source is None:
+            values[s.field] = s.default
+            continue
+        raw = args[s.field] if source == s.flag else environ[source]
+        given.add(s.env)
+        try:
+            values[s.field] = s.parse(raw)
+        except ValueError as exc:
+            shown = " is not valid:" if s.secret else f"={raw!r} is not valid: expected"
+            raise ConfigError(f"{source}{shown} {exc}") from None
+    if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
+        raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
+    return Config(**values)
