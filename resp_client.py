@@ -34,7 +34,7 @@ import time
 import urllib.parse
 
 __all__ = [
-    "RespClient", "encode_command", "parse_url",
+    "RespClient", "encode_command", "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
     "RedisError", "RedisConnectionError", "RedisTimeoutError",
     "ResponseError", "AuthenticationError", "ProtocolError",
 ]
@@ -101,7 +101,22 @@ def _error_reply(message):
     return error
 
 
-def _raise_error(reply):
+def means_unavailable(error):
+    """True when an error says the server cannot be used now: every error but an error reply
+    to a command (WRONGTYPE, OOM, ...), which is an answer. Refused credentials are an outage:
+    nothing will work until someone fixes them."""
+    return not isinstance(error, ResponseError) or isinstance(error, AuthenticationError)
+
+
+def expect_integer(reply, command):
+    """The reply of a command that answers an integer (INCR), or ProtocolError."""
+    if type(reply) is not int:
+        raise ProtocolError(f"{command} answered {reply!r:.64}, not an integer")
+    return reply
+
+
+def _value_of(reply):
+    """A reply as a caller of one command gets it: the value, or its error reply raised."""
     if isinstance(reply, ResponseError):
         raise reply
     return reply
@@ -431,9 +446,17 @@ class _Outage:
         error.cause = self.last_error
         raise error
 
+    @property
+    def clear(self):
+        """No outage: calls go ahead without taking the client's lock."""
+        return not self.failures and not self.probing
+
+    def end_probe(self):
+        self.probing = False
+
     def record(self, error):
         """A call ended: None when the server answered, else the error that says it is away."""
-        if error is None or isinstance(error, ResponseError) and not isinstance(error, AuthenticationError):
+        if error is None or not means_unavailable(error):
             self.failures = 0
             return
         self.failures += 1
@@ -462,11 +485,11 @@ class RespClient:
             raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
         self.host, self.port, self.db = host, port, db
         self.unix_socket = unix_socket
-        self.username, self._password = username, password
+        self.username = username
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.ssl_context, self.protocol = ssl_context, protocol
         self.max_connections = max_connections
-        self.address = f"unix:{unix_socket}" if unix_socket else _host_port(host, port)
+        self.address = address_of(host, port, unix_socket)
         self._connector = _Connector(self.address, host, port, unix_socket, ssl_context, connect_timeout, timeout,
                                      (max_bulk_length, max_array_length),
                                      _setup_commands(protocol, username, password, db))
@@ -499,7 +522,7 @@ class RespClient:
 
     def execute(self, *args):
         """Send one command and return its reply; an error reply is raised."""
-        return _raise_error(self._call(encode_command(args), 1)[0])
+        return _value_of(self._call(encode_command(args), 1)[0])
 
     def pipeline(self, commands):
         """Send several commands in one write; return their replies in order.
@@ -515,10 +538,7 @@ class RespClient:
         return self._call(payload, len(commands))
 
     def incr(self, key):
-        reply = self.execute("INCR", key)
-        if type(reply) is not int:
-            raise ProtocolError(f"INCR answered {reply!r:.64}, not an integer")
-        return reply
+        return expect_integer(self.execute("INCR", key), "INCR")
 
     def ping(self):
         return self.execute("PING") in ("PONG", b"PONG")
@@ -543,7 +563,7 @@ class RespClient:
             raise
         except BaseException:  # e.g. KeyboardInterrupt mid-reply: the stream is out of step
             self._checkin(conn, broken=True)
-            self._ended(probing)
+            self._abandoned(probing)
             raise
         self._checkin(conn)
         self._ended(probing, None)
@@ -564,7 +584,7 @@ class RespClient:
                 if not self._slot_freed.wait_for(lambda: turn in self._handed, self.timeout):
                     self._waiting.remove(turn)
                     if probing:
-                        self._outage.probing = False
+                        self._outage.end_probe()
                     raise RedisTimeoutError(
                         f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
                 self._handed.remove(turn)  # the slot came counted, from the caller that freed it
@@ -576,9 +596,13 @@ class RespClient:
                 with self._lock:
                     conn = self._idle.pop() if self._idle else None
             return (conn or self._connector.connect(generation)), probing
-        except BaseException as exc:
+        except RedisError as exc:
             self._checkin(None)
-            self._ended(probing, exc if isinstance(exc, RedisError) else ...)
+            self._ended(probing, exc)
+            raise
+        except BaseException:
+            self._checkin(None)
+            self._abandoned(probing)
             raise
 
     def _checkin(self, conn, broken=False):
@@ -595,16 +619,20 @@ class RespClient:
         if conn is not None and not keep:
             conn.close()
 
-    def _ended(self, probing, error=...):
-        """Note how a call ended: None when the server answered, the error when it failed,
-        ``...`` when it ended for a reason that says nothing about the server."""
-        if error is None and not probing and not self._outage.failures:
+    def _ended(self, probing, error):
+        """Note how a call ended: ``error`` None when the server answered, else why it failed."""
+        if error is None and not probing and self._outage.clear:
             return  # the common case, without taking the lock
         with self._lock:
             if probing:
-                self._outage.probing = False
-            if error is not ...:
-                self._outage.record(error)
+                self._outage.end_probe()
+            self._outage.record(error)
+
+    def _abandoned(self, probing):
+        """A call ended for a reason that says nothing about the server (an interrupt, a bug)."""
+        if probing:
+            with self._lock:
+                self._outage.end_probe()
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -649,7 +677,7 @@ class _Connector:
         if count:
             try:
                 for reply in conn.call(payload, count):
-                    _raise_error(reply)
+                    _value_of(reply)
             except RedisError as exc:
                 conn.close()
                 exc.command_sent = False  # only AUTH/SELECT went out, not the caller's command
@@ -706,6 +734,8 @@ def _resolve(host, port, deadline):
             outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             outcome.append(exc)
+        except UnicodeError:  # an empty or over-long label: the IDNA codec refuses it
+            outcome.append(OSError("not a valid host name"))
         done.set()
 
     threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
@@ -722,7 +752,10 @@ def _reason(exc):
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-def _host_port(host, port):
+def address_of(host="redis", port=DEFAULT_PORT, unix_socket=None):
+    """The server's address as messages name it: host:port, [v6]:port or unix:/path."""
+    if unix_socket:
+        return f"unix:{unix_socket}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -730,7 +763,6 @@ def _host_port(host, port):
 
 _SCHEMES = ("redis", "rediss", "unix")
 _URL_OPTIONS = ("db", "password", "username", "protocol")
-_SECRET_OPTIONS = ("password",)
 
 
 def parse_url(url):
@@ -739,13 +771,13 @@ def parse_url(url):
     ``RespClient``'s keyword arguments. Options: db, password, username, protocol (2 or 3).
 
     The credentials are everything between ``//`` and the *last* ``@``, so a password may
-    hold ``/ ? # @ :`` unescaped (or percent-escaped). A ValueError's message never quotes
-    any part of the credentials or of a password option.
+    hold ``/ ? # @ :`` unescaped (or percent-escaped). A ValueError's message names the part
+    that is wrong and quotes nothing of the URL: a mistyped URL can put a password anywhere
+    (``redis://default:PASS`` with the ``@host`` forgotten has it where the port goes).
     """
     scheme, slashes, rest = url.partition("://")
     if not slashes or scheme.lower() not in _SCHEMES:
-        shown = scheme if slashes and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,15}", scheme) else "..."
-        raise ValueError(f"Redis URL scheme must be redis://, rediss:// or unix://, not {shown}://")
+        raise ValueError("Redis URL must start with redis://, rediss:// or unix://")
     scheme = scheme.lower()
     userinfo, at, location = rest.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
@@ -755,7 +787,7 @@ def parse_url(url):
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - set(_URL_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown Redis URL option {unknown[0][:32]!r} (allowed: {', '.join(_URL_OPTIONS)})")
+        raise ValueError(f"Redis URL has an unknown ?option (allowed: {', '.join(_URL_OPTIONS)})")
 
     def option(name, value):
         return query[name][-1] if name in query else value
@@ -766,22 +798,43 @@ def parse_url(url):
         raise ValueError("a Redis URL with a username needs a password")
     db_text = option("db", parts.path.lstrip("/") if scheme != "unix" else "") or "0"
     if not re.fullmatch(r"[0-9]{1,9}", db_text):
-        raise ValueError(f"Redis database must be a whole number, not {db_text[:32]!r}")
+        raise ValueError("Redis URL's database (/db or ?db=) must be a whole number")
     protocol_text = option("protocol", "2")
     if protocol_text not in ("2", "3"):
-        raise ValueError(f"Redis protocol must be 2 or 3, not {protocol_text[:32]!r}")
+        raise ValueError("Redis URL's ?protocol= must be 2 or 3")
     settings = dict(db=int(db_text), username=username, password=password, protocol=int(protocol_text))
     if scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// Redis URL needs a socket path, e.g. unix:///run/redis.sock")
         return {**settings, "unix_socket": urllib.parse.unquote(parts.path)}
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"Redis URL port must be a number from 1 to 65535 in {parts.netloc[:64]!r}") from None
+    host, colon, port_text = parts.netloc.rpartition(":") if not parts.netloc.endswith("]") else (
+        parts.netloc, "", "")
+    if not colon:
+        host, port_text = parts.netloc, str(DEFAULT_PORT)
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError("Redis URL's port must be a number from 1 to 65535 "
+                         "(a user:password needs an @ before the host: redis://user:password@host:port)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host and not valid_host(host):
+        raise ValueError("Redis URL's host is not a valid host name or IP address")
     if scheme == "rediss":
         settings["ssl_context"] = ssl.create_default_context()
-    return {**settings, "host": parts.hostname or "localhost", "port": port}
+    return {**settings, "host": host or "localhost", "port": int(port_text)}
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def valid_host(host):
+    """An IP address, or a DNS name whose labels are 1-63 letters, digits, - and _ (container
+    networks use _), 253 characters at most: what a name lookup can take without an error."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def _credentials(userinfo):

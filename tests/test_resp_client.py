@@ -22,6 +22,7 @@ from resp_client import (
     RedisTimeoutError,
     RespClient,
     ResponseError,
+    parse_url,
 )
 
 
@@ -392,17 +393,17 @@ def test_callers_waiting_for_a_busy_pool_are_served_in_turn_not_starved(fake_red
 @pytest.mark.parametrize("url, expected", [
     ("redis://", dict(host="localhost", port=6379, db=0, username=None)),
     ("redis://cache:6380/2", dict(host="cache", port=6380, db=2)),
-    ("redis://:p%40ss@h", dict(host="h", username=None, _password="p@ss")),
-    ("redis://user:pw@h/1", dict(username="user", _password="pw", db=1)),
+    ("redis://:p%40ss@h", dict(host="h", username=None, password="p@ss")),
+    ("redis://user:pw@h/1", dict(username="user", password="pw", db=1)),
     ("redis://h?db=4", dict(db=4)),
     ("redis://[::1]:7000", dict(host="::1", port=7000, address="[::1]:7000")),
-    ("unix:///run/redis.sock?db=2&password=pw", dict(unix_socket="/run/redis.sock", db=2, _password="pw")),
+    ("unix:///run/redis.sock?db=2&password=pw", dict(unix_socket="/run/redis.sock", db=2, password="pw")),
     ("redis://h?protocol=3", dict(protocol=3)),
 ])
 def test_from_url_reads_every_part(url, expected):
-    client = RespClient.from_url(url)
+    client, parts = RespClient.from_url(url), parse_url(url)
     for name, value in expected.items():
-        assert getattr(client, name) == value, name
+        assert (parts[name] if name == "password" else getattr(client, name)) == value, name
 
 
 def test_from_url_rediss_uses_a_verifying_tls_context():
@@ -411,11 +412,15 @@ def test_from_url_rediss_uses_a_verifying_tls_context():
 
 
 @pytest.mark.parametrize("url, message", [
-    ("http://h", "scheme"),
+    ("http://h", "must start with redis://, rediss:// or unix://"),
     ("redis://h:99999", "port"),
     ("redis://h:abc", "port"),
     ("redis://h/x", "database"),
-    ("redis://h?dbb=1", "unknown Redis URL option"),
+    ("redis://h?dbb=1", r"unknown \?option"),
+    ("redis://h:0", "port"),
+    ("redis://default:PASS", "port must be a number from 1 to 65535 .*needs an @"),
+    ("redis://redis..default.svc", "host is not a valid host name"),
+    ("redis://" + "a" * 64 + ".svc", "host is not a valid host name"),
     ("redis://user@h", "username needs a password"),
     ("unix://", "socket path"),
 ])
