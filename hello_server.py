@@ -1,45 +1,99 @@
 """friendlyhello: the "Hello World! + visit counter" page of Docker's Get Started tutorial.
 
-Standard library only. Each visit to ``/`` runs ``INCR counter`` on Redis (through
-``resp_client``) and shows the number; when Redis cannot be reached the page says the
-counter is disabled, at once, instead of hanging. Also serves ``/healthz`` and ``/livez``
-(liveness), ``/readyz`` (readiness: "send me traffic"), ``/metrics`` (Prometheus),
-``/replicas`` (who served how many) and JSON for clients that ask for it.
+Standard library only. Each visit to ``/`` counts in Redis (through ``resp_client``) and
+shows the number; when Redis cannot be reached the page says the counter is disabled, at
+once, instead of hanging. Also serves ``/healthz`` and ``/livez`` (liveness), ``/readyz``
+(readiness: "send me traffic"), ``/metrics`` (Prometheus), ``/replicas`` (who served how
+many) and JSON for clients that ask for it.
 
-It is built on ``http.server``'s request handler, which parses each request head, with
-one change to how connections are served: one thread serves all connections,
-non-blocking, with a selector, and one more thread talks to Redis, sending the commands
-of all waiting requests in one pipeline. Idle keep-alive connections and slow clients
-therefore cost no thread, no flood of connections creates threads, and threads do not
-take turns at the interpreter lock on every request. It serves small pages to demo,
-learning and probe traffic; it is not a general web server (no request bodies, no TLS,
-no static files).
+It is built on ``http.server``'s request handler, which parses each request head, with one
+change to how connections are served: one thread serves all connections, non-blocking, with
+a selector, and one more thread talks to Redis, sending the commands of all waiting requests
+in one pipeline. It serves small pages to demo, learning and probe traffic; it is not a
+general web server (no request bodies, no TLS, no static files).
 
-Read top to bottom: the page and its limits; settings; the site (one route table, and
-what replicas keep in Redis); the request handler (http.server's hooks); the response
-bytes; a connection and its state; the Redis side; the server loop; metrics; the logs;
-listening; the health check; several workers under a supervisor; main.
+This module is what runs (``python3 hello_server.py``, ``python3 -m hello_server``): the
+routes, how one serving process is wired, and ``main``. The machinery is in the package
+``friendlyhello``, a module per job; its docstring lists them in the order they import.
 
 Run ``python3 hello_server.py --help`` for the settings.
 """
 
 import os
+import signal
 import socket
 import sys
 
+import resp_client
 from friendlyhello.healthcheck import healthcheck
-from friendlyhello.listening import ListenError, _raise_file_limit, listen
+from friendlyhello.listening import ListenError, listen, raise_file_limit
 from friendlyhello.logs import Log, printable
 from friendlyhello.metrics import Metrics
-from friendlyhello.redis_pipeline import RedisStatus, redis_client
-from friendlyhello.replicas import placement
-from friendlyhello.server import serve
+from friendlyhello.redis_pipeline import RedisPipeline, RedisStatus, describe_redis, redis_client
+from friendlyhello.replicas import identity, placement, replica_commands
+from friendlyhello.responses import Route
+from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, argument_parser, load_config
-from friendlyhello.shared_memory import SharedSlots
-from friendlyhello.site import Site
-from friendlyhello.workers import Supervisor
+from friendlyhello.site import Lifecycle, Site
+from friendlyhello.workers import STOP_SIGNALS, Supervisor
 
-# -- main --------------------------------------------------------------------------------------
+PING = resp_client.encode_command(("PING",))
+
+
+def route_table(config, site, commands):
+    """Every path the server answers: the Site's answer, the Redis command sent first (None:
+    none), whether a GET counts a visit (a HEAD never does), and whether it is a probe (left
+    out of the access log by default). Anything else is 404; methods but GET and HEAD, 405."""
+    ready_command = PING if config.ready_needs_redis == "on" else None
+    return {
+        "/":         Route(site.page,         commands.visit, counts_visit=True,  probe=False),
+        "/healthz":  Route(site.livez,        None,           counts_visit=False, probe=True),
+        "/livez":    Route(site.livez,        None,           counts_visit=False, probe=True),
+        "/readyz":   Route(site.readyz,       ready_command,  counts_visit=False, probe=True),
+        "/metrics":  Route(site.metrics_page, None,           counts_visit=False, probe=True),
+        "/replicas": Route(site.replicas,     commands.view,  counts_visit=False, probe=False),
+    }
+
+
+def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=None):
+    """One serving process, built from the settings: its identity and Redis commands, Redis
+    client and state, metrics (a slot of ``shared``, in a worker), the site and its routes,
+    the Redis thread and the server loop. Used by main, by each worker and by the tests."""
+    me = identity(config, hostname)
+    commands = replica_commands(me)
+    client = redis_client(config)
+    status = RedisStatus(client.address, log)
+    metrics = Metrics(shared, slot, log)
+    lifecycle = Lifecycle()
+    site = Site(config, me, status, metrics, lifecycle)
+    waker = Waker()
+    pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log)
+    lifecycle.needs("redis", pipeline.is_alive)
+    return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
+                       listener, log, supervisor_pid)
+
+
+def serve(server, log, started=None, worker=False):
+    """Serve until a signal ends it: a process on its own (saying ``started`` once its signals
+    are set), or a worker of a Supervisor. A second signal ends it at once."""
+    stops = []
+
+    def on_signal(signum, frame):
+        stops.append(signum)
+        if len(stops) > 1:  # asked twice: stop waiting for the delay or in-flight requests
+            os._exit(1)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    # A worker leaves Ctrl-C to the supervisor, which passes it on once, as SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker else on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked in a worker until now
+    if started:
+        log.started(started)
+    server.serve()
+    log.close()
+    return 0
+
 
 def main(argv=None, environ=None):
     args = argument_parser().parse_args(argv)
@@ -50,41 +104,41 @@ def main(argv=None, environ=None):
         return 2
     if args.healthcheck:
         return healthcheck(config)
-    _raise_file_limit(config.max_connections + 64)
+    raise_file_limit(config.max_connections + 64)
+    workers = config.workers > 1
     try:
-        listener = listen(config, shared_port=config.workers > 1, only_bind=config.workers > 1)
+        listener = listen(config, shared_port=workers, only_bind=workers)
     except ListenError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
     hostname = socket.gethostname()
-    log = Log(config.access_log, config.log_format, {"hostname": hostname, **placement(config)})
-    redis = redis_client(config)  # for its address; each worker makes its own, which connects
-    shared = SharedSlots(config.workers) if config.workers > 1 else None
-    # Everything that can be shared is built before any fork: the page's fixed part, the
-    # encoded Redis commands, the settings. Each worker then gets its own numbers and Redis state.
-    site = Site(config, RedisStatus(redis.address, log), Metrics(shared), hostname)
+    where = placement(config)
+    log = Log(config.access_log, config.log_format, {"hostname": hostname, **where})
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
-    where = "".join(f", {key} {printable(value)}" for key, value in site.placement.items())
     port = listener.getsockname()[1]
-    started = (f"friendlyhello listening on http://{host}:{port} "
-               f"(redis {redis.address} db {redis.db}{where}{f', {config.workers} workers' if shared else ''})")
-    if shared is None:
-        return serve(config, site, listener, log, started=started)
-    supervisor = os.getpid()
+    started = (f"friendlyhello listening on http://{host}:{port} (redis {describe_redis(config)}"
+               + "".join(f", {key} {printable(value)}" for key, value in where.items())
+               + (f", {config.workers} workers)" if workers else ")"))
+    if not workers:
+        return serve(wire(config, listener, log, hostname), log, started)
+    from friendlyhello.shared_memory import SharedSlots  # mmap: only where there are workers
+
+    shared, supervisor_pid = SharedSlots(config.workers), os.getpid()
 
     def start_worker(slot):
-        site.metrics, site.redis_status = Metrics(shared, slot), RedisStatus(redis.address, log)
         listener.close()  # the supervisor's: this worker listens on a socket of its own
         try:
             own = listen(config._replace(port=port), shared_port=True)
         except ListenError as exc:
             log.error("worker", str(exc))
             return 1
-        workers.listening()
-        return serve(config, site, own, log, supervisor)
+        supervisor.listening()
+        return serve(wire(config, own, log, hostname, shared, slot, supervisor_pid), log, worker=True)
 
-    workers = Supervisor(config, log, start_worker)
-    return workers.run(started)
+    supervisor = Supervisor(config, log, start_worker)
+    code = supervisor.run(started)
+    log.close()
+    return code
 
 
 if __name__ == "__main__":

@@ -1,2 +1,23 @@
+"""friendlyhello's machinery, a module per job; ``hello_server`` (beside it) wires and runs it.
+
+Imports run one way, from the leaves up; nothing here imports ``hello_server``, and
+``resp_client`` (beside it too) knows nothing of HTTP. tests/test_layout.py keeps it so.
+
+    settings        the settings table, read once into one Config        -> resp_client
+    logs            access and event lines that never block serving
+    redis_pipeline  the Redis thread, Redis's state, how a call ended    -> resp_client
+    metrics         what is counted; the Prometheus text format          -> redis_pipeline
+    shared_memory   the workers' metrics slots (imported with workers only)
+    responses       what a route answers; the bytes of every answer
+    http11          http.server's handler, held to RFC 9112              -> responses
+    connection      one client connection and its states
+    replicas        what replicas keep in Redis, and /replicas           -> redis_pipeline
+    site            the pages and the probes                             -> replicas, responses
+    server          the selector loop                                    -> connection, http11
+    listening       the port, or why not
+    healthcheck     the image's HEALTHCHECK
+    workers         the supervisor of several worker processes
+"""
+
 VERSION = "1.0"
 SERVER_NAME = f"friendlyhello/{VERSION}"

@@ -1,3 +1,5 @@
+"""A client connection: its bytes, its deadline and its state, which it moves itself (the
+selector watches its socket for what each state waits for)."""
 
 import re
 import selectors
@@ -5,11 +7,9 @@ import socket
 import time
 
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
-MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431 (so do over 100 headers)
+MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
 LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
 
-
-# -- a connection and where it stands ----------------------------------------------------------
 
 class HeadRefused(Exception):
     """A request head past the limits: answered with ``status``, then the connection closes."""
@@ -17,6 +17,10 @@ class HeadRefused(Exception):
     def __init__(self, status):
         super().__init__(status)
         self.status = status
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection: nothing more can be sent to it."""
 
 
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
@@ -38,6 +42,9 @@ class Connection:
 
     READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
         "reading", "ready", "waiting", "sending", "lingering", "closed")
+    # What the selector watches the socket for in each state.
+    EVENTS = {READING: selectors.EVENT_READ, READY: 0, WAITING: 0, SENDING: selectors.EVENT_WRITE,
+              LINGERING: selectors.EVENT_READ, CLOSED: 0}
 
     __slots__ = ("sock", "address", "selector", "state", "events", "deadline", "buffer", "outgoing",
                  "handler", "started", "close_after", "linger")
@@ -57,7 +64,7 @@ class Connection:
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
         the selector then watches the socket for what that state waits for."""
-        events = _EVENTS[state]
+        events = self.EVENTS[state]
         if events != self.events:
             if not self.events:
                 self.selector.register(self.sock, events, self)
@@ -70,13 +77,14 @@ class Connection:
         self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
 
     def send(self):
-        """Send what is waiting to go: True when all of it went, None when the client is gone."""
+        """Send what is waiting to go: True when all of it went, False when some is left for
+        when the client reads; ClientGone when it is gone."""
         try:
             sent = self.sock.send(self.outgoing)
         except BlockingIOError:
             sent = 0
         except OSError:
-            return None
+            raise ClientGone from None
         self.outgoing = self.outgoing[sent:]
         return not self.outgoing
 
@@ -116,6 +124,79 @@ class Connection:
         return head
 
 
-_EVENTS = {Connection.READING: selectors.EVENT_READ, Connection.READY: 0, Connection.WAITING: 0,
-           Connection.SENDING: selectors.EVENT_WRITE, Connection.LINGERING: selectors.EVENT_READ,
-           Connection.CLOSED: 0}
+class Connections:
+    """The open connections: accepted from ``listener`` while fewer than ``max_connections``
+    are open (the rest wait in the backlog), each closed once, counted in
+    ``metrics.open_connections``. ``stopping`` keeps the listener closed once it is."""
+
+    LISTENER = object()  # the selector's key for the listener
+
+    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log):
+        self.listener, self.selector = listener, selector
+        self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        self.metrics, self.log = metrics, log
+        self.stopping = False
+        self._open = set()
+        self._accepting = False
+
+    def __iter__(self):
+        return iter(list(self._open))
+
+    def busy(self):
+        """True while a request is being answered."""
+        return any(c.handler for c in self._open)
+
+    def accept(self, on=True):
+        """Watch the listener for new connections (or stop), unless the table is full or stopping."""
+        on = on and not self.stopping and len(self._open) < self.max_connections
+        if on != self._accepting:
+            if on:
+                self.selector.register(self.listener, selectors.EVENT_READ, self.LISTENER)
+            else:
+                self.selector.unregister(self.listener)
+            self._accepting = on
+
+    def accept_waiting(self):
+        """Take the connections waiting in the backlog, a bounded number per turn."""
+        for _ in range(64):
+            if len(self._open) >= self.max_connections:
+                self.accept(False)  # the rest wait in the backlog
+                return
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of file descriptors, say: stop accepting until the next sweep
+                self.log.error("-", f"accept failed: {exc}")
+                self.accept(False)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(sock, address[0], self.selector)
+            self._open.add(conn)
+            self.metrics.open_connections += 1
+            conn.enter(Connection.READING, self.idle_timeout)
+
+    def close(self, conn):
+        if conn.state is Connection.CLOSED:
+            return
+        conn.close()
+        self._open.discard(conn)
+        self.metrics.open_connections -= 1
+        self.accept()
+
+    def expired(self, now):
+        return [c for c in self._open if c.deadline < now]
+
+    def stop_accepting(self):
+        """Close the port, and every connection that is not answering a request."""
+        self.accept(False)
+        self.stopping = True
+        self.listener.close()
+        for conn in [c for c in self._open if not c.handler]:
+            self.close(conn)
+
+    def close_all(self):
+        for conn in list(self._open):
+            self.close(conn)
+

@@ -1,3 +1,4 @@
+"""The image's HEALTHCHECK, for an image without curl: the server asks itself for /healthz."""
 
 import http
 import http.client
@@ -6,8 +7,6 @@ import sys
 
 HEALTHCHECK_TIMEOUT = 2.0    # the image's HEALTHCHECK gives it 3 s
 
-
-# -- the health check --------------------------------------------------------------------------
 
 def healthcheck(config):
     """The image's HEALTHCHECK: 0 if this container's server answers /healthz with 200."""

@@ -1,3 +1,10 @@
+"""HTTP/1.1 as this server speaks it: http.server's request handler, through its hooks.
+
+http.server parses each request head (from memory: this module touches no socket); the hooks
+here hold it to RFC 9112 (one rule for line endings, strict framing and Host, absolute-form
+targets), negotiate JSON or HTML (Accept), decline browser prefetches of a page that counts,
+and find the request's route in the route table.
+"""
 
 import functools
 import http
@@ -18,11 +25,12 @@ def prefers_json(accept):
     """True when an Accept field ranks application/json above text/html (RFC 9110 12.5.1):
     the most specific media range that matches each type gives its q; ties go to HTML.
     Browsers send a handful of short values: those are parsed once and remembered."""
-    return _ranks_json_first(accept) if len(accept) <= 256 else _ranks_json_first.__wrapped__(accept)
+    if len(accept) <= 256:
+        return _remembered_ranking(accept)
+    return ranks_json_first(accept)
 
 
-@functools.lru_cache(maxsize=256)  # at most 256 fields of 256 characters kept, whatever clients send
-def _ranks_json_first(accept):
+def ranks_json_first(accept):
     ranks = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # (specificity, q)
     for item in accept.split(","):
         media, *parameters = item.split(";")
@@ -41,6 +49,10 @@ def _ranks_json_first(accept):
             if match > specificity:
                 ranks[ours] = (match, q)
     return ranks["application/json"][1] > ranks["text/html"][1]
+
+
+# At most 256 fields of at most 256 characters are kept, whatever clients send.
+_remembered_ranking = functools.lru_cache(maxsize=256)(ranks_json_first)
 
 
 _PREFETCH_FIELDS = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
@@ -70,6 +82,7 @@ _HEADER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://")
+MAX_HEADER_FIELDS = 100  # http.client refuses a head of this many header lines (its _MAXHEADERS counts the blank one)
 
 
 class RequestHandler(http.server.BaseHTTPRequestHandler):
@@ -95,11 +108,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     requestline = ""
     request_version = default_request_version
 
-    def __init__(self, head, address, site):
-        super().__init__(head, address, site)  # handles the request, as http.server does
+    def __init__(self, head, address, routes):
+        super().__init__(head, address, routes)  # handles the request, as http.server does
 
     @property
-    def site(self):
+    def routes(self):
+        """The route table (http.server calls it the server)."""
         return self.server
 
     @property
@@ -137,15 +151,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.request_version == "HTTP/1.0" and "keep-alive" not in options)
         self.close_connection = self.client_closes or self.close_connection
         path = self.path_only()
-        if path in self.site.routes:
+        if path in self.routes:
             self.route_label = path
         return True
 
     def _framing_error(self):
         """RFC 9112 6.3: bodies are not read, so a body whose length is in doubt is an error,
         and any body closes the connection after the answer: never parsed as a request."""
-        if self.headers.defects:  # a header line http.server could not read
-            return 400
         lengths = self.headers.get_all("Content-Length", ())
         codings = self.headers.get_all("Transfer-Encoding", ())
         if codings:
@@ -177,9 +189,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/") or (self.path == "*" and self.command == "OPTIONS"):
             return None
         if _ABSOLUTE_FORM.match(self.path):
-            authority, slash, rest = self.path.split("://", 1)[1].partition("/")
+            rest = self.path.split("://", 1)[1]
+            end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+            authority, target = rest[:end], rest[end:]
             if authority and "@" not in authority and _HOST.fullmatch(authority):
-                self.path = "/" + rest if slash else "/"
+                self.path = target if target.startswith("/") else "/" + target  # http://h?x=1 is /?x=1
                 return None
         return 400
 
@@ -187,7 +201,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0] if self.path else "-"
 
     def do_GET(self):
-        route = self.site.routes.get(self.route_label)  # "other" is no route
+        route = self.routes.get(self.route_label)  # "other" is no route
         if route is None:
             self.response = _NOT_FOUND
         elif route.counts_visit and is_prefetch(self.headers):
@@ -217,7 +231,8 @@ def _malformed_lines(head):
     """400 unless every line is well formed (RFC 9112 2-5): a request line of method, target
     and HTTP/d.d with single spaces; header lines as name:value with no control characters
     (NUL and bare CR included) and no folding. A line ends in LF or CRLF, everywhere alike.
-    505 for a major version other than 1."""
+    505 for a major version other than 1; 431 for MAX_HEADER_FIELDS fields or more (the
+    limit http.client applies, made a rule of ours)."""
     lines = head.split(b"\n")
     first = _REQUEST_LINE.fullmatch(lines[0][:-1] if lines[0].endswith(b"\r") else lines[0])
     if first is None:
@@ -229,4 +244,6 @@ def _malformed_lines(head):
             line = line[:-1]
         if line and not _HEADER_LINE.fullmatch(line):
             return 400
+    if len(lines) - 3 >= MAX_HEADER_FIELDS:  # less the request line and the empty line and end after the head
+        return 431
     return None

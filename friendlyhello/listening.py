@@ -1,10 +1,10 @@
+"""Listening: the port, bound and listening, or one line that says how to fix why not."""
 
 import errno
 import os
 import resource
 import socket
 
-# -- listening ---------------------------------------------------------------------------------
 
 class ListenError(Exception):
     """The port cannot be listened on; the message says how to fix it, in one line."""
@@ -42,7 +42,7 @@ def listen(config, shared_port=False, only_bind=False):
     return sock
 
 
-def _raise_file_limit(wanted):
+def raise_file_limit(wanted):
     """Idle connections are cheap here but each is a file descriptor: allow enough."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)

@@ -1,3 +1,11 @@
+"""Metrics: what the service counts, and /metrics in the Prometheus text format, version 0.0.4.
+
+Every family is one row of FAMILIES: name, type, help, label names. A process keeps its
+numbers as series (label values -> a number, or a histogram's bucket counts and sum), so
+that a snapshot is plain data, several workers' snapshots add up by type, and the text is
+written from the table alone. Labels are bounded: methods and routes outside the known
+ones are "other", Redis outcomes are redis_pipeline.OUTCOMES.
+"""
 
 import bisect
 import collections
@@ -7,87 +15,103 @@ import re
 import resource
 
 from . import VERSION
-
-# -- metrics: the Prometheus text exposition format, version 0.0.4 -----------------------------
+from .redis_pipeline import OUTCOMES
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 PIPELINE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-_REPLY_OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply")
+
+Family = collections.namedtuple("Family", "name kind help labels buckets", defaults=(None,))
+
+# The families a process counts itself; friendlyhello_redis_up, build info and the process
+# metrics are read when /metrics is asked.
+FAMILIES = (
+    Family("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
+           ("method", "route", "code")),
+    Family("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
+           ("method", "route"), DURATION_BUCKETS),
+    Family("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.", ()),
+    Family("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
+           ("outcome",)),
+    Family("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
+           (), PIPELINE_BUCKETS),
+    Family("friendlyhello_open_connections", "gauge", "Client connections open now.", ()),
+    Family("friendlyhello_log_lines_dropped_total", "counter",
+           "Log lines dropped because the log's reader was slow or gone.", ()),
+)
+_BY_NAME = {f.name: f for f in FAMILIES}
+
+# The process's own, as the official clients name them: (name, type, help), and how the
+# workers' values combine.
+PROCESS_FAMILIES = (
+    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    ("process_open_fds", "gauge", "Number of open file descriptors."),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+)
+_PROCESS_COMBINE = {"process_start_time_seconds": min, "process_max_fds": max}
 
 
 class Histogram:
-    """Observations per label set: a count per bucket (kept apart, summed when shown), sum, count."""
+    """Observations of one family: per label values, a count per bucket (kept apart, summed
+    when shown) and the sum."""
 
-    def __init__(self, buckets):
-        self.buckets = buckets
-        self.series = {}
+    def __init__(self, buckets, series):
+        self.buckets, self.series = buckets, series
 
     def observe(self, labels, value):
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = [[0] * (len(self.buckets) + 1), 0.0]
-        series[0][bisect.bisect_left(self.buckets, value)] += 1
-        series[1] += value
-
-    def samples(self, name, label_names):
-        for labels, (counts, total) in sorted(self.series.items()):
-            pairs = list(zip(label_names, labels, strict=True))
-            cumulative = 0
-            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
-                cumulative += count
-                le = "+Inf" if bound == float("inf") else repr(float(bound))
-                yield f"{name}_bucket{_labels([*pairs, ('le', le)])} {cumulative}"
-            yield f"{name}_sum{_labels(pairs)} {total!r}"
-            yield f"{name}_count{_labels(pairs)} {cumulative}"
-
-
-def _labels(pairs):
-    pairs = list(pairs)
-    if not pairs:
-        return ""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in pairs)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(pairs, escaped, strict=True)) + "}"
+        counts_and_sum = self.series.get(labels)
+        if counts_and_sum is None:
+            counts_and_sum = self.series[labels] = [[0] * (len(self.buckets) + 1), 0.0]
+        counts_and_sum[0][bisect.bisect_left(self.buckets, value)] += 1
+        counts_and_sum[1] += value
 
 
 class Metrics:
-    """What the service counts, written by the serving thread (requests, visits) and the Redis
-    thread (replies, batch sizes), each to its own numbers; read for /metrics. Labels are
-    bounded: methods and routes outside the known ones are "other".
+    """This process's numbers, written by the serving thread (requests, visits, connections)
+    and the Redis thread (replies, batch sizes), each to its own series; read for /metrics.
 
-    With several workers each writes a snapshot of its numbers to its slot in ``shared`` (a
-    SharedSlots) every sweep, and /metrics shows the sum over all slots. A worker that replaces
-    a dead one takes over its slot's numbers, so no counter goes backwards."""
+    With several workers each writes a snapshot to its slot in ``shared`` (a SharedSlots)
+    every sweep, and /metrics shows the sum over all slots. A worker that replaces a dead one
+    takes over its slot's numbers, so no counter goes backwards. ``log`` is asked for the
+    lines it dropped."""
 
-    def __init__(self, shared=None, slot=0):
-        self.requests = collections.Counter()  # (method, route, code) -> count
-        self.durations = Histogram(DURATION_BUCKETS)
-        self.visits = 0
-        self.redis_replies = collections.Counter()
-        self.pipeline_sizes = Histogram(PIPELINE_BUCKETS)
-        self.open_connections = lambda: 0  # set by the server
-        self.shared, self.slot = shared, slot
+    def __init__(self, shared=None, slot=0, log=None):
+        self.series = {f.name: {} for f in FAMILIES}
+        self.shared, self.slot, self._log = shared, slot, log
         self._cpu_before = 0.0  # CPU seconds of the workers this slot had before this one
-        self._ticks, self._page = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
         previous = shared.read(slot) if shared is not None else None
         if previous:
-            self.requests.update(previous["requests"])
-            self.durations.series = previous["durations"]
-            self.visits = previous["visits"]
-            self.redis_replies.update(previous["replies"])
-            self.pipeline_sizes.series = previous["pipeline"]
-            self._cpu_before = previous["process"].get("cpu", 0.0)
+            for name, series in previous["series"].items():
+                if name in _BY_NAME and _BY_NAME[name].kind != "gauge":
+                    self.series[name] = series
+            self._cpu_before = previous["process"].get("process_cpu_seconds_total", 0.0)
+        self._requests = collections.Counter(self.series["http_requests_total"])
+        self.series["http_requests_total"] = self._requests
+        self.durations = Histogram(DURATION_BUCKETS, self.series["http_request_duration_seconds"])
+        self.redis_replies = collections.Counter(self.series["friendlyhello_redis_replies_total"])
+        self.series["friendlyhello_redis_replies_total"] = self.redis_replies
+        self.pipeline_sizes = Histogram(PIPELINE_BUCKETS, self.series["friendlyhello_redis_pipeline_size"])
+        self.visits = self.series["friendlyhello_visits_total"].get((), 0)
+        self.open_connections = 0
+        self._ticks, self._page_size = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
 
     def request(self, method, route, status, seconds):
         method = method if method in _METHODS else "other"
-        self.requests[method, route, str(status)] += 1
+        self._requests[method, route, str(status)] += 1
         self.durations.observe((method, route), seconds)
 
+    def redis_reply(self, outcome):
+        self.redis_replies[(outcome,)] += 1
+
     def snapshot(self):
-        """This process's numbers as plain data."""
-        return {"requests": dict(self.requests), "durations": self.durations.series, "visits": self.visits,
-                "replies": dict(self.redis_replies), "pipeline": self.pipeline_sizes.series,
-                "connections": self.open_connections(), "process": self._process()}
+        """This process's numbers as plain data: {"series": {family: {labels: value}}, "process": {...}}."""
+        self.series["friendlyhello_visits_total"] = {(): self.visits}
+        self.series["friendlyhello_open_connections"] = {(): self.open_connections}
+        self.series["friendlyhello_log_lines_dropped_total"] = {(): self._log.dropped if self._log else 0}
+        return {"series": {name: dict(series) for name, series in self.series.items()}, "process": self._process()}
 
     def publish(self):
         if self.shared is not None:
@@ -97,12 +121,11 @@ class Metrics:
         mine = self.snapshot()
         if self.shared is not None:
             self.shared.write(self.slot, mine)
-            mine = _merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
-        return "".join(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(s + "\n" for s in samples)
-                       for name, kind, help_text, samples in _families(mine, redis_up))
+            mine = merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
+        return exposition(mine, redis_up)
 
     def _process(self):
-        """The process's own, as the official clients name them; none where /proc is not mounted."""
+        """The process's own; none where /proc is not mounted."""
         try:
             with open("/proc/self/stat") as stat, open("/proc/stat") as system:
                 fields = stat.read().rpartition(")")[2].split()
@@ -110,66 +133,76 @@ class Metrics:
             fds = len(os.listdir("/proc/self/fd"))
         except OSError:
             return {}
-        return {"cpu": self._cpu_before + (int(fields[11]) + int(fields[12])) / self._ticks,
-                "start": boot_time + int(fields[19]) / self._ticks, "rss": int(fields[21]) * self._page,
-                "vms": int(fields[20]), "fds": fds, "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+        return {"process_cpu_seconds_total": self._cpu_before + (int(fields[11]) + int(fields[12])) / self._ticks,
+                "process_start_time_seconds": boot_time + int(fields[19]) / self._ticks,
+                "process_resident_memory_bytes": int(fields[21]) * self._page_size,
+                "process_virtual_memory_bytes": int(fields[20]),
+                "process_open_fds": fds,
+                "process_max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
 
 
-def _merged(snapshots):
-    """The sum of several workers' snapshots (a missing one counts nothing)."""
-    total = {"requests": collections.Counter(), "durations": {}, "visits": 0, "replies": collections.Counter(),
-             "pipeline": {}, "connections": 0, "process": {}}
-    for snap in filter(None, snapshots):
-        total["requests"].update(snap["requests"])
-        total["replies"].update(snap["replies"])
-        total["visits"] += snap["visits"]
-        total["connections"] += snap["connections"]
-        for key in ("durations", "pipeline"):
-            for labels, (counts, seconds) in snap[key].items():
-                mine = total[key].setdefault(labels, [[0] * len(counts), 0.0])
-                mine[0] = [a + b for a, b in zip(mine[0], counts, strict=True)]
-                mine[1] += seconds
-        for key, value in snap["process"].items():
-            combine = {"start": min, "max_fds": max}.get(key, lambda a, b: a + b)
-            total["process"][key] = combine(total["process"][key], value) if key in total["process"] else value
+def merged(snapshots):
+    """The sum of several workers' snapshots (a missing one counts nothing): counters and
+    gauges add, histograms add bucket by bucket; the process's values combine as each says."""
+    total = {"series": {f.name: {} for f in FAMILIES}, "process": {}}
+    for snapshot in filter(None, snapshots):
+        for name, series in snapshot["series"].items():
+            into = total["series"].setdefault(name, {})
+            for labels, value in series.items():
+                if isinstance(value, list):  # a histogram's [counts, sum]
+                    counts, seconds = into.get(labels, [[0] * len(value[0]), 0.0])
+                    into[labels] = [[a + b for a, b in zip(counts, value[0], strict=True)], seconds + value[1]]
+                else:
+                    into[labels] = into.get(labels, 0) + value
+        for name, value in snapshot["process"].items():
+            combine = _PROCESS_COMBINE.get(name, lambda a, b: a + b)
+            total["process"][name] = combine(total["process"][name], value) if name in total["process"] else value
     return total
 
 
-def _families(snap, redis_up):
-    durations, pipeline = Histogram(DURATION_BUCKETS), Histogram(PIPELINE_BUCKETS)
-    durations.series, pipeline.series = snap["durations"], snap["pipeline"]
-    process = snap["process"]
-    families = [
-        ("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
-         [f"http_requests_total{_labels(zip(('method', 'route', 'code'), key, strict=True))} {count}"
-          for key, count in sorted(snap["requests"].items())]),
-        ("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
-         list(durations.samples("http_request_duration_seconds", ("method", "route")))),
-        ("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.",
-         [f"friendlyhello_visits_total {snap['visits']}"]),
-        ("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
-         [f'friendlyhello_redis_replies_total{{outcome="{o}"}} {snap["replies"].get(o, 0)}' for o in _REPLY_OUTCOMES]),
-        ("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.",
-         [f"friendlyhello_redis_up {int(redis_up)}"]),
-        ("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
-         list(pipeline.samples("friendlyhello_redis_pipeline_size", ()))),
-        ("friendlyhello_open_connections", "gauge", "Client connections open now.",
-         [f"friendlyhello_open_connections {snap['connections']}"]),
-        ("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it.",
-         [f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1']),
-    ]
-    if process:  # the workers' together, where there are several
-        families += [
-            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-             [f"process_cpu_seconds_total {process['cpu']!r}"]),
-            ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
-             [f"process_start_time_seconds {process['start']!r}"]),
-            ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-             [f"process_resident_memory_bytes {process['rss']}"]),
-            ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-             [f"process_virtual_memory_bytes {process['vms']}"]),
-            ("process_open_fds", "gauge", "Number of open file descriptors.", [f"process_open_fds {process['fds']}"]),
-            ("process_max_fds", "gauge", "Maximum number of open file descriptors.",
-             [f"process_max_fds {process['max_fds']}"]),
-        ]
-    return families
+def exposition(snapshot, redis_up):
+    """The text format: every family of FAMILIES, then Redis's state, build info and the process's."""
+    out = []
+    for family in FAMILIES:
+        out.append(_header(family.name, family.kind, family.help))
+        series = snapshot["series"].get(family.name, {})
+        if family.name == "friendlyhello_redis_replies_total":  # every outcome, 0 included
+            series = {(outcome,): series.get((outcome,), 0) for outcome in OUTCOMES}
+        if not family.labels and not series and family.kind != "histogram":
+            series = {(): 0}
+        for labels, value in sorted(series.items()):
+            pairs = list(zip(family.labels, labels, strict=True))
+            if family.kind == "histogram":
+                out.extend(_histogram_lines(family, pairs, *value))
+            else:
+                out.append(f"{family.name}{_labels(pairs)} {value}\n")
+    out.append(_header("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0."))
+    out.append(f"friendlyhello_redis_up {int(redis_up)}\n")
+    out.append(_header("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it."))
+    out.append(f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1\n')
+    process = snapshot["process"]
+    for name, kind, help_text in PROCESS_FAMILIES if process else ():
+        value = process[name]
+        out.append(_header(name, kind, help_text) + f"{name} {value!r}\n")
+    return "".join(out)
+
+
+def _header(name, kind, help_text):
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+
+
+def _histogram_lines(family, pairs, counts, total):
+    cumulative = 0
+    for bound, count in zip((*family.buckets, float("inf")), counts, strict=True):
+        cumulative += count
+        le = "+Inf" if bound == float("inf") else repr(float(bound))
+        yield f"{family.name}_bucket{_labels([*pairs, ('le', le)])} {cumulative}\n"
+    yield f"{family.name}_sum{_labels(pairs)} {total!r}\n"
+    yield f"{family.name}_count{_labels(pairs)} {cumulative}\n"
+
+
+def _labels(pairs):
+    if not pairs:
+        return ""
+    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in pairs)
+    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(pairs, escaped, strict=True)) + "}"

@@ -1,3 +1,12 @@
+"""The Redis side: the client the settings describe, one vocabulary for how a Redis call
+ended, Redis's state (logged once per change), and the thread that sends the commands of all
+waiting requests in one pipeline.
+
+The serving thread never talks to Redis: it submits a command with the request waiting for
+it, and takes the replies back when this thread wakes it. This thread must outlive any
+error, ours included: a request waiting on it has a deadline of its own in the server, and
+liveness reports a dead thread.
+"""
 
 import collections
 import threading
@@ -5,21 +14,52 @@ import time
 
 import resp_client
 
-MAX_PIPELINE = 256           # Redis commands sent in one round trip at most
-HEARTBEAT_INTERVAL = 3.0     # how often a replica tells Redis it is alive
+MAX_PIPELINE = 256        # Redis commands sent in one round trip at most
+HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive
+
+
+def redis_options(config):
+    """Where Redis is and how to talk to it, as RespClient's keyword arguments: REDIS_URL's
+    parts, or the REDIS_* settings; one Redis thread per process, so one connection."""
+    if config.redis_url is not None:
+        where = resp_client.parse_url(config.redis_url)
+    else:
+        where = dict(host=config.redis_host, port=config.redis_port, db=config.redis_db,
+                     password=config.redis_password)
+    return {**where, "connect_timeout": config.redis_timeout, "timeout": config.redis_timeout, "max_connections": 1}
 
 
 def redis_client(config):
-    timeouts = dict(connect_timeout=config.redis_timeout, timeout=config.redis_timeout,
-                    max_connections=1)  # one Redis thread, one connection
-    if config.redis_url is not None:
-        return resp_client.RespClient.from_url(config.redis_url, **timeouts)
-    return resp_client.RespClient(config.redis_host, config.redis_port, db=config.redis_db,
-                                  password=config.redis_password, **timeouts)
+    return resp_client.RespClient(**redis_options(config))
+
+
+def describe_redis(config):
+    """Redis's address and database, for the start-up line."""
+    options = redis_options(config)
+    address = resp_client.address_of(options.get("host", "redis"), options.get("port"), options.get("unix_socket"))
+    return f"{address} db {options['db']}"
+
+
+# -- how a Redis call for a request ended: the one vocabulary ---------------------------------
+
+# The outcomes, as friendlyhello_redis_replies_total labels them.
+OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply")
+NO_REPLY = "no reply (the visit may have counted)"
+
+
+def outcome(error):
+    """One of OUTCOMES: how a call ended (``error`` None when it was answered)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, resp_client.ResponseError):
+        return "error_reply"
+    if error.command_sent:
+        return "no_reply"  # the command left: Redis may have run it
+    return "timeout" if isinstance(error, resp_client.RedisTimeoutError) else "cannot_connect"
 
 
 def outage_reason(error):
-    """Why Redis cannot be used, in a few words; the error that opened an outage, if any."""
+    """Why Redis cannot be used, in a few words: the error that opened an outage, if any."""
     error = error.cause or error
     if isinstance(error, resp_client.RedisTimeoutError):
         return "timeout"
@@ -32,39 +72,87 @@ def outage_reason(error):
     return "cannot connect"
 
 
-def short_reason(error):
-    """What the JSON answer says of Redis for one visit."""
-    if error is None:
+def visit_words(error):
+    """What a page says of Redis for one visit: ok, no reply, or why it could not count."""
+    kind = outcome(error)
+    if kind == "ok":
         return "ok"
-    if error.command_sent and not isinstance(error, resp_client.ResponseError):
-        return "no reply (the visit may have counted)"
-    return outage_reason(error)
+    return NO_REPLY if kind == "no_reply" else outage_reason(error)
 
 
-# -- the Redis side ----------------------------------------------------------------------------
+class RedisStatus:
+    """Whether Redis answers, logged once at each change: up, down with the reason, back.
+
+    An outage logs one line however many pages it touches; a new reason while it lasts
+    (refused, then a wrong password) logs one more. Changed from the Redis thread only.
+    """
+
+    def __init__(self, address, log):
+        self.address, self._log = address, log
+        self.reason = None       # why Redis is down; None while it answers (or before it is tried)
+        self._down_since = None
+        self._seen_up = False
+
+    @property
+    def up(self):
+        return self.reason is None
+
+    def describe(self):
+        """How Redis is, in a few words and no address (for /readyz, which anyone may ask)."""
+        reason, since = self.reason, self._down_since
+        if reason is not None and since is not None:
+            return f"unavailable ({reason}) for {time.monotonic() - since:.1f}s"
+        return "up" if self._seen_up else "not asked yet"
+
+    def answered(self):
+        if self.reason is None and self._seen_up:
+            return
+        if self.reason is not None:
+            self._log.info("redis", f"{self.address} is back after {time.monotonic() - self._down_since:.1f}s")
+        else:
+            self._log.info("redis", f"{self.address} is up: visits are counted")
+        self.reason, self._down_since, self._seen_up = None, None, True
+
+    def failed(self, error):
+        if not resp_client.means_unavailable(error):
+            self.answered()  # an error reply is still an answer
+            return
+        reason = outage_reason(error)
+        if reason == self.reason:
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self.reason = reason
+        self._log.warning("redis", f"{self.address} is unavailable ({reason}): {error.cause or error}"
+                                   " - pages say the counter is disabled until it answers again")
+
 
 class RedisPipeline:
     """One thread sends the commands of all waiting requests to Redis in one pipeline (one
     round trip for many pages) and hands each reply back to the serving thread, which it
     wakes with ``wake()``. Redis's timeout bounds each trip. Every HEARTBEAT_INTERVAL it
-    sends this replica's heartbeat too (with a batch, or alone). It notes Redis's state, and
-    counts replies by outcome and batch sizes for /metrics."""
+    sends this replica's ``heartbeat`` too (with a batch, or alone). It notes Redis's state
+    in ``status``, and counts replies by outcome and batch sizes in ``metrics``."""
 
-    def __init__(self, client, site, wake):
-        self.client, self.status, self.metrics, self._wake = client, site.redis_status, site.metrics, wake
-        self._heartbeat = site.heartbeat
-        self._waiting = []                   # (connection, command) to send
+    def __init__(self, client, status, metrics, heartbeat, wake, log):
+        self.client, self.status, self.metrics = client, status, metrics
+        self._heartbeat, self._wake, self._log = heartbeat, wake, log
+        self._waiting = []                   # (request, command) to send
         self._changed = threading.Condition()
-        self._replies = collections.deque()  # (connection, reply, error) to hand back
+        self._replies = collections.deque()  # (request, reply, error) to hand back
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="redis", daemon=True)
 
     def start(self):
         self._thread.start()
 
-    def submit(self, conn, command):
+    def is_alive(self):
+        return self._thread.is_alive()
+
+    def submit(self, request, command):
+        """Send ``command`` for ``request`` (any object: it comes back with the reply)."""
         with self._changed:
-            self._waiting.append((conn, command))
+            self._waiting.append((request, command))
             self._changed.notify()
 
     def replies(self):
@@ -73,10 +161,13 @@ class RedisPipeline:
             yield self._replies.popleft()
 
     def stop(self):
+        """Stop the thread (after the trip under way, if any) and close the client."""
         with self._changed:
             self._stopping = True
             self._changed.notify()
-        self._thread.join(self.client.timeout * 2 + 1)
+        if self._thread.ident is not None:
+            self._thread.join(self.client.connect_timeout + self.client.timeout + 1)
+        self.client.close()
 
     def _run(self):
         next_heartbeat = time.monotonic()
@@ -87,79 +178,33 @@ class RedisPipeline:
                 if self._stopping:
                     return
                 batch, self._waiting = self._waiting[:MAX_PIPELINE], self._waiting[MAX_PIPELINE:]
-            beat = time.monotonic() >= next_heartbeat
-            if beat:
+            heartbeat = []
+            if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
-            commands = [self._heartbeat] * beat + [command for _, command in batch]
+                heartbeat = [self._heartbeat]
             try:
-                replies = self.client.pipeline(commands)[beat:]  # the heartbeat's own reply: not needed
-                errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
-                self.status.answered()
-            except resp_client.RedisError as exc:
-                replies, errors = [None] * len(batch), [exc] * len(batch)
-                self.status.failed(exc)
-            except Exception as exc:  # noqa: BLE001 - a bug of ours: each request answers 500, the thread lives on
-                replies, errors = [None] * len(batch), [exc] * len(batch)
-            if not batch:
-                continue
+                self._send(heartbeat, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log it, go on
+                self._log.error("redis", f"internal error in the Redis thread: {exc!r}")
+                self._hand_back(batch, [None] * len(batch), [exc] * len(batch))
+
+    def _send(self, heartbeat, batch):
+        commands = heartbeat + [command for _, command in batch]
+        try:
+            replies = self.client.pipeline(commands)[len(heartbeat):]  # the heartbeat's own reply: not needed
+            errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
+            self.status.answered()
+        except resp_client.RedisError as exc:
+            replies, errors = [None] * len(batch), [exc] * len(batch)
+            self.status.failed(exc)
+        if batch:
             self.metrics.pipeline_sizes.observe((), len(batch))
             for error in errors:
-                self.metrics.redis_replies[reply_outcome(error)] += 1
-            self._replies.extend((conn, reply, error) for (conn, _), reply, error
+                self.metrics.redis_reply(outcome(error))
+            self._hand_back(batch, replies, errors)
+
+    def _hand_back(self, batch, replies, errors):
+        if batch:
+            self._replies.extend((request, reply, error) for (request, _), reply, error
                                  in zip(batch, replies, errors, strict=True))
             self._wake()
-
-
-def reply_outcome(error):
-    """How a Redis call ended, in the words of friendlyhello_redis_replies_total."""
-    if error is None:
-        return "ok"
-    if isinstance(error, resp_client.ResponseError):
-        return "error_reply"
-    if error.command_sent:
-        return "no_reply"
-    return "timeout" if isinstance(error, resp_client.RedisTimeoutError) else "cannot_connect"
-
-
-class RedisStatus:
-    """Whether Redis answers, logged once at each change: up, down with the reason, back.
-
-    An outage logs one line however many pages it touches; a new reason while it lasts
-    (refused, then a wrong password) logs one more. Called from the Redis thread only.
-    """
-
-    def __init__(self, address, log):
-        self.address, self._log = address, log
-        self.reason = None       # why Redis is down; None while it answers (or before it is tried)
-        self._down_since = None
-        self._seen_up = False
-
-    def describe(self):
-        """How Redis is, in a few words (for /readyz; any thread)."""
-        reason, since = self.reason, self._down_since
-        if reason is not None:
-            return f"unavailable ({reason}) for {time.monotonic() - since:.1f}s"
-        return "up" if self._seen_up else "not asked yet"
-
-    def answered(self):
-        if self.reason is None and self._seen_up:
-            return
-        if self.reason is not None:
-            self._log.error("redis", f"{self.address} is back after "
-                                     f"{time.monotonic() - self._down_since:.1f}s")
-        else:
-            self._log.error("redis", f"{self.address} is up: visits are counted")
-        self.reason, self._down_since, self._seen_up = None, None, True
-
-    def failed(self, error):
-        if isinstance(error, resp_client.ResponseError) and not isinstance(error, resp_client.AuthenticationError):
-            self.answered()  # an error reply is still an answer
-            return
-        reason = outage_reason(error)
-        if reason == self.reason:
-            return
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-        self.reason = reason
-        self._log.error("redis", f"{self.address} is unavailable ({reason}): {error.cause or error}"
-                                 " - pages say the counter is disabled until it answers again")

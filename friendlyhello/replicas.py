@@ -1,3 +1,11 @@
+"""What replicas keep in Redis, and the view of it: the visit counter, a record per replica
+(who it is, when it was last seen, how many visits it served), and /replicas.
+
+Each Redis side is a Lua script, so that it runs whole or not at all; KEYS and ARGV are
+fixed per process, so each command is encoded once, at start-up. The view trusts nothing it
+reads: Redis is shared, and people poke at it with redis-cli. A record it cannot read is
+shown flagged, never a reason to fail the page, and the view reads a bounded number of them.
+"""
 
 import collections
 import html
@@ -7,21 +15,27 @@ import resp_client
 from .redis_pipeline import outage_reason
 
 COUNTER_KEY = "counter"
-REPLICA_TTL = 10             # seconds after its last heartbeat that a replica drops out of the view
-
-
-# -- what replicas keep in Redis: Lua scripts, so that each runs whole or not at all -----------
-# KEYS and ARGV are fixed per process: each command is encoded once, at start-up.
+REPLICA_TTL = 10        # seconds after its last heartbeat that a replica drops out of the view
+VIEW_LIMIT = 1000       # replicas the view reads at most, the most recently seen first
 REPLICA_INDEX = "friendlyhello:replicas"   # sorted set: replica id -> time of its last heartbeat
 REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, node, started, seen, served
+
+# A visit counts for the replica that served it and for the counter, together, or for
+# neither. HINCRBY goes first because it fails before writing when the record is not ours to
+# count in (a string, a non-integer "served"); if INCR then fails (the counter is not a
+# number), the replica's count is taken back, so the page's "counter disabled" is true of
+# both. A record the visit makes anew gets an expiry (heartbeats keep an existing one fresh).
 VISIT_SCRIPT = """
-local visits = redis.call('INCR', KEYS[1])
 if redis.call('HINCRBY', KEYS[2], 'served', 1) == 1 then
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
+local visits = redis.pcall('INCR', KEYS[1])
+if type(visits) == 'table' and visits.err then
+  redis.call('HINCRBY', KEYS[2], 'served', -1)
+end
 return visits
-"""  # a visit counts for the counter and for the replica that served it, together; a record
-# it makes anew expires too (heartbeats keep an existing one's expiry fresh)
+"""
+# Alive: the record refreshed and the index trimmed, so Redis holds only live replicas.
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
 redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'seen', now)
@@ -30,91 +44,29 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 return now
-"""  # alive: the record refreshed, and the index trimmed, so Redis holds only live replicas
+"""
+# Redis's clock, the counter, how many replicas are live, and the records of the most
+# recently seen of them (at most ARGV[3]), in one round trip. pcall: a key of the wrong type
+# comes back as an error in its place, not as the failure of the whole view.
 VIEW_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
-local out = {now, redis.call('GET', KEYS[2]) or false}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')) do
-  local record = redis.call('HGETALL', ARGV[2] .. id)
-  if #record > 0 then
+local since = now - tonumber(ARGV[1])
+local out = {now, redis.pcall('GET', KEYS[2]), redis.call('ZCOUNT', KEYS[1], since, '+inf')}
+for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', since, 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local record = redis.pcall('HGETALL', ARGV[2] .. id)
+  if record.err or #record > 0 then
     out[#out + 1] = id
     out[#out + 1] = record
   end
 end
 return out
-"""  # the live replicas' records, the counter, and Redis's clock, in one round trip
-
-
-def replica_commands(replica_id, hostname, placement_):
-    """This replica's three Redis commands, encoded: a visit, a heartbeat, the view."""
-    key = REPLICA_PREFIX + replica_id
-    return (
-        resp_client.encode_command(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL)),
-        resp_client.encode_command(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, hostname,
-                                    placement_.get("pod", ""), placement_.get("node", ""), replica_id)),
-        resp_client.encode_command(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL,
-                                    REPLICA_PREFIX)))
-
-
-class ReplicaView(collections.namedtuple("ReplicaView", "replicas total now reason")):
-    """The live replicas (dicts of their records), the counter, Redis's clock, and why the
-    view is empty when Redis could not be asked (else None)."""
-
-    __slots__ = ()
-
-    @classmethod
-    def read(cls, redis):
-        if redis.error is not None:
-            return cls([], None, 0, outage_reason(redis.error))
-        now, total, *pairs = redis.value
-        replicas = []
-        for replica_id, fields in zip(pairs[::2], pairs[1::2], strict=True):
-            record = {k.decode(): v.decode("utf-8", "replace") for k, v in zip(fields[::2], fields[1::2], strict=True)}
-            replicas.append({"id": replica_id.decode("utf-8", "replace"), "hostname": record.get("hostname", ""),
-                             "pod": record.get("pod", ""), "node": record.get("node", ""),
-                             "served": int(record.get("served", 0)),
-                             "seconds_since_seen": max(now - int(record.get("seen", now)), 0)})
-        replicas.sort(key=lambda r: (-r["served"], r["id"]))
-        return cls(replicas, int(total or 0), now, None)
-
-    def as_json(self, hostname):
-        shares = [{**r, "share": round(r["served"] / self.total, 4) if self.total else 0.0} for r in self.replicas]
-        return {"replicas": shares, "total": self.total, "served_by": hostname,
-                "redis": "ok" if self.reason is None else self.reason}
-
-    def as_html(self, hostname, refresh):
-        head = REPLICAS_HEAD.format(refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
-        if self.reason is not None:
-            return head + (f"<p>Redis is unavailable ({html.escape(self.reason)}): no replica view until it "
-                           f"answers again.</p>{REPLICAS_FOOT.format(hostname=html.escape(hostname))}")
-        rows = []
-        for r in self.replicas:
-            share = r["served"] / self.total if self.total else 0.0
-            rows.append(REPLICA_ROW.format(**{k: html.escape(str(v)) for k, v in r.items()},
-                                           share=f"{share:.0%}", bar=round(share * 200)))
-        elsewhere = self.total - sum(r["served"] for r in self.replicas)
-        return head + REPLICAS_TABLE.format(
-            count=len(self.replicas), total=self.total, rows="".join(rows), elsewhere=elsewhere,
-        ) + REPLICAS_FOOT.format(hostname=html.escape(hostname))
-
-
-# The replica view's page: plain HTML, its style inline; nothing loaded from elsewhere.
-REPLICAS_HEAD = """<!doctype html>
-<html><head><meta charset="utf-8"><title>friendlyhello replicas</title>{refresh}
-<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
-th,td{{padding:.35em .9em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}}td.n{{text-align:right}}
-.bar{{display:inline-block;height:.8em;background:#3b7dd8;margin-right:.5em}}</style></head>
-<body><h3>Replicas</h3>
 """
-REPLICAS_TABLE = """<p>{count} live replicas; {total} visits counted in all.</p>
-<table><tr><th>replica</th><th>pod</th><th>node</th><th>visits served</th><th>share</th><th>last seen</th></tr>
-{rows}</table>
-<p>Visits counted by replicas gone from this view (stopped, or not seen for a while): {elsewhere}.</p>
-"""
-REPLICA_ROW = ('<tr><td>{hostname}</td><td>{pod}</td><td>{node}</td><td class="n">{served}</td>'
-               '<td><span class="bar" style="width:{bar}px"></span>{share}</td>'
-               '<td>{seconds_since_seen} s ago</td></tr>\n')
-REPLICAS_FOOT = "<p>This page was served by {hostname}.</p></body></html>\n"
+
+Identity = collections.namedtuple("Identity", "replica_id hostname placement")
+Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, and where it runs
+(``placement``: pod, namespace, node and pod_ip, as far as the Downward API said)."""
+
+Commands = collections.namedtuple("Commands", "visit heartbeat view")
 
 
 def placement(config):
@@ -122,3 +74,120 @@ def placement(config):
     known = {"pod": config.pod_name, "namespace": config.pod_namespace, "node": config.node_name,
              "pod_ip": config.pod_ip}
     return {key: value for key, value in known.items() if value}
+
+
+def identity(config, hostname):
+    where = placement(config)
+    return Identity(config.replica_id or where.get("pod") or hostname, hostname, where)
+
+
+def replica_commands(me):
+    """This replica's three Redis commands, encoded once: a visit, a heartbeat, the view."""
+    key = REPLICA_PREFIX + me.replica_id
+    encode = resp_client.encode_command
+    return Commands(
+        visit=encode(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL)),
+        heartbeat=encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
+                          me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id)),
+        view=encode(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL, REPLICA_PREFIX, VIEW_LIMIT)))
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _count(value):
+    """A whole number >= 0 as Redis holds it, or None."""
+    text = _text(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def read_record(replica_id, fields, now):
+    """One replica's row; ``problem`` says what in its record could not be read (else "")."""
+    row = {"id": _text(replica_id), "hostname": "", "pod": "", "node": "", "served": 0,
+           "seconds_since_seen": 0, "problem": ""}
+    if isinstance(fields, resp_client.ResponseError) or not isinstance(fields, list) or len(fields) % 2:
+        return {**row, "problem": "its record is not a hash"}
+    record = {_text(k): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
+    row.update({key: _text(record.get(key, b"")) for key in ("hostname", "pod", "node")})
+    served, seen = _count(record.get("served", b"0")), _count(record.get("seen", b"%d" % now))
+    if served is None:
+        row["problem"] = "its visit count is not a whole number"
+    else:
+        row["served"] = served
+    if seen is None:
+        row["problem"] = row["problem"] or "its last-seen time is not a whole number"
+    else:
+        row["seconds_since_seen"] = max(now - seen, 0)
+    return row
+
+
+# The replica view's page: plain HTML, its style inline; nothing loaded from elsewhere.
+REPLICAS_HEAD = """<!doctype html>
+<html><head><meta charset="utf-8"><title>friendlyhello replicas</title>{refresh}
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
+th,td{{padding:.35em .9em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}}td.n{{text-align:right}}
+.bar{{display:inline-block;height:.8em;background:#3b7dd8;margin-right:.5em}}.bad{{color:#b00}}</style></head>
+<body><h3>Replicas</h3>
+"""
+REPLICAS_TABLE = """<p>{count} live replicas{more}; {total} visits counted in all.</p>
+<table><tr><th>replica</th><th>host</th><th>pod</th><th>node</th><th>visits served</th><th>share</th>
+<th>last seen</th></tr>
+{rows}</table>
+<p>Visits counted by replicas gone from this view (stopped, or not seen for a while): {elsewhere}.</p>
+"""
+REPLICA_ROW = ('<tr><td>{id}{flag}</td><td>{hostname}</td><td>{pod}</td><td>{node}</td><td class="n">{served}</td>'
+               '<td><span class="bar" style="width:{bar}px"></span>{share}</td>'
+               '<td>{seconds_since_seen} s ago</td></tr>\n')
+REPLICAS_FOOT = "<p>This page was served by {hostname}.</p></body></html>\n"
+
+
+class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live now reason")):
+    """The live replicas (rows of their records, at most VIEW_LIMIT), the counter (None when
+    it is not a number), how many replicas are live in all, Redis's clock, and why the view is
+    empty when Redis could not be asked (else None)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def read(cls, reply):
+        if reply.error is not None:
+            return cls([], None, 0, 0, outage_reason(reply.error))
+        now, counter, live, *pairs = reply.value
+        replicas = [read_record(replica_id, fields, now)
+                    for replica_id, fields in zip(pairs[::2], pairs[1::2], strict=True)]
+        replicas.sort(key=lambda r: (-r["served"], r["id"]))
+        total = 0 if counter is None else _count(counter)
+        return cls(replicas, total, live, now, None)
+
+    @property
+    def more(self):
+        """Live replicas beyond the ones read."""
+        return max(self.live - len(self.replicas), 0)
+
+    def _share(self, row):
+        return row["served"] / self.total if self.total else 0.0
+
+    def as_json(self, hostname):
+        rows = [{**r, "share": round(self._share(r), 4)} for r in self.replicas]
+        return {"replicas": rows, "total": self.total, "live": self.live, "more": self.more,
+                "served_by": hostname, "redis": "ok" if self.reason is None else self.reason}
+
+    def as_html(self, hostname, refresh):
+        head = REPLICAS_HEAD.format(refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
+        foot = REPLICAS_FOOT.format(hostname=html.escape(hostname))
+        if self.reason is not None:
+            return head + (f"<p>Redis is unavailable ({html.escape(self.reason)}): no replica view until it "
+                           f"answers again.</p>{foot}")
+        rows = []
+        for r in self.replicas:
+            share = min(self._share(r), 1.0)
+            flag = f' <span class="bad">(skipped: {html.escape(r["problem"])})</span>' if r["problem"] else ""
+            rows.append(REPLICA_ROW.format(**{k: html.escape(str(v)) for k, v in r.items()}, flag=flag,
+                                           share=f"{share:.0%}", bar=round(share * 200)))
+        total = "?" if self.total is None else self.total
+        counted = sum(r["served"] for r in self.replicas)
+        elsewhere = "?" if self.total is None or self.more else self.total - counted
+        more = f" (the {len(self.replicas)} most recently seen shown, and {self.more} more)" if self.more else ""
+        return head + REPLICAS_TABLE.format(count=self.live, more=more, total=total, rows="".join(rows),
+                                            elsewhere=elsewhere) + foot

@@ -1,3 +1,6 @@
+"""Responses: what a route answers (a status, a content type, a body and its own headers), the
+route table's rows, and the bytes every answer leaves as, errors included.
+"""
 
 import collections
 import email.utils
@@ -20,10 +23,10 @@ class Response(collections.namedtuple("Response", "status content_type body head
 
 
 class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe")):
-    """One path: ``answer(request, redis)`` makes its Response from a PageRequest.
+    """One path: ``answer(request, reply)`` makes its Response from a PageRequest.
 
     ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
-    ``redis`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
+    ``reply`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
     that counts visits sends nothing). A ``probe`` is left out of the access log by default.
     """
 

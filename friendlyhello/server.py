@@ -1,61 +1,86 @@
+"""The server loop: one thread serves every connection, non-blocking, with a selector.
+
+Idle keep-alive connections and slow clients therefore cost no thread, no flood of connections
+creates threads, and threads do not take turns at the interpreter lock on every request.
+Requests that need Redis wait (holding no thread) while the RedisPipeline's thread asks it,
+each with a deadline of its own.
+"""
 
 import os
 import selectors
-import signal
 import socket
 import time
 
 import resp_client
 
-from .connection import LINGER, Connection, HeadRefused
+from .connection import LINGER, ClientGone, Connection, Connections, HeadRefused
 from .http11 import RequestHandler
-from .redis_pipeline import RedisPipeline, redis_client
 from .responses import HttpDate, error_response, response_bytes
 
-SWEEP_INTERVAL = 0.25        # how often idle and slow connections are checked for expiry
-REQUESTS_PER_TURN = 8        # pipelined requests of one connection served per turn of the loop
+SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry
+REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
+WAIT_MARGIN = 1.0      # beyond Redis's own timeouts, how long a request may wait for its reply
 
 
-# -- the server loop ---------------------------------------------------------------------------
+class Waker:
+    """Wakes the loop from another thread or a signal handler: a byte on a socket pair."""
 
-_LISTENER, _WAKE = object(), object()  # selector keys that are not connections
+    def __init__(self):
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self):
+        try:
+            self._writer.send(b"x")
+        except OSError:  # full: a wake-up is already pending
+            pass
+
+    def clear(self):
+        try:
+            self.reader.recv(4096)
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        self.reader.close()
+        self._writer.close()
+
+
+_WAKE = object()  # the selector's key for the waker
 
 
 class HelloServer:
-    """Serves HTTP from one selector thread; Redis commands go through a RedisPipeline.
+    """Serves HTTP on ``listener`` from one selector thread; Redis commands go through
+    ``pipeline`` (a RedisPipeline that wakes the loop with ``waker``).
 
-    Sockets are non-blocking, so no client, however slow or idle, holds a thread. The
-    loop accepts, reads heads, hands each to a RequestHandler, sends the response (or
-    submits the Redis command and sends when the reply comes back), and sweeps expired
-    connections. ``stop()`` (safe from a signal handler) turns readiness to 503 at once,
-    goes on serving for SHUTDOWN_DELAY, then closes the port and lets the requests in flight
-    finish within DRAIN_TIMEOUT. (Over 200 lines, as one class: each step shares the selector
-    and the connection table, and reads as one story.)
+    The loop accepts, reads heads, hands each to a RequestHandler with the ``routes``,
+    sends the response (or submits the Redis command and sends when the reply comes back,
+    or when its wait runs out), and sweeps expired connections. ``stop()`` (safe from a signal
+    handler) turns readiness to 503 at once (``lifecycle``), goes on serving for
+    SHUTDOWN_DELAY, then closes the port and lets the requests in flight finish within
+    DRAIN_TIMEOUT. Accepting and closing connections is the Connections table's job.
     """
 
-    def __init__(self, config, site, client, listener, log, supervisor=None):
-        self.config, self.site, self.log = config, site, log
-        self.supervisor = supervisor  # the pid of the supervisor, in a worker
-        self.listener = listener
+    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, supervisor_pid=None):
+        self.config, self.routes, self.pipeline, self.waker = config, routes, pipeline, waker
+        self.metrics, self.lifecycle, self.listener, self.log = metrics, lifecycle, listener, log
+        self.supervisor_pid = supervisor_pid  # in a worker: it shuts down when the supervisor is gone
         self.port = listener.getsockname()[1]
         self.stopping = False
+        # How long a request may wait on Redis: one trip (connect, then reply), and a margin.
+        self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.redis = RedisPipeline(client, site, self._wake)
-        self.metrics = site.metrics
+        self.connections = Connections(listener, self._selector, config.max_connections, config.idle_timeout,
+                                       metrics, log)
         self._date = HttpDate()
-        self._connections = set()
-        self.metrics.open_connections = self._connections.__len__
         self._ready = []  # connections in state READY, served next turn
-        self._accepting = False
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        self._accept(True)
-        self.redis.start()
+        self._selector.register(self.waker.reader, selectors.EVENT_READ, _WAKE)
+        self.connections.accept()
+        self.pipeline.start()
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         delay_until = drain_until = None
         try:
@@ -67,20 +92,12 @@ class HelloServer:
                         delay_until = now + self.config.shutdown_delay
                     if drain_until is None and now >= delay_until:
                         drain_until = now + self.config.drain_timeout
-                        self._stop_taking_requests()
-                    if drain_until is not None and (not self._busy() or now > drain_until):
+                        self.connections.stop_accepting()
+                    if drain_until is not None and (not self.connections.busy() or now > drain_until):
                         return
                     wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
                 for key, events in self._selector.select(0 if self._ready else wait):
-                    if key.data is _LISTENER:
-                        self._accept_waiting()
-                    elif key.data is _WAKE:
-                        self._take_replies()
-                    elif events & selectors.EVENT_WRITE:
-                        if self._flush(key.data):
-                            self._serve_requests(key.data)
-                    else:
-                        self._read(key.data)
+                    self._handle(key.data, events)
                 self._serve_ready()
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -89,69 +106,41 @@ class HelloServer:
         finally:
             self._shut_down()
 
-    def _busy(self):
-        return any(c.handler for c in self._connections)
+    def _handle(self, data, events):
+        if data is Connections.LISTENER:
+            self.connections.accept_waiting()
+        elif data is _WAKE:
+            self.waker.clear()
+            self._take_replies()
+        else:
+            try:
+                if events & selectors.EVENT_WRITE:
+                    if self._flush(data):
+                        self._serve_requests(data)
+                else:
+                    self._read(data)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours ends this connection, not the server
+                self.log.error(data.address, f"internal error: {exc!r}")
+                self.connections.close(data)
 
     def stop(self):
         """Safe from a signal handler or another thread."""
         self.stopping = True
-        self.site.shutting_down = True
-        self._wake()
-
-    def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except OSError:  # the wake-up pipe is full: a wake-up is already pending
-            pass
-
-    # -- connections coming and going ---------------------------------------------------------
-
-    def _accept(self, on):
-        if on != self._accepting:
-            if on:
-                self._selector.register(self.listener, selectors.EVENT_READ, _LISTENER)
-            else:
-                self._selector.unregister(self.listener)
-            self._accepting = on
-
-    def _accept_waiting(self):
-        for _ in range(64):
-            if len(self._connections) >= self.config.max_connections:
-                self._accept(False)  # the rest wait in the backlog
-                return
-            try:
-                sock, address = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # out of file descriptors, say: stop accepting for a moment
-                self.log.error("-", f"accept failed: {exc}")
-                self._accept(False)
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, address[0], self._selector)
-            self._connections.add(conn)
-            conn.enter(Connection.READING, self.config.idle_timeout)
-
-    def _close(self, conn):
-        if conn.state is Connection.CLOSED:
-            return
-        conn.close()
-        self._connections.discard(conn)
-        if not self.stopping:
-            self._accept(True)
+        self.lifecycle.shutting_down = True
+        self.waker.wake()
 
     def _sweep(self, now):
-        for conn in [c for c in self._connections if c.deadline < now]:
+        for conn in self.connections.expired(now):
             if conn.state is Connection.READING and conn.buffer:
                 self._refuse(conn, 408)  # a head that never finished arriving
+            elif conn.state is Connection.WAITING:
+                self._answer(conn, None, self._no_reply_in_time())
             else:
-                self._close(conn)  # idle, not reading what we send, or done lingering
-        if not self.stopping and len(self._connections) < self.config.max_connections:
-            self._accept(True)  # after a failed accept(), try again
+                self.connections.close(conn)  # idle, not reading what we send, or done lingering
+        self.connections.accept()  # after a failed accept(), try again
         self.metrics.publish()
-        if self.supervisor is not None and os.getppid() != self.supervisor and not self.stopping:
-            self.log.error("worker", "the supervisor is gone: shutting down")
+        if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid and not self.stopping:
+            self.log.warning("worker", "the supervisor is gone: shutting down")
             self.stop()
 
     # -- requests and responses ---------------------------------------------------------------
@@ -164,7 +153,7 @@ class HelloServer:
         except OSError:
             data = b""
         if not data:
-            self._close(conn)
+            self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
             self._serve_requests(conn)
@@ -192,13 +181,13 @@ class HelloServer:
                 return
             conn.started = time.monotonic()
             try:
-                handler = conn.handler = RequestHandler(head, conn.address, self.site)
+                handler = conn.handler = RequestHandler(head, conn.address, self.routes)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
                 self._internal_error(conn, exc)
                 return
             if handler.route is not None:
-                conn.enter(Connection.WAITING, None)  # Redis's own timeout bounds the wait
-                self.redis.submit(conn, handler.route.redis_command)
+                conn.enter(Connection.WAITING, self.redis_wait)
+                self.pipeline.submit((conn, handler), handler.route.redis_command)
                 return
             if not self._respond(conn, handler.response):
                 return
@@ -206,23 +195,27 @@ class HelloServer:
             conn.enter(Connection.READY, None)
             self._ready.append(conn)
 
+    def _no_reply_in_time(self):
+        error = resp_client.RedisTimeoutError(f"no reply from the Redis thread within {self.redis_wait:g}s")
+        error.command_sent = True  # it may have left, and may yet count
+        return error
+
     def _take_replies(self):
+        for (conn, handler), reply, error in self.pipeline.replies():
+            if conn.handler is handler and conn.state is Connection.WAITING:  # else: answered at its deadline
+                self._answer(conn, reply, error)
+
+    def _answer(self, conn, reply, error):
+        """Answer a request that waited on Redis, then go on to the connection's next ones."""
         try:
-            self._wake_r.recv(4096)
-        except BlockingIOError:
-            pass
-        for conn, reply, error in self.redis.replies():
-            if conn.state is Connection.CLOSED:
-                continue
-            try:
-                if error is not None and not isinstance(error, resp_client.RedisError):
-                    raise error  # a bug of ours on the Redis thread, not an outage
-                response = conn.handler.answer(reply, error)
-            except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
-                self._internal_error(conn, exc)
-                continue
-            if self._respond(conn, response):
-                self._serve_requests(conn)
+            if error is not None and not isinstance(error, resp_client.RedisError):
+                raise error  # a bug of ours on the Redis thread, not an outage
+            response = conn.handler.answer(reply, error)
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
+            self._internal_error(conn, exc)
+            return
+        if self._respond(conn, response):
+            self._serve_requests(conn)
 
     def _respond(self, conn, response):
         """Send the handler's response; True when the connection may go on to its next request."""
@@ -254,10 +247,12 @@ class HelloServer:
 
     def _flush(self, conn):
         """Send what the connection has to send; True when it may go on to its next request."""
-        sent = conn.send()
-        if sent is None:  # the client went away: nothing more to send it
-            self._close(conn)
-        elif not sent:  # the client reads slowly: wait until it can take more
+        try:
+            all_sent = conn.send()
+        except ClientGone:  # nothing more to send it
+            self.connections.close(conn)
+            return False
+        if not all_sent:  # the client reads slowly: wait until it can take more
             conn.enter(Connection.SENDING, self.config.idle_timeout)
         elif not conn.close_after:
             conn.handler = None
@@ -267,48 +262,11 @@ class HelloServer:
             conn.handler = None
             conn.enter(Connection.LINGERING, LINGER)
         else:
-            self._close(conn)
+            self.connections.close(conn)
         return False
 
-    # -- shutting down ------------------------------------------------------------------------
-
-    def _stop_taking_requests(self):
-        self._accept(False)
-        self.listener.close()
-        for conn in [c for c in self._connections if not c.handler]:
-            self._close(conn)
-
     def _shut_down(self):
-        for conn in list(self._connections):
-            self._close(conn)
-        self.redis.stop()
+        self.connections.close_all()
+        self.pipeline.stop()
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def serve(config, site, listener, log, supervisor=None, started=None):
-    """Serve until a signal ends it: one process (saying ``started`` once its signals are set),
-    or one worker of a Supervisor."""
-    client = redis_client(config)
-    server = HelloServer(config, site, client, listener, log, supervisor)
-    stops = []
-
-    def on_signal(signum, frame):
-        stops.append(signum)
-        if len(stops) > 1:  # asked twice: stop waiting for the delay or in-flight requests
-            os._exit(1)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    # A worker leaves Ctrl-C to the supervisor, which passes it on once, as SIGTERM.
-    signal.signal(signal.SIGINT, on_signal if supervisor is None else signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked in a worker until now
-    if started:
-        log.info(started)
-    server.serve()
-    client.close()
-    return 0
+        self.waker.close()

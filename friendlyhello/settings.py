@@ -1,16 +1,24 @@
+"""Settings: every one declared in one table, read once from flags and the environment into
+one immutable Config, validated before anything binds.
+
+A bad value stops the program with one line that names the setting, shows the value (never a
+secret one) and says what is allowed. Nothing else in the package reads ``os.environ``.
+"""
 
 import argparse
 import collections
 import os
 import re
+import unicodedata
 
 import resp_client
 
-# -- settings: read once, validated, before anything binds -------------------------------------
 
 class ConfigError(Exception):
     """A setting has a value the program cannot use; the message is one line."""
 
+
+# -- parsers: each takes the text and returns the value, or raises ValueError saying what is allowed
 
 def _whole(low, high):
     def parse(text):
@@ -41,12 +49,36 @@ def _choice(*allowed):
     return parse
 
 
-def _text(text):
+def _text(max_length):
+    """Text that is shown (on the page, in logs, in Redis): printable UTF-8, one line."""
+    def parse(text):
+        if len(text) > max_length or not all(_printable(c) for c in text):
+            raise ValueError(f"printable UTF-8 text of at most {max_length} characters, "
+                             "without control or bidirectional formatting characters")
+        return text
+    return parse
+
+
+_BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _printable(char):
+    # Cc: C0 and C1 controls, which terminals act on; Cs: a byte that is not UTF-8, which
+    # os.environ keeps as a lone surrogate; bidirectional controls reorder what a reader sees.
+    return unicodedata.category(char) not in ("Cc", "Cs") and char not in _BIDI_CONTROLS
+
+
+def _secret(text):
+    """A password: any characters, but they must be sendable (UTF-8)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("UTF-8 text (it holds a byte that is not UTF-8)") from None
     return text
 
 
 def _host(text):
-    if not text or any(c.isspace() for c in text):
+    if not resp_client.valid_host(text):
         raise ValueError("a host name or IP address, such as 0.0.0.0, :: or redis")
     return text
 
@@ -55,17 +87,23 @@ def cpus_available():
     """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
     --cpus, a pod's CPU limit), rounded up; at least 1."""
     cpus = len(os.sched_getaffinity(0))
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),  # cgroup v2: "150000 100000"
-                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read(
-                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us")])):  # v1, -1 when unlimited
-        try:
-            quota, period = parse(_read(path))
-            if quota not in ("max", "-1"):
-                cpus = min(cpus, -(-int(quota) // int(period)))
-            break
-        except (OSError, ValueError):
-            continue
-    return max(cpus, 1)
+    quota = _cgroup_cpu_quota()
+    return max(min(cpus, quota) if quota else cpus, 1)
+
+
+def _cgroup_cpu_quota():
+    """The cgroup's CPU limit in whole CPUs, rounded up; None when there is none."""
+    try:  # cgroup v2: "150000 100000", or "max 100000" when unlimited
+        quota, period = _read("/sys/fs/cgroup/cpu.max").split()
+    except (OSError, ValueError):
+        try:  # cgroup v1: -1 when unlimited
+            quota = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip()
+            period = _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us").strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.isdigit() or not period.isdigit() or not int(period):
+        return None
+    return -(-int(quota) // int(period))
 
 
 def _read(path):
@@ -80,10 +118,8 @@ def _workers(text):
 
 
 def _redis_url(text):
-    try:
-        resp_client.parse_url(text)
-    except ValueError as exc:  # its message quotes no credentials
-        raise ValueError(str(exc)) from None
+    _secret(text)
+    resp_client.parse_url(text)  # a ValueError's message quotes nothing of the URL
     return text
 
 
@@ -103,7 +139,7 @@ class Setting(collections.namedtuple("Setting", "env default parse help secret a
 
 
 SETTINGS = [
-    Setting("NAME", "world", _text, "who the page greets"),
+    Setting("NAME", "world", _text(256), "who the page greets"),
     Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
     Setting("BIND", "0.0.0.0", _host, "address to listen on"),
     Setting("REDIS_URL", None, _redis_url, "redis://[[user]:password@]host[:port][/db], rediss:// or "
@@ -111,7 +147,7 @@ SETTINGS = [
     Setting("REDIS_HOST", "redis", _host, "Redis host name"),
     Setting("REDIS_PORT", 6379, _whole(1, 65535), "Redis port"),
     Setting("REDIS_DB", 0, _whole(0, 100000), "Redis database number"),
-    Setting("REDIS_PASSWORD", None, _text, "Redis password", secret=True),
+    Setting("REDIS_PASSWORD", None, _secret, "Redis password", secret=True),
     Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
             "on: a line per request on stdout, health probes and /metrics left out; all: them too; off: none"),
@@ -132,15 +168,15 @@ SETTINGS = [
     Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
             "then, with the port closed, seconds that requests in flight may take to finish"),
     # Where a replica runs, as Kubernetes' Downward API tells it, in the usual spellings.
-    Setting("POD_NAME", None, _text, "the pod's name, shown in the JSON answer and logs",
+    Setting("POD_NAME", None, _text(253), "the pod's name, shown in the JSON answer and logs",
             aliases=("MY_POD_NAME", "KUBERNETES_POD_NAME")),
-    Setting("POD_NAMESPACE", None, _text, "the pod's namespace, shown likewise",
+    Setting("POD_NAMESPACE", None, _text(253), "the pod's namespace, shown likewise",
             aliases=("MY_POD_NAMESPACE", "KUBERNETES_NAMESPACE", "KUBERNETES_POD_NAMESPACE")),
-    Setting("NODE_NAME", None, _text, "the node's name, shown likewise",
+    Setting("NODE_NAME", None, _text(253), "the node's name, shown likewise",
             aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
-    Setting("POD_IP", None, _text, "the pod's IP address, shown likewise",
+    Setting("POD_IP", None, _text(253), "the pod's IP address, shown likewise",
             aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
-    Setting("REPLICA_ID", None, _text, "this replica's name in /replicas (default: the pod's name, "
+    Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "
             "else the host name; replicas that share it count as one)"),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
@@ -182,7 +218,7 @@ def load_config(argv=None, environ=None, args=None):
         try:
             values[s.field] = s.parse(raw)
         except ValueError as exc:
-            shown = " is not valid:" if s.secret else f"={raw!r} is not valid: expected"
+            shown = " is not valid:" if s.secret else f"={ascii(raw)[:80]} is not valid: expected"
             raise ConfigError(f"{source}{shown} {exc}") from None
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")

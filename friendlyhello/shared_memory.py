@@ -1,3 +1,14 @@
+"""Memory the workers share, for /metrics: one slot per worker, mapped before they fork.
+
+A slot, SharedSlots.SIZE bytes, written by its worker alone and read by any:
+
+    offset 0   sequence  u64, native order: odd while its worker writes, even when whole
+    offset 8   length    u64: the payload's size in bytes (0: nothing written yet)
+    offset 16  payload   marshal.dumps() of the worker's metrics snapshot
+
+A reader takes the sequence, the payload, then the sequence again: the same even number twice
+means the payload was whole.
+"""
 
 import marshal
 import mmap

@@ -1,90 +1,102 @@
+"""The site: what each route answers, as a status and content. Nothing of sockets or threads.
+
+The page is the tutorial's, byte for byte. A route that needs Redis gets its reply (or why
+there is none) as a ``RedisReply``; the probes say what the process knows of itself.
+"""
 
 import html
 import json
 import re
-import socket
 
 import resp_client
 
-from .redis_pipeline import short_reason
-from .replicas import ReplicaView, placement, replica_commands
-from .responses import HTML, JSON, TEXT, Response, Route
+from .redis_pipeline import visit_words
+from .replicas import ReplicaView
+from .responses import HTML, JSON, TEXT, Response
 
 PAGE = "<h3>Hello {name}!</h3><b>Hostname:</b> {hostname}<br/><b>Visits:</b> {visits}"
 COUNTER_DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
-_PING = resp_client.encode_command(("PING",))
-_SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_VARY_ACCEPT = (("Vary", "Accept"),)
+_SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
+_LIVE = Response(200, TEXT, "ok\n")
+
+
+class Lifecycle:
+    """What the probes report of the process: whether it is shutting down (set by the server),
+    and whether each thread that serving needs still runs."""
+
+    def __init__(self):
+        self.shutting_down = False
+        self._threads = []  # (name, is_alive)
+
+    def needs(self, name, is_alive):
+        self._threads.append((name, is_alive))
+
+    def dead_threads(self):
+        return [name for name, is_alive in self._threads if not is_alive()]
 
 
 class Site:
-    """The pages: statuses and content. Nothing of sockets; of Redis, its replies and its
-    state as ``redis_status`` (a RedisStatus) keeps it."""
+    """The answers: ``page``, the probes, ``metrics_page`` and ``replicas``. Each takes a
+    PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
 
-    def __init__(self, config, redis_status, metrics, hostname=None):
-        self.name = config.name
-        self.redis_status, self.metrics = redis_status, metrics
-        self.hostname = socket.gethostname() if hostname is None else hostname
-        self.placement = placement(config)
-        self.replica_id = config.replica_id or self.placement.get("pod") or self.hostname
-        visit, self.heartbeat, view = replica_commands(self.replica_id, self.hostname, self.placement)
-        self.shutting_down = False
+    def __init__(self, config, me, redis_status, metrics, lifecycle):
+        self.name, self.me = config.name, me
+        self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
         self.page_start = PAGE[:-len("{visits}")].format(
-            name=html.escape(self.name), hostname=html.escape(self.hostname))
-        self.routes = {
-            "/": Route(self.page, visit, counts_visit=True, probe=False),
-            "/healthz": Route(self.healthz, None, counts_visit=False, probe=True),
-            "/livez": Route(self.healthz, None, counts_visit=False, probe=True),
-            "/readyz": Route(self.readyz, _PING if config.ready_needs_redis == "on" else None,
-                             counts_visit=False, probe=True),
-            "/metrics": Route(self.metrics_page, None, counts_visit=False, probe=True),
-            "/replicas": Route(self.replicas, view, counts_visit=False, probe=False),
-        }
+            name=html.escape(self.name), hostname=html.escape(me.hostname))
 
-    def page(self, request, redis):
-        visits, error = (None, None) if redis is None else redis
-        if error is None and redis is not None and type(visits) is not int:
-            error = resp_client.ProtocolError(f"INCR answered {visits!r:.64}, not an integer")
-        if error is not None:
-            visits = None
-        elif redis is not None:
-            self.metrics.visits += 1
+    def page(self, request, reply):
+        visits, error = None, None
+        if reply is not None:
+            error = reply.error
+            if error is None:
+                try:
+                    visits = resp_client.expect_integer(reply.value, "the visit")
+                except resp_client.ProtocolError as exc:
+                    error = exc
+            if visits is not None:
+                self.metrics.visits += 1
         if request.wants_json:
-            body = json.dumps({"name": self.name, "hostname": self.hostname, **self.placement,
-                               "visits": visits, "redis": short_reason(error)})
+            body = json.dumps({"name": self.name, "hostname": self.me.hostname, **self.me.placement,
+                               "visits": visits, "redis": visit_words(error)})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
 
-    def healthz(self, request, redis):
-        """Liveness: the process serves. Never Redis, and still 200 while it shuts down."""
-        return Response(200, TEXT, "ok\n")
+    def livez(self, request, reply):
+        """Liveness: the process serves, and the threads it needs run. Never Redis, and still
+        200 while it shuts down: a restart would not help either."""
+        dead = self.lifecycle.dead_threads()
+        if dead:
+            return Response(503, TEXT, f"not live: the {', '.join(dead)} thread stopped\n")
+        return _LIVE
 
-    def readyz(self, request, redis):
+    def readyz(self, request, reply):
         """Readiness: send me traffic. Pages serve without Redis, so by default Redis's state
-        is only reported: an outage must not pull every replica out of its load balancer."""
-        if self.shutting_down:
+        is only reported: an outage must not pull every replica out of its load balancer.
+        It says up or down, never an address or an error's text: anyone may ask."""
+        if self.lifecycle.shutting_down:
             return _SHUTTING_DOWN
-        if redis is None:
+        if reply is None:
             return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
-        if redis.error is not None:
-            return Response(503, TEXT, f"redis unavailable: {redis.error}\n")
+        if reply.error is not None:
+            return Response(503, TEXT, "not ready: redis is down\n")
         return Response(200, TEXT, "ready\n")
 
-    def metrics_page(self, request, redis):
-        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.reason is None))
+    def metrics_page(self, request, reply):
+        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up))
 
-    def replicas(self, request, redis):
+    def replicas(self, request, reply):
         """Who served how many: the live replicas, from Redis, as a table or JSON."""
         refresh = request.query.get("refresh", [""])[-1]
         if refresh and not re.fullmatch(r"[1-9][0-9]{0,3}", refresh):
             return Response(400, TEXT, "refresh must be a whole number of seconds from 1 to 9999\n")
-        view = ReplicaView.read(redis)
+        view = ReplicaView.read(reply)
         if request.wants_json:
-            return Response(200, JSON, json.dumps(view.as_json(self.hostname)) + "\n", _VARY_ACCEPT)
-        return Response(200, HTML, view.as_html(self.hostname, int(refresh or 0)), _VARY_ACCEPT)
-
-
-_VARY_ACCEPT = (("Vary", "Accept"),)
+            return Response(200, JSON, json.dumps(view.as_json(self.me.hostname)) + "\n", _VARY_ACCEPT)
+        return Response(200, HTML, view.as_html(self.me.hostname, int(refresh or 0)), _VARY_ACCEPT)

@@ -1,3 +1,9 @@
+"""Several workers: a supervisor process that runs WORKERS serving processes on one port.
+
+The supervisor binds the port (so a taken port stops the start before any fork), forks the
+workers, replaces one that dies, and passes a stop on. Each worker is a whole serving process,
+wired as a single one is (``start_worker`` does it, in the worker).
+"""
 
 import collections
 import os
@@ -5,9 +11,7 @@ import select
 import signal
 import time
 
-from .server import _STOP_SIGNALS
-
-# -- several workers: one supervisor -----------------------------------------------------------
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 class Supervisor:
     """Runs WORKERS processes on one port, each listening on a socket of its own (SO_REUSEPORT).
@@ -32,7 +36,7 @@ class Supervisor:
         for slot in range(self.config.workers):
             self._start(slot)
         self._wait_until_listening(self.config.workers, deadline=time.monotonic() + 10)
-        self.log.info(started)  # now true: every worker listens, and a stop asked for is ours
+        self.log.started(started)  # now true: every worker listens, and a stop asked for is ours
         while self.workers:
             pid, status = os.waitpid(-1, 0)
             slot = self.workers.pop(pid, None)
@@ -61,7 +65,7 @@ class Supervisor:
     def _start(self, slot):
         # Signals wait until the worker has its own handlers (serve() lets them through): a
         # SIGTERM passed on at once must not run the supervisor's handler in the worker.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
@@ -71,7 +75,7 @@ class Supervisor:
                 os._exit(code)
         self.workers[pid] = slot
         self.started[slot] = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _on_signal(self, signum, frame):
         if self.stopping:  # asked twice: end everything now

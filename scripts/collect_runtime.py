@@ -223,7 +223,8 @@ def collect(app, out, entry):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app", required=True, help="the folder holding hello_server.py, resp_client.py and friendlyhello/")
+    parser.add_argument("--app", required=True,
+                        help="the folder holding hello_server.py, resp_client.py and friendlyhello/")
     parser.add_argument("--out", required=True, help="the root to fill (made if missing)")
     parser.add_argument("--entry", default="/usr/local/bin/python3", help="where to link the interpreter")
     args = parser.parse_args()

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from friendlyhello import listening, logs, metrics, redis_pipeline, replicas, server, settings, site
+import hello_server
+from friendlyhello import listening, logs, replicas, settings, site
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "hello_server.py")
@@ -102,21 +103,19 @@ class Running:
 
 @contextlib.contextmanager
 def serving(env=None, hostname=None):
-    """Serve with these settings (as environment variables) until the block ends."""
+    """Serve with these settings (as environment variables) until the block ends: wired as
+    main wires a process, its logs kept in memory."""
     config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
-    client = redis_pipeline.redis_client(config)
     access_log, error_log = io.StringIO(), io.StringIO()
     log = logs.Log(config.access_log, config.log_format, {}, access_log, error_log)
-    site_ = site.Site(config, redis_pipeline.RedisStatus(client.address, log), metrics.Metrics(), hostname)
-    server_ = server.HelloServer(config, site_, client, listening.listen(config), log)
-    thread = threading.Thread(target=server_.serve, daemon=True)
+    server = hello_server.wire(config, listening.listen(config), log, hostname or socket.gethostname())
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        yield Running(server_, thread, access_log, error_log)
+        yield Running(server, thread, access_log, error_log)
     finally:
-        server_.stop()
+        server.stop()
         thread.join(10)
-        client.close()
         assert not thread.is_alive(), "the server did not stop"
 
 

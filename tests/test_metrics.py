@@ -19,7 +19,7 @@ FAMILIES = {
     "friendlyhello_redis_pipeline_size": "histogram", "friendlyhello_open_connections": "gauge",
     "friendlyhello_build_info": "gauge", "process_cpu_seconds": "counter", "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge", "process_open_fds": "gauge",
-    "process_max_fds": "gauge",
+    "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter",
 }
 
 
@@ -183,5 +183,7 @@ def test_json_logs_are_one_object_per_line_with_the_replica_and_escaped_control_
     assert (page["method"], page["path"], page["status"], page["pod"], page["node"]) == ("GET", "/", 200, "web-1", "n1")
     assert odd["status"] == 400 and "\x1b" not in lines[1] and "\\u001b" in lines[1]
     assert page["time"].endswith("Z") and secret not in out + err
-    for line in err.splitlines():
-        assert json.loads(line)["level"] == "error"
+    events = [json.loads(line) for line in err.splitlines()]
+    # The fake Redis has no password: an outage, logged as a warning (degraded, not broken), once.
+    assert [(e["where"], e["level"]) for e in events] == [("redis", "warning")]
+    assert "is unavailable (authentication failed)" in events[0]["message"]

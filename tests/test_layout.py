@@ -1,0 +1,96 @@
+"""The code's layout, as the package docstring draws it: imports run one way, leaves first;
+nothing imports the entry module; runtime code is the standard library and our own; each file
+can be read in one sitting."""
+
+import ast
+import os
+import re
+import sys
+
+import friendlyhello
+from helpers import ROOT
+
+PACKAGE = os.path.join(ROOT, "friendlyhello")
+MODULES = sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+# The order the package docstring lists its modules in: each may import only those above it.
+ORDER = re.findall(r"^    ([a-z_0-9]+) ", friendlyhello.__doc__, re.M)
+LOCAL = {"hello_server", "resp_client", "friendlyhello"}
+
+
+def read(path):
+    with open(path) as file:
+        return file.read()
+
+
+def imports(path):
+    """(module, line) for every import in a file, package-relative ones as friendlyhello.X."""
+    found = []
+    for node in ast.walk(ast.parse(read(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and node.module:  # from .x import Y
+                found.append((f"friendlyhello.{node.module}", node.lineno))
+            elif node.level:  # from . import X: a module, or a name the package itself defines
+                found += [(f"friendlyhello.{a.name}" if a.name in MODULES else "friendlyhello", node.lineno)
+                          for a in node.names]
+            else:
+                found.append((node.module, node.lineno))
+    return found
+
+
+def runtime_files():
+    return [os.path.join(ROOT, "hello_server.py"), os.path.join(ROOT, "resp_client.py")] + [
+        os.path.join(PACKAGE, m + ".py") for m in MODULES]
+
+
+def test_the_package_docstring_lists_every_module_once():
+    assert sorted(ORDER) == sorted(m for m in MODULES if m != "__init__")
+    assert len(set(ORDER)) == len(ORDER)
+
+
+def test_each_module_imports_only_modules_above_it_and_never_the_entry():
+    upward = []
+    for position, module in enumerate(ORDER):
+        allowed = {"friendlyhello", *(f"friendlyhello.{m}" for m in ORDER[:position])}
+        for name, line in imports(os.path.join(PACKAGE, module + ".py")):
+            if name == "hello_server" or name.startswith("friendlyhello") and name not in allowed:
+                upward.append(f"friendlyhello/{module}.py:{line} imports {name}")
+    assert upward == []
+
+
+def test_resp_client_knows_nothing_of_the_server():
+    assert not [name for name, _ in imports(os.path.join(ROOT, "resp_client.py"))
+                if name.split(".")[0] in LOCAL]
+
+
+def test_runtime_code_imports_only_the_standard_library_and_our_own():
+    foreign = [f"{path}:{line} imports {name}" for path in runtime_files() for name, line in imports(path)
+               if name.split(".")[0] not in sys.stdlib_module_names | LOCAL]
+    assert foreign == []
+
+
+# Readable in one sitting: a few hundred lines a module, a class a screenful or four, a
+# function a screenful. What is longer says why here.
+LONGER = {
+    "resp_client.py": "one job, a client, read top to bottom (the brief lets it stay whole)",
+    "resp_client.py:parse_url": "one URL, one pass: each part's check beside the part",
+    "server.py:HelloServer": "the loop and each step of a request share the selector; one story",
+    "hello_server.py:main": "the start of a process, in the order it happens",
+}
+
+
+def test_no_module_class_or_function_is_too_long_to_read_in_one_sitting():
+    too_long = []
+    for path in runtime_files():
+        name = os.path.basename(path)
+        source = read(path)
+        if source.count("\n") > 400 and name not in LONGER:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                limit = 230 if isinstance(node, ast.ClassDef) else 45
+                size = node.end_lineno - node.lineno + 1
+                if size > limit and f"{name}:{node.name}" not in LONGER:
+                    too_long.append(f"{name}:{node.name}: {size} lines")
+    assert too_long == []
