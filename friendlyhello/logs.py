@@ -112,7 +112,7 @@ class _Stream:
     """One output stream. A stream with a file descriptor is written by a thread of its own,
     from a bounded buffer; one without (a StringIO in tests) is written at once."""
 
-    BUFFERED_LINES = 4096
+    BUFFERED_LINES = 1024  # lines are at most about 1.1 KB: about 1 MB at most
     WRITE_SIZE = 4096  # lines are joined up to this: one write() each, never torn (PIPE_BUF)
 
     def __init__(self, stream, name, dropped_line):

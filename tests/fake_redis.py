@@ -1,7 +1,8 @@
 """A Redis stand-in for tests: a real TCP server on 127.0.0.1, scriptable per test.
 
 By default it answers like a very small Redis (PING, ECHO, GET, SET, DEL, INCR, AUTH,
-SELECT, HELLO, FLUSHALL, and friendlyhello's own three Lua scripts, whose effect it mimics).
+SELECT, HELLO, FLUSHALL, and friendlyhello's visit script, which it answers as INCR of the
+counter). The replica view's script is left to the real Redis of test_replicas.py.
 A test can queue scripted answers that take the place of the next replies, in order: raw
 bytes, or one of the actions below. Every byte received is recorded, so tests can assert
 the exact wire format. A replica's heartbeat is answered at once and only counted
@@ -50,7 +51,6 @@ class FakeRedis:
         self.connections = 0
         self.closed_connections = 0
         self.store = {}
-        self.replicas = {}  # replica key -> {field: value}, as friendlyhello's scripts keep them
         self.heartbeats = 0
         self._script = collections.deque()
         self._changed = threading.Condition()
@@ -135,7 +135,6 @@ class FakeRedis:
                     if command[:2] == [b"EVAL", _HEARTBEAT]:
                         with self._changed:
                             self.heartbeats += 1
-                            self._remember_replica(command)
                         if not silent:
                             sock.sendall(b":%d\r\n" % time.time())
                         continue
@@ -188,26 +187,10 @@ class FakeRedis:
         """Visits that pages asked to count (friendlyhello's visit script)."""
         return sum(1 for c in self.commands if c[:2] == [b"EVAL", _VISIT])
 
-    def _remember_replica(self, command):
-        key, ttl, hostname, pod, node, replica_id = command[4:10]
-        record = self.replicas.setdefault(key, {b"served": b"0", b"started": b"%d" % time.time()})
-        record.update({b"hostname": hostname, b"pod": pod, b"node": node, b"seen": b"%d" % time.time(),
-                       b"id": replica_id})
-
     def _evaluate(self, script, keys):
         if script == _VISIT:
-            visits = self._answer([b"INCR", keys[0]])
-            record = self.replicas.setdefault(keys[1], {b"served": b"0"})
-            record[b"served"] = b"%d" % (int(record[b"served"]) + 1)
-            return visits
-        if script == _VIEW:
-            live = [r for r in self.replicas.values() if b"id" in r]
-            parts = [b":%d\r\n" % time.time(), _bulk(self.store.get(keys[1]))]
-            for record in live:
-                fields = [x for k, v in record.items() if k != b"id" for x in (k, v)]
-                parts += [_bulk(record[b"id"]), b"*%d\r\n" % len(fields), *map(_bulk, fields)]
-            return b"*%d\r\n" % (2 + 2 * len(live)) + b"".join(parts)
-        return b"-NOSCRIPT not one of friendlyhello's scripts\r\n"
+            return self._answer([b"INCR", keys[0]])
+        return b"-NOSCRIPT not one of the scripts this fake Redis knows\r\n"
 
     def _answer(self, command):
         """A tiny Redis: enough for the client and the server under test."""
@@ -245,8 +228,7 @@ class FakeRedis:
         return b"-ERR unknown command '%s'\r\n" % name
 
 
-_VISIT, _HEARTBEAT, _VIEW = (s.encode() for s in (replicas.VISIT_SCRIPT, replicas.HEARTBEAT_SCRIPT,
-                                                   replicas.VIEW_SCRIPT))
+_VISIT, _HEARTBEAT = replicas.VISIT_SCRIPT.encode(), replicas.HEARTBEAT_SCRIPT.encode()
 
 
 def _bulk(value):
