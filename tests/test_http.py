@@ -119,11 +119,13 @@ def test_http_1_0_may_leave_host_out_and_keep_alive_when_it_asks(fake_redis):
     (b"http://127.0.0.1:4000/", 200, b"Visits:</b> 1"),
     (b"HTTP://example.com/healthz", 200, b"ok\n"),
     (b"http://example.com", 200, b"Visits:</b> 1"),
-    (b"http://example.com/nope?x=1", 404, b""),
-    (b"ftp://example.com/", 400, b""),
-    (b"http://user:pw@example.com/", 400, b""),
-    (b"healthz", 400, b""),
-    (b"*", 400, b""),
+    (b"http://example.com?x=1", 200, b"Visits:</b> 1"),
+    (b"http://example.com:80?refresh=1", 200, b"Visits:</b> 1"),
+    (b"http://example.com/nope?x=1", 404, b"404 not found\n"),
+    (b"ftp://example.com/", 400, b"400 Bad Request\n"),
+    (b"http://user:pw@example.com/", 400, b"400 Bad Request\n"),
+    (b"healthz", 400, b"400 Bad Request\n"),
+    (b"*", 400, b"400 Bad Request\n"),
 ])
 def test_absolute_form_targets_are_served_like_their_path(fake_redis, target, status, body):
     with serving(redis_env(fake_redis)) as server:
@@ -219,3 +221,24 @@ def test_a_prefetch_is_declined_without_counting_and_the_real_view_counts_once(f
     assert view.status == 200 and view.body.endswith(b"Visits:</b> 1")
     assert probe.status == 200  # only a page that counts declines a prefetch
     assert fake_redis.visits == len(fake_redis.commands) == 1
+
+
+# -- a form is a POST like any other; the number of header fields -------------------------------
+
+@pytest.mark.parametrize("content_type", [b"multipart/form-data; boundary=x", b"multipart/mixed",
+                                          b"application/x-www-form-urlencoded", b"message/rfc822"])
+def test_a_form_post_without_a_body_is_405_like_any_post(fake_redis, content_type):
+    with serving(redis_env(fake_redis)) as server:
+        answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type +
+                              b"\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [405] and fake_redis.visits == 0
+
+
+@pytest.mark.parametrize("fields, status", [(98, 200), (99, 200), (100, 431), (101, 431)])
+def test_a_head_of_100_header_fields_or_more_is_431(fields, status):
+    others = b"".join(b"X-%d: v\r\n" % i for i in range(fields - 2))
+    with serving(refused_env()) as server:
+        answer = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + others +
+                              b"Connection: close\r\n\r\n")
+    assert statuses(answer) == [status]
+

@@ -87,6 +87,90 @@ def test_replicas_that_come_and_go_by_the_thousand_leave_redis_bounded(redis_ser
     assert 0 < ttl <= 10  # and a replica's record expires by itself once it stops
 
 
+# -- records another writer changed: Redis is shared, and people poke at it with redis-cli ------
+
+def test_a_visit_whose_record_is_not_a_hash_counts_nothing_and_says_so(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"SET", b"friendlyhello:replica:a", b"not a hash")
+        page = server.get("/", headers={"Accept": "application/json"})
+        html = server.get("/")
+    assert redis_counter(redis_server.port) == 1  # the page said it could not count: it did not
+    assert json.loads(page.body)["visits"] is None and json.loads(page.body)["redis"] == "error WRONGTYPE"
+    assert html.text.endswith("<i>cannot connect to Redis, counter disabled</i>")
+
+
+def test_a_counter_that_is_not_a_number_counts_no_visit_for_the_replica_either(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"SET", b"counter", b"abc")
+        page = server.get("/", headers={"Accept": "application/json"})
+        redis_command(redis_server.port, b"SET", b"counter", b"1")
+        server.get("/")
+        seen = view(server)
+    assert json.loads(page.body)["visits"] is None
+    assert (seen["replicas"][0]["served"], seen["total"]) == (2, 2)  # the failed visit taken back
+
+
+def test_malformed_records_are_shown_flagged_and_the_rest_as_they_are(redis_server):
+    port = redis_server.port
+    with serving(replica_env(redis_server, "good")) as server:
+        server.get("/")
+        now = int(redis_command(port, b"TIME").split(b"\r\n")[2])
+        for replica_id, fields in [(b"abc", [b"served", b"abc"]), (b"negative", [b"served", b"-500"]),
+                                   (b"bytes", [b"host\xffname", b"\xfe", b"served", b"3"])]:
+            redis_command(port, b"HSET", b"friendlyhello:replica:" + replica_id, *fields)
+            redis_command(port, b"ZADD", INDEX, b"%d" % now, replica_id)
+        redis_command(port, b"SET", b"friendlyhello:replica:string", b"x")
+        redis_command(port, b"ZADD", INDEX, b"%d" % now, b"string")
+        html = server.get("/replicas")
+        seen = view(server)
+    rows = {r["id"]: r for r in seen["replicas"]}
+    assert html.status == 200 and "width:-" not in html.text
+    assert rows["good"]["served"] == 1 and rows["good"]["problem"] == ""
+    assert rows["bytes"]["served"] == 3 and rows["bytes"]["problem"] == ""
+    assert rows["abc"]["problem"] == rows["negative"]["problem"] == "its visit count is not a whole number"
+    assert rows["string"]["problem"] == "its record is not a hash"
+    assert "(skipped: its record is not a hash)" in html.text and "<td>good</td>" in html.text
+
+
+def test_a_counter_that_is_not_a_number_leaves_the_view_standing(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"SET", b"counter", b"abc")
+        html, seen = server.get("/replicas"), view(server)
+    assert html.status == 200 and "? visits counted in all" in html.text
+    assert seen["total"] is None and seen["replicas"][0]["served"] == 1
+
+
+def test_the_view_reads_a_bounded_number_of_replicas_and_says_how_many_more(redis_server):
+    port = redis_server.port
+    # 100,000 live replicas in the index (no records: reading them is what costs), made in Redis itself.
+    script = b"for i = 1, 100000 do redis.call('ZADD', KEYS[1], ARGV[1], 'r' .. i) end return 1"
+    with serving(replica_env(redis_server, "a", REDIS_TIMEOUT="1")) as server:
+        server.get("/")
+        now = int(redis_command(port, b"TIME").split(b"\r\n")[2])
+        redis_command(port, b"EVAL", script, b"1", INDEX, b"%d" % (now + 60))
+        started = time.monotonic()
+        seen = view(server)
+        took = time.monotonic() - started
+        html = server.get("/replicas").text
+        pages = [server.get("/") for _ in range(5)]
+    assert seen["live"] == 100_001 and len(seen["replicas"]) <= 1000 and seen["more"] >= 99_001
+    assert took < 1  # within Redis's timeout: the pages' traffic is not stalled by the view
+    assert f"and {seen['more']} more" in html
+    assert [p.text.rsplit("</b> ", 1)[1] for p in pages] == ["2", "3", "4", "5", "6"]
+
+
+def test_the_view_shows_each_replicas_id(redis_server):
+    with serving(replica_env(redis_server, "web-1-worker-a"), hostname="same-host") as a, \
+            serving(replica_env(redis_server, "web-1-worker-b"), hostname="same-host") as b:
+        a.get("/")
+        b.get("/")
+        html = a.get("/replicas").text
+    assert "<td>web-1-worker-a</td>" in html and "<td>web-1-worker-b</td>" in html
+
+
 @pytest.mark.slow
 def test_the_replica_view_renders_in_a_real_browser_and_counts_nothing(redis_server, tmp_path):
     with serving(replica_env(redis_server, "a", POD_NAME="web-a"), hostname="host-a") as a, \
