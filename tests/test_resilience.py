@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import hello_server
 from helpers import DISABLED, SERVER, free_port, raw_exchange, redis_env, refused_env, request, serving
 
 
@@ -146,40 +147,51 @@ def test_a_stalled_stdout_drops_and_counts_lines_while_serving_and_sigterm_still
 
 # -- settings that are not text stop the start ------------------------------------------------
 
-def run_with(env_bytes, timeout=10):
-    """Start with these environment variables given as bytes; (exit code, stderr)."""
-    env = {k.encode(): v.encode() for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
-    env.update({b"PORT": str(free_port()).encode(), b"BIND": b"127.0.0.1", **env_bytes})
-    result = subprocess.run([sys.executable, SERVER], env=env, capture_output=True, timeout=timeout)
-    return result.returncode, result.stderr.decode("utf-8", "replace")
+def start_with(environ, capsys):
+    """main() with these environment variables, as os.environ holds them; (exit code, stderr)."""
+    code = hello_server.main([], environ={"PORT": str(free_port()), "BIND": "127.0.0.1", **environ})
+    return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", [b"NAME", b"POD_NAME", b"NODE_NAME", b"POD_NAMESPACE", b"REPLICA_ID",
-                                  b"REDIS_PASSWORD", b"REDIS_URL"])
-def test_a_setting_holding_bytes_that_are_not_utf8_stops_the_start_with_one_line(name):
-    value = b"redis://:Zo\xeb@h" if name == b"REDIS_URL" else b"Zo\xeb"
-    code, err = run_with({name: value})
-    assert code == 2 and err.count("\n") == 1 and err.startswith(f"friendlyhello: {name.decode()}")
-    if name.startswith(b"REDIS_"):  # secrets: not shown, not even in part
+NOT_UTF8 = os.fsdecode(b"Zo\xeb")  # what os.environ makes of a byte that is not UTF-8
+
+
+def test_a_setting_holding_bytes_that_are_not_utf8_stops_the_process_before_it_binds():
+    env = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
+    env = {k.encode(): v.encode() for k, v in env.items()}
+    result = subprocess.run([sys.executable, SERVER], capture_output=True, timeout=10,
+                            env={**env, b"NAME": b"Zo\xeb", b"PORT": str(free_port()).encode()})
+    assert result.returncode == 2
+    assert result.stderr == b"friendlyhello: NAME='Zo\\udceb' is not valid: expected printable UTF-8 text " \
+                            b"of at most 256 characters, without control or bidirectional formatting characters\n"
+
+
+@pytest.mark.parametrize("name", ["NAME", "POD_NAME", "NODE_NAME", "POD_NAMESPACE", "REPLICA_ID", "MY_POD_NAME",
+                                  "REDIS_PASSWORD", "REDIS_URL"])
+def test_a_setting_holding_bytes_that_are_not_utf8_stops_the_start_with_one_line(capsys, name):
+    value = f"redis://:{NOT_UTF8}@h" if name == "REDIS_URL" else NOT_UTF8
+    code, err = start_with({name: value}, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"friendlyhello: {name}")
+    if name.startswith("REDIS_"):  # secrets: not shown, not even in part
         assert "Zo" not in err
 
 
 @pytest.mark.parametrize("value", ["Zo\u009b", "left\u202eright", "a\x1b[31mb", "x" * 257])
-def test_a_name_with_controls_or_too_long_stops_the_start(value):
-    code, err = run_with({b"NAME": value.encode()})
+def test_a_name_with_controls_or_too_long_stops_the_start(capsys, value):
+    code, err = start_with({"NAME": value}, capsys)
     assert code == 2 and err.startswith("friendlyhello: NAME=") and err.count("\n") == 1
     assert "\x1b" not in err and "\u009b" not in err and "\u202e" not in err
 
 
-@pytest.mark.parametrize("env", [{b"REDIS_HOST": b"redis..default.svc"}, {b"REDIS_HOST": b"a" * 64 + b".svc"},
-                                 {b"REDIS_HOST": b"-bad"}, {b"REDIS_URL": b"redis://h:0"},
-                                 {b"REDIS_URL": b"redis://h..x:6379"}, {b"BIND": b"not a host"}])
-def test_a_name_that_is_not_a_host_name_stops_the_start(env):
-    code, err = run_with(env)
+@pytest.mark.parametrize("env", [{"REDIS_HOST": "redis..default.svc"}, {"REDIS_HOST": "a" * 64 + ".svc"},
+                                 {"REDIS_HOST": "-bad"}, {"REDIS_URL": "redis://h:0"},
+                                 {"REDIS_URL": "redis://h..x:6379"}, {"BIND": "not a host"}])
+def test_a_name_that_is_not_a_host_name_stops_the_start(capsys, env):
+    code, err = start_with(env, capsys)
     assert code == 2 and err.count("\n") == 1, err
 
 
-def test_names_from_the_downward_api_in_any_script_are_shown_as_given(fake_redis):
+def test_names_in_any_script_are_shown_as_given(fake_redis):
     with serving({**redis_env(fake_redis), "NAME": "Zoë", "POD_NAME": "web-ü"}) as server:
         reply = server.get("/", headers={"Accept": "application/json"})
     assert json.loads(reply.body)["name"] == "Zoë" and json.loads(reply.body)["pod"] == "web-ü"
@@ -187,8 +199,8 @@ def test_names_from_the_downward_api_in_any_script_are_shown_as_given(fake_redis
 
 @pytest.mark.parametrize("url", ["redis://default:PASS", "redis://:PASS", "redis://h/PASS", "redis://h?protocol=PASS",
                                  "redis://h?PASS=1", "PASS://h", "redis://h:PASS/0"])
-def test_no_part_of_a_malformed_redis_url_is_in_its_message(url):
-    code, err = run_with({b"REDIS_URL": url.encode()})
+def test_no_part_of_a_malformed_redis_url_is_in_its_message(capsys, url):
+    code, err = start_with({"REDIS_URL": url}, capsys)
     assert code == 2 and err.startswith("friendlyhello: REDIS_URL is not valid: ") and "PASS" not in err
 
 
