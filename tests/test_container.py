@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import tarfile
@@ -45,6 +46,16 @@ def engine():
     return path
 
 
+# Docker 20.10+ lets a non-root user in a container bind ports below 1024; podman does only
+# where containers.conf says so (scripts/container-engine.sh writes that). The tests ask for it
+# themselves, so they pass on a stock podman too.
+LOW_PORTS = "net.ipv4.ip_unprivileged_port_start=0"
+
+
+def run_options(engine):
+    return ["--sysctl", LOW_PORTS] if engine.endswith("podman") else []
+
+
 def run(engine, *args, check=True, timeout=120):
     result = subprocess.run([engine, *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -78,7 +89,7 @@ def containers(engine):
     started = []
 
     def start(*args):
-        container = run(engine, "run", "-d", *args)
+        container = run(engine, "run", "-d", *run_options(engine), *args)
         started.append(container)
         return container
 
@@ -228,6 +239,20 @@ def _readme_docker_commands():
     return [line.split() for line in block.strip().splitlines()]
 
 
+def _low_ports_conf(folder):
+    """This machine's containers.conf, with low ports allowed in containers: the README's docker
+    commands go through podman's Docker API verbatim, so the setting goes in the engine's file."""
+    system = pathlib.Path("/etc/containers/containers.conf")
+    text = system.read_text() if system.exists() else ""
+    if "ip_unprivileged_port_start" not in text:
+        line = f'default_sysctls = ["{LOW_PORTS}"]\n'
+        text = text.replace("[containers]\n", "[containers]\n" + line, 1) if "[containers]\n" in text \
+            else f"[containers]\n{line}" + text
+    conf = folder / "containers.conf"
+    conf.write_text(text)
+    return str(conf)
+
+
 @pytest.fixture
 def docker_cli(engine, tmp_path):
     """The docker command line, talking to docker or, here, to podman's Docker-compatible API."""
@@ -239,6 +264,7 @@ def docker_cli(engine, tmp_path):
         return
     sock = tmp_path / "podman.sock"
     service = subprocess.Popen([engine, "system", "service", "--time=0", f"unix://{sock}"],
+                               env={**os.environ, "CONTAINERS_CONF": _low_ports_conf(tmp_path)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
     try:
@@ -351,7 +377,7 @@ def test_the_image_runs_the_way_the_kubernetes_deployment_runs_it(engine, image,
 
 def exit_status_and_output(engine, *args):
     """Run a container to its end; its exit status and what it printed (not the engine's own noise)."""
-    container = run(engine, "run", "-d", *args)
+    container = run(engine, "run", "-d", *run_options(engine), *args)
     try:
         code = int(run(engine, "wait", container, timeout=60).splitlines()[-1])
         logs = subprocess.run([engine, "logs", container], capture_output=True, text=True, timeout=60)
