@@ -94,3 +94,9 @@ def test_no_module_class_or_function_is_too_long_to_read_in_one_sitting():
                 if size > limit and f"{name}:{node.name}" not in LONGER:
                     too_long.append(f"{name}:{node.name}: {size} lines")
     assert too_long == []
+
+
+def test_the_readme_maps_every_module_in_the_order_they_import():
+    mapped = re.findall(r"^\| `friendlyhello/([a-z_0-9]+)\.py` \|", read(os.path.join(ROOT, "README.md")), re.M)
+    assert mapped == ORDER
+
