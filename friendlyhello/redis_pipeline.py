@@ -160,13 +160,16 @@ class RedisPipeline:
         while self._replies:
             yield self._replies.popleft()
 
+    STOP_WAIT = 0.5  # how long stop() waits for a trip under way; the thread is a daemon
+
     def stop(self):
-        """Stop the thread (after the trip under way, if any) and close the client."""
+        """Stop the thread and close the client. A trip under way (a silent Redis, a request
+        past the drain) is not waited for beyond STOP_WAIT: the process must stop at once."""
         with self._changed:
             self._stopping = True
             self._changed.notify()
         if self._thread.ident is not None:
-            self._thread.join(self.client.connect_timeout + self.client.timeout + 1)
+            self._thread.join(self.STOP_WAIT)
         self.client.close()
 
     def _run(self):

@@ -19,7 +19,7 @@ from .responses import HttpDate, error_response, response_bytes
 
 SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
-WAIT_MARGIN = 1.0      # beyond Redis's own timeouts, how long a request may wait for its reply
+WAIT_MARGIN = 0.5      # beyond Redis's own timeouts, how long a request may wait for its reply
 
 
 class Waker:

@@ -1,7 +1,16 @@
 import pytest
 
 from fake_redis import FakeRedis
+from helpers import Process
 from redis_server import RedisServer
+
+
+@pytest.fixture(autouse=True)
+def no_server_outlives_its_test():
+    """Whatever a test did, each server it started (and its workers) is ended after it."""
+    yield
+    for proc in list(Process.running):
+        proc.finish()
 
 
 @pytest.fixture

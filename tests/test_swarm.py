@@ -43,6 +43,7 @@ class Stack:
     def __init__(self, name):
         self.name = name
         self.web, self.redis, self.network = f"{name}_web", f"{name}_redis", f"{name}_webnet"
+        self.clients = []  # load containers not yet finished: removed with the stack whatever happens
 
     def tasks(self, service):
         """Containers of the service's running tasks: (id, health)."""
@@ -62,8 +63,10 @@ class Stack:
 
     def load(self, threads=4, max_seconds=120):
         """Start steady load from a container on the stack's network; stop it with finish()."""
-        return docker("run", "-d", "--network", self.network, "-v", f"{ROOT}/tests:/t:ro", CLIENT_IMAGE,
-                      "python", "/t/swarm_client.py", "tasks.web", str(threads), str(max_seconds))
+        client = docker("run", "-d", "--network", self.network, "-v", f"{ROOT}/tests:/t:ro", CLIENT_IMAGE,
+                        "python", "/t/swarm_client.py", "tasks.web", str(threads), str(max_seconds))
+        self.clients.append(client)
+        return client
 
     def finish(self, client, stop=True):
         """Stop the load (or let it end at its own time limit) and return what it saw."""
@@ -72,6 +75,7 @@ class Stack:
         docker("wait", client, timeout=180)
         seen = json.loads(docker("logs", client).splitlines()[-1])
         docker("rm", "-f", client)
+        self.clients.remove(client)
         return seen
 
 
@@ -90,6 +94,8 @@ def stack():
         print(f"\nstack deployed, five replicas healthy after {took:.1f}s")
         yield deployed
     finally:
+        for client in deployed.clients:
+            docker("rm", "-f", client, check=False)
         docker("stack", "rm", deployed.name, check=False)
         wait_until(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
                    60, "the stack's removal")

@@ -1,0 +1,222 @@
+"""The README's promises that a mutation audit found unguarded, each held by a quick,
+deterministic test: the page's words, Redis's error replies, a lost reply, the fail-fast
+back-off, shutdown's two timers, the connection limit, batching, and the metrics' numbers."""
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from fake_redis import Delay, Hangup, Silence
+from friendlyhello import metrics
+from helpers import DISABLED, ROOT, Process, redis_env, refused_env, request, serving
+
+README = open(os.path.join(ROOT, "README.md")).read()  # noqa: SIM115 - read once, at import
+
+
+def wait_until(condition, within=5.0):
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.01)
+
+
+def sample(text, name):
+    """One unlabelled sample of a metrics page."""
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+# -- the page's words, as the README writes them -----------------------------------------------
+
+def test_the_readme_shows_both_pages_byte_for_byte_as_they_are_served():
+    assert "<h3>Hello World!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> 7\n" in README
+    assert f"<h3>Hello World!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> {DISABLED}\n" in README
+
+
+@pytest.mark.parametrize("reply", [
+    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+    b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+    b"-READONLY You can't write against a read only replica.\r\n",
+    b"+OK\r\n", b"$3\r\nabc\r\n", b"*0\r\n", b"$-1\r\n",
+], ids=["WRONGTYPE", "OOM", "READONLY", "status", "text", "array", "nil"])
+def test_redis_refusing_the_visit_or_answering_no_number_shows_the_counter_disabled_and_counts_nothing(
+        fake_redis, reply):
+    fake_redis.script(reply)
+    with serving(redis_env(fake_redis), hostname="h") as server:
+        refused = server.get("/")
+        fake_redis.script(reply)
+        as_json = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        after = server.get("/")  # the connection to Redis is still in step
+        scraped = server.get("/metrics").text
+    assert refused.text == f"<h3>Hello world!</h3><b>Hostname:</b> h<br/><b>Visits:</b> {DISABLED}"
+    assert as_json["visits"] is None and as_json["redis"] != "ok"
+    if reply.startswith(b"-"):
+        assert as_json["redis"] == "error " + reply[1:].split(b" ")[0].decode()
+    assert after.text.endswith("<b>Visits:</b> 1")
+    assert sample(scraped, "friendlyhello_visits_total") == 1
+
+
+def test_a_reply_lost_after_the_visit_left_says_it_may_have_counted(fake_redis):
+    fake_redis.script(Hangup())
+    with serving(redis_env(fake_redis)) as server:
+        lost = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+    assert lost == {**lost, "visits": None, "redis": "no reply (the visit may have counted)"}
+
+
+def test_after_a_silent_redis_times_out_once_the_next_pages_answer_at_once(fake_redis):
+    fake_redis.script(*[Silence()] * 5)
+    with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.3"}) as server:
+        started = time.monotonic()
+        first = server.get("/")
+        first_took = time.monotonic() - started
+        started = time.monotonic()
+        rest = [server.get("/") for _ in range(3)]
+        rest_took = time.monotonic() - started
+    assert first.text.endswith(DISABLED) and all(r.text.endswith(DISABLED) for r in rest)
+    assert 0.3 <= first_took < 0.3 + 1.0
+    assert rest_took < 0.3  # three pages in less than one timeout: the back-off answered them
+
+
+# -- shutdown: the delay, then the drain, each a timer ------------------------------------------
+
+def test_during_the_drain_the_port_is_closed_while_a_request_in_flight_finishes(fake_redis):
+    fake_redis.script(Delay(0.5, b":1\r\n"))
+    with serving({**redis_env(fake_redis), "DRAIN_TIMEOUT": "5"}) as server:
+        replies = []
+        in_flight = threading.Thread(target=lambda: replies.append(server.get("/")))
+        in_flight.start()
+        fake_redis.wait_for_commands(1)
+        server.server.stop()
+
+        def refused():
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+
+        wait_until(refused, within=0.3)
+        still_in_flight = in_flight.is_alive()
+        in_flight.join(5)
+    assert still_in_flight  # the port closed before the request in flight was answered
+    assert replies[0].status == 200 and replies[0].text.endswith("</b> 1")
+
+
+def test_the_drain_timeout_ends_a_request_that_never_finishes_and_the_process_exits_at_once(fake_redis):
+    fake_redis.script(Silence())
+    proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1", "REDIS_TIMEOUT": "5",
+                    "DRAIN_TIMEOUT": "0.5"})
+    proc.wait_listening()
+    client = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    fake_redis.wait_for_commands(1)
+    started = time.monotonic()
+    proc.signal()
+    code = proc.wait(5)
+    took = time.monotonic() - started
+    answer = client.recv(100)
+    client.close()
+    proc.finish()
+    assert code == 0 and answer == b""  # closed unanswered: its wait outlasted the drain
+    assert 0.5 <= took < 0.5 + 1.0  # the drain timer, not Redis's 5 s timeout
+
+
+@pytest.mark.parametrize("head, expected", [(b"GET / HTTP/1.1\r\nHost: slow", b"HTTP/1.1 408"), (b"", b"")],
+                         ids=["a slow head: 408", "idle: closed"])
+def test_the_idle_timeout_is_waited_out_in_full_before_a_connection_is_let_go(head, expected):
+    with serving({**refused_env(), "IDLE_TIMEOUT": "0.4"}) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        answer = sock.recv(100)
+        took = time.monotonic() - started
+    assert answer.startswith(expected) and (answer == b"") == (expected == b"")
+    assert 0.4 <= took < 0.4 + 1.0
+
+
+# -- limits and batching ----------------------------------------------------------------------
+
+def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes():
+    with serving({**refused_env(), "MAX_CONNECTIONS": "2"}) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+        for sock in held:  # both accepted and served
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+        third = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        third.settimeout(0.4)
+        with pytest.raises(TimeoutError):
+            third.recv(1000)  # in the backlog: not accepted while two are open
+        held[0].close()
+        third.settimeout(5)
+        answer = third.recv(1000)
+        third.close()
+        held[1].close()
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
+    fake_redis.script(Delay(0.4, b":1\r\n"))
+    with serving(redis_env(fake_redis)) as server:
+        first = threading.Thread(target=server.get, args=("/",))
+        first.start()
+        fake_redis.wait_for_commands(1)
+        others = [threading.Thread(target=server.get, args=("/",)) for _ in range(5)]
+        for thread in others:
+            thread.start()
+        for thread in [first, *others]:
+            thread.join(5)
+        scraped = server.get("/metrics").text
+    assert sample(scraped, "friendlyhello_redis_pipeline_size_count") == 2  # one trip, then one for five
+    assert sample(scraped, "friendlyhello_redis_pipeline_size_sum") == 6
+    assert sample(scraped, "friendlyhello_visits_total") == 6
+
+
+# -- the metrics' numbers ---------------------------------------------------------------------
+
+def test_an_observation_on_a_bucket_bound_counts_in_that_bucket_and_every_sum_adds_up():
+    series = {}
+    histogram = metrics.Histogram(metrics.DURATION_BUCKETS, series)
+    for value in (0.005, 0.0051, 0.01, 10.0, 11.0):
+        histogram.observe(("GET", "/"), value)
+    snapshot = {"series": {"http_request_duration_seconds": series}, "process": {}}
+    text = metrics.exposition(metrics.merged([snapshot, snapshot]), redis_up=True)
+    buckets = dict(re.findall(r'^http_request_duration_seconds_bucket\{method="GET",route="/",le="([^"]+)"\} (\d+)$',
+                              text, re.M))
+    assert (buckets["0.005"], buckets["0.01"], buckets["0.025"], buckets["10.0"], buckets["+Inf"]) == \
+        ("2", "6", "6", "8", "10")
+    total = re.search(r'^http_request_duration_seconds_sum\{method="GET",route="/"\} (\S+)$', text, re.M).group(1)
+    assert float(total) == pytest.approx(2 * (0.005 + 0.0051 + 0.01 + 10.0 + 11.0))
+    assert 'http_request_duration_seconds_count{method="GET",route="/"} 10' in text
+
+
+def test_the_open_connections_gauge_follows_connections_coming_and_going():
+    with serving(refused_env()) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+        wait_until(lambda: sample(server.get("/metrics").text, "friendlyhello_open_connections") == 4)
+        for sock in held:
+            sock.close()
+        wait_until(lambda: sample(server.get("/metrics").text, "friendlyhello_open_connections") == 1)
+
+
+def test_requests_and_visits_are_counted_once_each(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        for _ in range(3):
+            server.get("/")
+        server.get("/nope")
+        scraped = server.get("/metrics").text
+    assert 'http_requests_total{method="GET",route="/",code="200"} 3' in scraped
+    assert 'http_requests_total{method="GET",route="other",code="404"} 1' in scraped
+    assert sample(scraped, "friendlyhello_visits_total") == 3
+    assert re.search(r'^friendlyhello_redis_replies_total\{outcome="ok"\} 3$', scraped, re.M)
+
+
+def test_liveness_and_readiness_bodies_are_as_the_readme_says():
+    with serving(refused_env()) as server:
+        assert request(server.port, "/livez").text == "ok\n"
+        assert request(server.port, "/readyz").text.startswith("ready\nredis: ")
+    assert "`200 ok`" in README and "`200 ready`" in README
