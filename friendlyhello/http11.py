@@ -85,6 +85,35 @@ _ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://")
 MAX_HEADER_FIELDS = 100  # http.client refuses a head of this many header lines (its _MAXHEADERS counts the blank one)
 
 
+class RequestHeaders(http.client.HTTPMessage):
+    """http.server's header fields (its ``MessageClass``), looked up by a dict: the fields are
+    indexed by lower-cased name once, at the first lookup, where a Message scans every field
+    for each of the dozen lookups a request makes. Bodies are never read, so the content type
+    is never parsed: the email parser asks for it only to split a body into parts."""
+
+    _index = None
+
+    def _fields(self):
+        if self._index is None:
+            self._index = {}
+            for name, value in self._headers:  # as the parser left them: Latin-1 text, a str each
+                self._index.setdefault(name.lower(), []).append(value)
+        return self._index
+
+    def get(self, name, failobj=None):
+        values = self._fields().get(name.lower())
+        return values[0] if values else failobj
+
+    def get_all(self, name, failobj=None):
+        return self._fields().get(name.lower(), failobj)
+
+    def get_content_type(self):
+        return "text/plain"
+
+    def get_content_maintype(self):
+        return "text"
+
+
 class RequestHandler(http.server.BaseHTTPRequestHandler):
     """Reads one request head from memory and decides what it asks for.
 
@@ -96,6 +125,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
+    MessageClass = RequestHeaders
     default_request_version = "HTTP/1.0"  # errors found before the version still get a status line
     server_version = SERVER_NAME
     response = None          # the answer, when it needs nothing from Redis

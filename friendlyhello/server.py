@@ -152,7 +152,9 @@ class HelloServer:
             return
         except OSError:
             data = b""
-        if not data:
+        if conn.state is Connection.WAITING or conn.state is Connection.READY:
+            conn.keep(data)
+        elif not data:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
