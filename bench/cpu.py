@@ -28,39 +28,12 @@ import subprocess
 import sys
 import time
 
+from run import PROCESSES, free_port, start, stop, wait_until  # bench/run.py: processes stopped by pid
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 TREES = os.path.join(BENCH, "out", "trees")
 TICKS = os.sysconf("SC_CLK_TCK")
-PROCESSES = []
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command, env=None):
-    # Python as a user runs it: caching bytecode (this machine's environment turns that off).
-    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    process = subprocess.Popen(command, env={**base, **(env or {})}, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    PROCESSES.append(process)
-    return process
-
-
-def stop(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    PROCESSES.remove(process)
-
-
 def cpu_seconds(pid):
     """User plus system time of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -94,14 +67,6 @@ def answers(port):
             return sock.recv(100).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
-
-
-def wait_until(check, within, what):
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not happen within {within}s")
-        time.sleep(0.002)
 
 
 def wrk(port, seconds, close):
