@@ -222,13 +222,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             rest = self.path.split("://", 1)[1]
             end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
             authority, target = rest[:end], rest[end:]
-            if authority and "@" not in authority and _HOST.fullmatch(authority):
+            if authority and _HOST.fullmatch(authority):  # no userinfo: _HOST has no "@"
                 self.path = target if target.startswith("/") else "/" + target  # http://h?x=1 is /?x=1
                 return None
         return 400
 
     def path_only(self):
-        return self.path.split("?", 1)[0] if self.path else "-"
+        return self.path.split("?", 1)[0]
 
     def do_GET(self):
         route = self.routes.get(self.route_label)  # "other" is no route

@@ -160,7 +160,7 @@ class RedisPipeline:
         while self._replies:
             yield self._replies.popleft()
 
-    STOP_WAIT = 0.5  # how long stop() waits for a trip under way; the thread is a daemon
+    STOP_WAIT = 0.2  # how long stop() waits for a trip under way; the thread is a daemon
 
     def stop(self):
         """Stop the thread and close the client. A trip under way (a silent Redis, a request

@@ -122,6 +122,8 @@ def test_http_1_0_may_leave_host_out_and_keep_alive_when_it_asks(fake_redis):
     (b"http://example.com?x=1", 200, b"Visits:</b> 1"),
     (b"http://example.com:80?refresh=1", 200, b"Visits:</b> 1"),
     (b"http://example.com/nope?x=1", 404, b"404 not found\n"),
+    (b"http://example.com/nope/x?y=/z", 404, b"404 not found\n"),
+    (b"http://example.com/a://b", 404, b"404 not found\n"),
     (b"ftp://example.com/", 400, b"400 Bad Request\n"),
     (b"http://user:pw@example.com/", 400, b"400 Bad Request\n"),
     (b"healthz", 400, b"400 Bad Request\n"),
@@ -210,7 +212,9 @@ def test_accept_is_parsed_with_q_values_wildcards_and_case(fake_redis, accept, j
         assert json.loads(reply.body)["visits"] == 1
 
 
-@pytest.mark.parametrize("field", ["Sec-Purpose: prefetch", "Sec-Purpose: prefetch;prerender", "Purpose: prefetch"])
+@pytest.mark.parametrize("field", ["Sec-Purpose: prefetch", "Sec-Purpose: prefetch;prerender", "Purpose: prefetch",
+                                   "X-Purpose: preview", "X-Moz: prefetch",
+                                   "Sec-Purpose: Prefetch, anonymous-client-ip"])
 def test_a_prefetch_is_declined_without_counting_and_the_real_view_counts_once(fake_redis, field):
     name, value = field.split(": ")
     with serving(redis_env(fake_redis)) as server:
@@ -240,5 +244,16 @@ def test_a_head_of_100_header_fields_or_more_is_431(fields, status):
     with serving(refused_env()) as server:
         answer = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + others +
                               b"Connection: close\r\n\r\n")
+    assert statuses(answer) == [status]
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 405),  # the one place * is a target; no method here takes it
+    (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET /replicas?refresh=abc?refresh=5 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # the query runs from the first ?
+])
+def test_a_target_is_read_as_rfc_9112_and_3986_say(head, status):
+    with serving(refused_env()) as server:
+        answer = raw_exchange(server.port, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
     assert statuses(answer) == [status]
 

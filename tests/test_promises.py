@@ -130,14 +130,14 @@ def test_the_drain_timeout_ends_a_request_that_never_finishes_and_the_process_ex
 @pytest.mark.parametrize("head, expected", [(b"GET / HTTP/1.1\r\nHost: slow", b"HTTP/1.1 408"), (b"", b"")],
                          ids=["a slow head: 408", "idle: closed"])
 def test_the_idle_timeout_is_waited_out_in_full_before_a_connection_is_let_go(head, expected):
-    with serving({**refused_env(), "IDLE_TIMEOUT": "0.4"}) as server, \
+    with serving({**refused_env(), "IDLE_TIMEOUT": "0.25"}) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         started = time.monotonic()
         sock.sendall(head)
         answer = sock.recv(100)
         took = time.monotonic() - started
     assert answer.startswith(expected) and (answer == b"") == (expected == b"")
-    assert 0.4 <= took < 0.4 + 1.0
+    assert 0.25 <= took < 0.25 + 1.0
 
 
 # -- limits and batching ----------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes()
             assert sock.recv(1000).startswith(b"HTTP/1.1 200")
         third = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        third.settimeout(0.4)
+        third.settimeout(0.25)
         with pytest.raises(TimeoutError):
             third.recv(1000)  # in the backlog: not accepted while two are open
         held[0].close()
@@ -162,7 +162,7 @@ def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes()
 
 
 def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
-    fake_redis.script(Delay(0.4, b":1\r\n"))
+    fake_redis.script(Delay(0.25, b":1\r\n"))
     with serving(redis_env(fake_redis)) as server:
         first = threading.Thread(target=server.get, args=("/",))
         first.start()
@@ -222,3 +222,72 @@ def test_liveness_and_readiness_bodies_are_as_the_readme_says():
         assert request(server.port, "/livez").text == "ok\n"
         assert request(server.port, "/readyz").text.startswith("ready\nredis: ")
     assert "`200 ok`" in README and "`200 ready`" in README
+
+
+# -- how Redis failed, in the words each place uses ---------------------------------------------
+
+@pytest.mark.parametrize("answer, outcome, words", [
+    (Silence(), "no_reply", "no reply (the visit may have counted)"),
+    (b"-WRONGTYPE wrong kind of value\r\n", "error_reply", "error WRONGTYPE"),
+    (b"%1\r\n", "no_reply", "no reply (the visit may have counted)"),
+], ids=["silent", "error reply", "broken reply"])
+def test_each_way_a_visit_fails_has_its_outcome_in_metrics_and_its_words_in_json(fake_redis, answer, outcome, words):
+    fake_redis.script(answer)
+    with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.2"}) as server:
+        page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        scraped = server.get("/metrics").text
+    assert page["redis"] == words
+    assert re.search(rf'^friendlyhello_redis_replies_total{{outcome="{outcome}"}} 1$', scraped, re.M)
+
+
+def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect(fake_redis):
+    fake_redis.script(Silence(), Silence())
+    with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.2"}) as server:
+        server.get("/")  # times out: its reply is lost, and the outage begins
+        during = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        ready = server.get("/readyz").text
+        scraped = server.get("/metrics").text
+    assert during["redis"] == "timeout"  # refused at once, for the reason that opened the outage
+    assert re.fullmatch(r"ready\nredis: unavailable \(timeout\) for 0\.[0-9]s\n", ready)
+    assert re.search(r'^friendlyhello_redis_replies_total{outcome="cannot_connect"} 1$', scraped, re.M)
+    assert sample(scraped, "friendlyhello_redis_up") == 0
+    with serving(refused_env()) as server:
+        assert json.loads(server.get("/", headers={"Accept": "application/json"}).body)["redis"] == "cannot connect"
+
+
+def test_a_garbled_reply_is_a_protocol_error_for_as_long_as_the_outage_lasts(fake_redis):
+    fake_redis.script(b"?what\r\n")
+    with serving(redis_env(fake_redis)) as server:
+        server.get("/")
+        during = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+    assert during["redis"] == "protocol error"
+
+
+def test_readiness_says_redis_was_not_asked_yet_before_its_first_answer():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, never answers
+        env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(silent.getsockname()[1]), "REDIS_TIMEOUT": "0.5"}
+        with serving(env) as server:
+            assert server.get("/readyz").text == "ready\nredis: not asked yet\n"
+
+
+def test_an_error_reply_is_an_answer_redis_stays_up(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        server.get("/")
+        fake_redis.script(b"-WRONGTYPE wrong kind of value\r\n")
+        server.get("/")
+        ready = server.get("/readyz").text
+        scraped = server.get("/metrics").text
+    assert ready == "ready\nredis: up\n" and sample(scraped, "friendlyhello_redis_up") == 1
+
+
+@pytest.mark.parametrize("env, said", [
+    ({}, "redis:6379 db 0"),
+    ({"REDIS_HOST": "::1", "REDIS_PORT": "7000", "REDIS_DB": "3"}, "[::1]:7000 db 3"),
+    ({"REDIS_URL": "unix:///run/redis.sock?db=2"}, "unix:/run/redis.sock db 2"),
+    ({"REDIS_URL": "redis://:secret@cache:6380/5"}, "cache:6380 db 5"),
+])
+def test_the_start_up_line_names_where_redis_is_and_never_its_password(env, said):
+    from friendlyhello import redis_pipeline, settings
+
+    assert redis_pipeline.describe_redis(settings.load_config([], env)) == said
+

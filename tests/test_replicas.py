@@ -1,6 +1,7 @@
 """/replicas: who served how many, from a real Redis that every replica reports to."""
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -40,7 +41,13 @@ def test_two_replicas_show_who_served_how_many_and_add_up_to_the_count(redis_ser
         html = b.get("/replicas").text
         counter = redis_counter(redis_server.port)
     rows = {r["id"]: r for r in seen["replicas"]}
+    assert [r["id"] for r in seen["replicas"]] == ["a", "b"]  # the busiest first
+    assert (seen["live"], seen["more"]) == (2, 0)
     assert (rows["a"]["served"], rows["b"]["served"], seen["total"], counter) == (30, 20, 50, 50)
+    assert 0 <= rows["a"]["seconds_since_seen"] <= 3 and rows["a"]["problem"] == ""
+    assert "<p>2 live replicas; 50 visits counted in all.</p>" in html
+    assert 'style="width:120px"></span>60%' in html  # a share of 200 px
+    assert "not seen for a while): 0.</p>" in html
     assert (rows["a"]["hostname"], rows["a"]["pod"], rows["a"]["node"]) == ("host-a", "web-a", "n1")
     assert (rows["a"]["share"], rows["b"]["share"]) == (0.6, 0.4)
     assert seen["served_by"] == "host-a" and seen["redis"] == "ok"
@@ -58,6 +65,7 @@ def test_the_replica_view_counts_no_visit_and_refreshes_when_asked(redis_server)
     assert redis_counter(redis_server.port) == before == 1
     assert '<meta http-equiv="refresh" content="5">' in refreshing.text
     assert 'http-equiv="refresh"' not in plain.text
+    assert "<title>friendlyhello replicas</title>\n<style>" in plain.text
     assert bad.status == 400
 
 
@@ -70,6 +78,7 @@ def test_with_redis_down_the_view_says_so_at_once():
         took = time.monotonic() - started
     assert page.status == 200 and "Redis is unavailable (cannot connect)" in page.text
     assert data["redis"] == "cannot connect" and data["replicas"] == [] and data["total"] is None
+    assert (data["live"], data["more"]) == (0, 0)
     assert took < 1  # no wait for the Redis timeout: the outage is already known
 
 
@@ -118,7 +127,10 @@ def test_malformed_records_are_shown_flagged_and_the_rest_as_they_are(redis_serv
         server.get("/")
         now = int(redis_command(port, b"TIME").split(b"\r\n")[2])
         for replica_id, fields in [(b"abc", [b"served", b"abc"]), (b"negative", [b"served", b"-500"]),
-                                   (b"bytes", [b"host\xffname", b"\xfe", b"served", b"3"])]:
+                                   (b"bytes", [b"host\xffname", b"\xfe", b"served", b"3"]),
+                                   (b"huge", [b"served", b"9" * 19]), (b"bare", [b"hostname", b"h"]),
+                                   (b"old", [b"seen", b"%d" % (now - 100)]), (b"when", [b"seen", b"soon"]),
+                                   (b"greedy", [b"served", b"999999"])]:
             redis_command(port, b"HSET", b"friendlyhello:replica:" + replica_id, *fields)
             redis_command(port, b"ZADD", INDEX, b"%d" % now, replica_id)
         redis_command(port, b"SET", b"friendlyhello:replica:string", b"x")
@@ -130,8 +142,15 @@ def test_malformed_records_are_shown_flagged_and_the_rest_as_they_are(redis_serv
     assert rows["good"]["served"] == 1 and rows["good"]["problem"] == ""
     assert rows["bytes"]["served"] == 3 and rows["bytes"]["problem"] == ""
     assert rows["abc"]["problem"] == rows["negative"]["problem"] == "its visit count is not a whole number"
-    assert rows["string"]["problem"] == "its record is not a hash"
+    assert rows["string"] == {"id": "string", "hostname": "", "pod": "", "node": "", "served": 0,
+                              "seconds_since_seen": 0, "problem": "its record is not a hash", "share": 0.0}
+    assert rows["huge"]["problem"] == "its visit count is not a whole number"  # past 18 digits: not believed
+    assert (rows["bare"]["hostname"], rows["bare"]["served"], rows["bare"]["problem"]) == ("h", 0, "")
+    assert (rows["abc"]["hostname"], rows["abc"]["pod"], rows["abc"]["node"]) == ("", "", "")
+    assert 100 <= rows["old"]["seconds_since_seen"] <= 103 and rows["old"]["problem"] == ""
+    assert rows["when"]["problem"] == "its last-seen time is not a whole number"
     assert "(skipped: its record is not a hash)" in html.text and "<td>good</td>" in html.text
+    assert re.findall(r"width:(\d+)px", html.text) and max(map(int, re.findall(r"width:(\d+)px", html.text))) <= 200
 
 
 def test_a_counter_that_is_not_a_number_leaves_the_view_standing(redis_server):
@@ -186,3 +205,30 @@ def test_the_replica_view_renders_in_a_real_browser_and_counts_nothing(redis_ser
         counter = redis_counter(redis_server.port)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
     assert counter == 10
+
+
+def test_before_any_visit_the_view_counts_zero_and_shares_nothing(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        seen = view(server)
+        html = server.get("/replicas").text
+    assert seen["total"] == 0 and [(r["id"], r["served"], r["share"]) for r in seen["replicas"]] == [("a", 0, 0.0)]
+    assert "0 visits counted in all" in html
+
+
+def test_shares_are_given_to_four_places(redis_server):
+    with serving(replica_env(redis_server, "a")) as a, serving(replica_env(redis_server, "b")) as b:
+        a.get("/")
+        b.get("/")
+        b.get("/")
+        seen = view(a)
+    assert {r["id"]: r["share"] for r in seen["replicas"]} == {"a": 0.3333, "b": 0.6667}
+
+
+def test_a_counter_of_the_wrong_type_leaves_the_view_standing(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"DEL", b"counter")
+        redis_command(redis_server.port, b"LPUSH", b"counter", b"x")
+        seen, html = view(server), server.get("/replicas")
+    assert seen["total"] is None and html.status == 200 and "? visits counted in all" in html.text
+
