@@ -3,8 +3,10 @@ what it counts. Skips locally without chromium; fails in CI, which installs it."
 
 import http.server
 import shutil
+import struct
 import subprocess
 import threading
+import zlib
 
 import pytest
 
@@ -31,6 +33,7 @@ def chromium(tmp_path):
     def run(*args, timeout=60):
         result = subprocess.run([path, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
                                 capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
     return run
@@ -74,3 +77,18 @@ def test_a_page_prefetched_then_visited_counts_one_visit(chromium, page_server, 
     assert "<b>Visits:</b> 1" in dom
     assert [line.split('" ')[1].split(" ")[0] for line in log if '"GET /"' in line] == ["503", "200"], log
     assert redis_counter(redis_server.port) == 1
+
+
+def png_picture(data):
+    """(width, height, distinct bytes among its pixels) of a PNG: enough to tell a page drawn
+    from a blank or broken screenshot, with the standard library alone."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            chunks.append(data[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    return width, height, len(set(zlib.decompress(b"".join(chunks))))
+

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from helpers import free_port, redis_counter, serving
-from test_browser import CHROMIUM_FLAGS, chromium_path
+from test_browser import CHROMIUM_FLAGS, chromium_path, png_picture
 
 INDEX = b"friendlyhello:replicas"
 
@@ -199,11 +199,17 @@ def test_the_replica_view_renders_in_a_real_browser_and_counts_nothing(redis_ser
         for _ in range(3):
             b.get("/")
         shot = tmp_path / "replicas.png"
-        subprocess.run([chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                        f"--screenshot={shot}", "--window-size=900,420", f"http://127.0.0.1:{a.port}/replicas"],
-                       capture_output=True, timeout=60)
+        result = subprocess.run([chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                                 f"--screenshot={shot}", "--window-size=900,420",
+                                 f"http://127.0.0.1:{a.port}/replicas"], capture_output=True, text=True, timeout=60)
+        dom = subprocess.run([chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                              "--dump-dom", f"http://127.0.0.1:{a.port}/replicas"],
+                             capture_output=True, text=True, timeout=60).stdout
         counter = redis_counter(redis_server.port)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+    assert result.returncode == 0, result.stderr[-2000:]
+    width, height, shades = png_picture(shot.read_bytes())
+    assert (width, height) == (900, 420) and shades > 20  # drawn: text, bars and lines, not a blank page
+    assert "<td>host-a</td>" in dom and "70%" in dom and "30%" in dom  # what the browser laid out
     assert counter == 10
 
 
