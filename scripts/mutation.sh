@@ -36,9 +36,6 @@ rm -rf mutants
   echo "also_copy ="
   for extra in pytest.ini README.md hello_server.py Dockerfile compose.yaml stack.yaml k8s/ scripts/ \
                requirements-dev.txt .dockerignore; do echo "    $extra"; done
-  # A fresh process for the mutants, not one that ran the suite: caches (the Accept ranking's)
-  # would otherwise still hold the unmutated code's answers.
-  echo "process_isolation = forkserver"
   echo "pytest_add_cli_args ="
   printf '    %s\n' -m "not slow and not container" -k "not port_80_refused and not nested" \
     --ignore=tests/test_layout.py

@@ -1,8 +1,16 @@
 import pytest
 
 from fake_redis import FakeRedis
+from friendlyhello import http11
 from helpers import Process
 from redis_server import RedisServer
+
+
+@pytest.fixture(autouse=True)
+def cold_accept_cache():
+    """Each test ranks Accept fields anew: a cache filled by an earlier test (or, under mutation
+    testing, by the unmutated code) must not answer for this one."""
+    http11._remembered_ranking.cache_clear()
 
 
 @pytest.fixture(autouse=True)
