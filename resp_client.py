@@ -678,6 +678,15 @@ class _Connector:
             try:
                 for reply in conn.call(payload, count):
                     _value_of(reply)
+            except ResponseError as exc:  # refused credentials, or a SELECT of a database it lacks
+                conn.close()
+                if isinstance(exc, AuthenticationError):
+                    raise
+                # The server answered, but no command of the caller's can run on this
+                # connection: that is an outage (back-off, state down), not an error reply.
+                error = RedisConnectionError(f"Redis at {self.address} refused the connection's setup: {exc}")
+                error.cause = exc
+                raise error from None
             except RedisError as exc:
                 conn.close()
                 exc.command_sent = False  # only AUTH/SELECT went out, not the caller's command

@@ -59,8 +59,10 @@ def outcome(error):
 
 
 def outage_reason(error):
-    """Why Redis cannot be used, in a few words: the error that opened an outage, if any."""
-    error = error.cause or error
+    """Why Redis cannot be used, in a few words: the error that opened an outage, if any, and
+    what that one says it came from (a setup command's error reply)."""
+    while error.cause is not None:
+        error = error.cause
     if isinstance(error, resp_client.RedisTimeoutError):
         return "timeout"
     if isinstance(error, resp_client.AuthenticationError):

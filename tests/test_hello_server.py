@@ -122,7 +122,8 @@ def test_readyz_needing_redis_is_503_saying_only_down_when_redis_refuses():
         reply = server.get("/readyz")
         log = "\n".join(server.error_lines())
     assert (reply.status, reply.text) == (503, "not ready: redis is down\n")  # anyone may ask: no address
-    assert f"127.0.0.1:{env['REDIS_PORT']} is unavailable (cannot connect)" in log  # the details are logged
+    line = f"friendlyhello: redis: 127.0.0.1:{env['REDIS_PORT']} is unavailable (cannot connect): "
+    assert log.startswith(line) and log.endswith(" - pages say the counter is disabled until it answers again")
 
 
 @pytest.mark.parametrize("path", ["/favicon.ico", "/index.html", "/healthz/x", "/counter"])

@@ -124,6 +124,8 @@ def test_http_1_0_may_leave_host_out_and_keep_alive_when_it_asks(fake_redis):
     (b"http://example.com/nope?x=1", 404, b"404 not found\n"),
     (b"http://example.com/nope/x?y=/z", 404, b"404 not found\n"),
     (b"http://example.com/a://b", 404, b"404 not found\n"),
+    (b"http://example.com/healthz://x", 404, b"404 not found\n"),  # the authority ends at the first /
+    (b"http://example.com?x=1?y=2", 200, b"Visits:</b> 1"),  # ... or the first ?
     (b"ftp://example.com/", 400, b"400 Bad Request\n"),
     (b"http://user:pw@example.com/", 400, b"400 Bad Request\n"),
     (b"healthz", 400, b"400 Bad Request\n"),
@@ -203,6 +205,12 @@ def test_after_an_error_the_server_reads_and_drops_what_the_client_still_sends()
     ("text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8", False),
     ("application/json;q=2", False),  # a q past 1 is malformed: the range is ignored
     ("image/webp;q=0.5, " * 40 + "application/json", True),  # longer than what is remembered
+    ("text/html;q=1, application/json", False),  # no q is q=1: a tie, and ties go to HTML
+    ("*/*;q=0.5, text/html;q=0", True),  # q=0 is "not this", and the exact range wins over */*
+    ("text/html;q=x, application/json", True),  # a malformed q drops its range, not the rest
+    ("application/json;q=0.5, text/*;q=0.9, text/html;q=0.1", True),  # the exact range beats text/*
+    ("*/*;q=0.1, application/json;q=0.05", False),  # */* ranks HTML too
+    ("*/*;q=0.9, text/*;q=0.2", True),  # text/* beats */* for HTML, in any order
 ])
 def test_accept_is_parsed_with_q_values_wildcards_and_case(fake_redis, accept, json_wanted):
     with serving(redis_env(fake_redis)) as server:

@@ -13,7 +13,7 @@ import pytest
 
 from fake_redis import Delay, Hangup, Silence
 from friendlyhello import metrics
-from helpers import DISABLED, ROOT, Process, redis_env, refused_env, request, serving
+from helpers import DISABLED, ROOT, Process, raw_exchange, redis_env, refused_env, request, serving
 
 README = open(os.path.join(ROOT, "README.md")).read()  # noqa: SIM115 - read once, at import
 
@@ -291,3 +291,33 @@ def test_the_start_up_line_names_where_redis_is_and_never_its_password(env, said
 
     assert redis_pipeline.describe_redis(settings.load_config([], env)) == said
 
+
+def test_pages_and_the_replica_view_vary_by_accept_and_answer_200(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        answers = [server.get(path, headers=headers) for path in ("/", "/replicas")
+                   for headers in ({}, {"Accept": "application/json"})]
+        scraped = server.get("/metrics")
+    assert [(a.status, a.headers["Vary"]) for a in answers] == [(200, "Accept")] * 4
+    assert scraped.status == 200
+
+
+def test_a_head_past_the_limits_is_logged_counted_and_closed():
+    with serving(refused_env()) as server:
+        answer = raw_exchange(server.port, b"GET / HTTP/1.1\r\nX: " + b"v" * 20000 + b"\r\n\r\n")
+        log = server.log_lines()
+        scraped = server.get("/metrics").text
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"\r\nConnection: close\r\n" in answer
+    assert log == ['127.0.0.1 "- -" 431 0.0ms']
+    assert 'http_requests_total{method="other",route="other",code="431"} 1' in scraped
+    assert 'http_request_duration_seconds_bucket{method="other",route="other",le="0.005"} 1' in scraped
+
+
+def test_a_redis_setup_that_fails_is_an_outage_not_an_answer(redis_server):
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "REDIS_DB": "99"}  # it has 16
+    with serving(env) as server:
+        page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        ready = server.get("/readyz").text
+        errors = "\n".join(server.error_lines())
+    assert page["visits"] is None and page["redis"] == "error ERR"
+    assert ready.startswith("ready\nredis: unavailable (error ERR) for ")
+    assert "is unavailable (error ERR): " in errors

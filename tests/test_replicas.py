@@ -47,7 +47,7 @@ def test_two_replicas_show_who_served_how_many_and_add_up_to_the_count(redis_ser
     assert 0 <= rows["a"]["seconds_since_seen"] <= 3 and rows["a"]["problem"] == ""
     assert "<p>2 live replicas; 50 visits counted in all.</p>" in html
     assert 'style="width:120px"></span>60%' in html  # a share of 200 px
-    assert "not seen for a while): 0.</p>" in html
+    assert "not seen for a while): 0.</p>" in html and "</tr>\n<tr>" in html  # a row each
     assert (rows["a"]["hostname"], rows["a"]["pod"], rows["a"]["node"]) == ("host-a", "web-a", "n1")
     assert (rows["a"]["share"], rows["b"]["share"]) == (0.6, 0.4)
     assert seen["served_by"] == "host-a" and seen["redis"] == "ok"
@@ -66,7 +66,7 @@ def test_the_replica_view_counts_no_visit_and_refreshes_when_asked(redis_server)
     assert '<meta http-equiv="refresh" content="5">' in refreshing.text
     assert 'http-equiv="refresh"' not in plain.text
     assert "<title>friendlyhello replicas</title>\n<style>" in plain.text
-    assert bad.status == 400
+    assert (bad.status, bad.text) == (400, "refresh must be a whole number of seconds from 1 to 9999\n")
 
 
 def test_with_redis_down_the_view_says_so_at_once():
@@ -177,7 +177,7 @@ def test_the_view_reads_a_bounded_number_of_replicas_and_says_how_many_more(redi
         pages = [server.get("/") for _ in range(5)]
     assert seen["live"] == 100_001 and len(seen["replicas"]) <= 1000 and seen["more"] >= 99_001
     assert took < 1  # within Redis's timeout: the pages' traffic is not stalled by the view
-    assert f"and {seen['more']} more" in html
+    assert f"and {seen['more']} more" in html and "not seen for a while): ?.</p>" in html
     assert [p.text.rsplit("</b> ", 1)[1] for p in pages] == ["2", "3", "4", "5", "6"]
 
 
