@@ -111,7 +111,15 @@ def serving(env=None, hostname=None):
     access_log, error_log = io.StringIO(), io.StringIO()
     log = logs.Log(config.access_log, config.log_format, {}, access_log, error_log)
     server = hello_server.wire(config, listening.listen(config), log, hostname or socket.gethostname())
-    thread = threading.Thread(target=server.serve, daemon=True)
+    died = []
+
+    def serve():
+        try:
+            server.serve()
+        except BaseException as exc:  # noqa: BLE001 - kept, and the test fails with it below
+            died.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield Running(server, thread, access_log, error_log)
@@ -119,6 +127,7 @@ def serving(env=None, hostname=None):
         server.stop()
         thread.join(10)
         assert not thread.is_alive(), "the server did not stop"
+        assert not died, f"the server's loop died: {died[0]!r}"
 
 
 class Reply:

@@ -162,6 +162,7 @@ def test_a_counter_that_is_not_a_number_leaves_the_view_standing(redis_server):
     assert seen["total"] is None and seen["replicas"][0]["served"] == 1
 
 
+@pytest.mark.slow  # 100,000 replicas made in Redis
 def test_the_view_reads_a_bounded_number_of_replicas_and_says_how_many_more(redis_server):
     port = redis_server.port
     # 100,000 live replicas in the index (no records: reading them is what costs), made in Redis itself.

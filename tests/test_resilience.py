@@ -115,6 +115,7 @@ def test_a_gone_stdout_reader_ends_the_access_log_not_the_serving(workers):
     assert code == 0
 
 
+@pytest.mark.slow  # 2,500 requests through a full pipe
 def test_a_stalled_stdout_drops_and_counts_lines_while_serving_and_sigterm_still_stops_at_once():
     process, port = start_with_piped_stdout(refused_env())
     long_path = "/" + "x" * 1000  # 404s with long log lines: the pipe fills after some 60 of them
