@@ -33,23 +33,18 @@ class Connection:
     READING   waiting for (the rest of) a request head; the head must arrive by the deadline
     READY     more requests are buffered than one turn of the loop serves: the rest wait for
               the next turn, so a client that pipelines thousands cannot hold up the others
-    WAITING   a request waits for Redis
+    WAITING   a request waits for Redis; the socket is not watched
     SENDING   a response is going out; the client must take it by the deadline
     LINGERING our side is shut after a response: what the client still sends is read and
               dropped until it closes or the deadline, so it can read our answer (RFC 9112 9.6)
     CLOSED    done
-
-    In READY and WAITING what the client sends is kept for its next requests (its socket stays
-    watched, so a page costs no selector calls), until MAX_BUFFERED bytes or the client's end:
-    then the socket is not watched until the connection reads again (``pause()``).
     """
 
     READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
         "reading", "ready", "waiting", "sending", "lingering", "closed")
     # What the selector watches the socket for in each state.
-    EVENTS = {READING: selectors.EVENT_READ, READY: selectors.EVENT_READ, WAITING: selectors.EVENT_READ,
-              SENDING: selectors.EVENT_WRITE, LINGERING: selectors.EVENT_READ, CLOSED: 0}
-    MAX_BUFFERED = MAX_HEAD + 65536
+    EVENTS = {READING: selectors.EVENT_READ, READY: 0, WAITING: 0, SENDING: selectors.EVENT_WRITE,
+              LINGERING: selectors.EVENT_READ, CLOSED: 0}
 
     __slots__ = ("sock", "address", "selector", "state", "events", "deadline", "buffer", "outgoing",
                  "handler", "started", "close_after", "linger")
@@ -80,22 +75,6 @@ class Connection:
             self.events = events
         self.state = state
         self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
-
-    def pause(self):
-        """Stop watching the socket until the next state that reads: the client sent more than
-        is kept, or its end, while a request of its own is not answered yet."""
-        if self.events:
-            self.selector.unregister(self.sock)
-            self.events = 0
-
-    def keep(self, data):
-        """Keep what came while a request is answered (READY, WAITING) for the next ones."""
-        if not data:
-            self.pause()  # its end: seen again, and the connection closed, once it reads
-            return
-        self.buffer += data
-        if len(self.buffer) > self.MAX_BUFFERED:
-            self.pause()
 
     def send(self):
         """Send what is waiting to go: True when all of it went, False when some is left for

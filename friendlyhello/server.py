@@ -152,9 +152,7 @@ class HelloServer:
             return
         except OSError:
             data = b""
-        if conn.state is Connection.WAITING or conn.state is Connection.READY:
-            conn.keep(data)
-        elif not data:
+        if not data:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
