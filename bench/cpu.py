@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from run import PROCESSES, free_port, start, stop, wait_until  # bench/run.py: processes stopped by pid
+from run import PROCESSES, answers, free_port, start, stop, wait_until  # bench/run.py: processes stopped by pid
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -60,15 +60,6 @@ def counter(port):
     return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
 
 
-def answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return sock.recv(100).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
 def wrk(port, seconds, close):
     command = ["wrk", "-t1", "-c10", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
     if close:
@@ -91,7 +82,7 @@ def measure(tree, seconds, extra_env):
         wait_until(lambda: pings(redis_port), 10, "redis start")
         server = start(server_command(tree), {"PORT": str(port), "BIND": "127.0.0.1", "REDIS_HOST": "127.0.0.1",
                                               "REDIS_PORT": str(redis_port), "ACCESS_LOG": "off", **extra_env})
-        wait_until(lambda: answers(port), 15, "server start")
+        wait_until(lambda: answers(port, "/healthz"), 15, "server start")
         wrk(port, 1, close=False)  # warm up
         figures = []
         redis_cpu = visits = 0.0
@@ -115,7 +106,7 @@ def first_200_ms(tree):
     server = start(server_command(tree), {"PORT": str(port), "BIND": "127.0.0.1", "REDIS_HOST": "127.0.0.1",
                                           "REDIS_PORT": str(redis_port), "ACCESS_LOG": "off"})
     try:
-        wait_until(lambda: answers(port), 15, "server start")
+        wait_until(lambda: answers(port, "/healthz"), 15, "server start")
         return (time.monotonic() - started) * 1000
     finally:
         stop(server)
