@@ -139,9 +139,6 @@ class Connections:
         self._open = set()
         self._accepting = False
 
-    def __iter__(self):
-        return iter(list(self._open))
-
     def busy(self):
         """True while a request is being answered."""
         return any(c.handler for c in self._open)

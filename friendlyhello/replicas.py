@@ -142,23 +142,23 @@ REPLICA_ROW = ('<tr><td>{id}{flag}</td><td>{hostname}</td><td>{pod}</td><td>{nod
 REPLICAS_FOOT = "<p>This page was served by {hostname}.</p></body></html>\n"
 
 
-class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live now reason")):
+class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live reason")):
     """The live replicas (rows of their records, at most VIEW_LIMIT), the counter (None when
-    it is not a number), how many replicas are live in all, Redis's clock, and why the view is
-    empty when Redis could not be asked (else None)."""
+    it is not a number), how many replicas are live in all, and why the view is empty when
+    Redis could not be asked (else None)."""
 
     __slots__ = ()
 
     @classmethod
     def read(cls, reply):
         if reply.error is not None:
-            return cls([], None, 0, 0, outage_reason(reply.error))
+            return cls([], None, 0, outage_reason(reply.error))
         now, counter, live, *pairs = reply.value
         replicas = [read_record(replica_id, fields, now)
                     for replica_id, fields in zip(pairs[::2], pairs[1::2], strict=True)]
         replicas.sort(key=lambda r: (-r["served"], r["id"]))
         total = 0 if counter is None else _count(counter)
-        return cls(replicas, total, live, now, None)
+        return cls(replicas, total, live, None)
 
     @property
     def more(self):
