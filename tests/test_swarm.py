@@ -98,7 +98,7 @@ def stack():
             docker("rm", "-f", client, check=False)
         docker("stack", "rm", deployed.name, check=False)
         wait_until(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
-                   60, "the stack's removal")
+                   120, "the stack's removal")  # its tasks stop in their own time: up to the grace period each, in turn
         docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
 
 
