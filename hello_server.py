@@ -31,7 +31,7 @@ from friendlyhello.logs import Log, printable
 from friendlyhello.metrics import Metrics
 from friendlyhello.redis_pipeline import RedisPipeline, RedisStatus, describe_redis, redis_client
 from friendlyhello.replicas import identity, placement, replica_commands
-from friendlyhello.responses import Route
+from friendlyhello.responses import CommonHeaders, Route
 from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, argument_parser, load_config
 from friendlyhello.site import Lifecycle, Site
@@ -63,14 +63,14 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     commands = replica_commands(me)
     client = redis_client(config)
     status = RedisStatus(client.address, log)
-    metrics = Metrics(shared, slot, log)
+    metrics = Metrics(shared, slot, log, config.version)
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle)
     waker = Waker()
     pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log)
     lifecycle.needs("redis", pipeline.is_alive)
     return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
-                       listener, log, supervisor_pid)
+                       listener, log, CommonHeaders(me.replica_id, config.version), supervisor_pid)
 
 
 def serve(server, log, started=None, worker=False):
@@ -96,6 +96,10 @@ def serve(server, log, started=None, worker=False):
 
 
 def main(argv=None, environ=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["watch"]:  # the client, not the server
+        from friendlyhello import watch
+        return watch.main(argv[1:])
     args = argument_parser().parse_args(argv)
     try:
         config = load_config(environ=environ, args=args)

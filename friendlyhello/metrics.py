@@ -76,11 +76,11 @@ class Metrics:
     With several workers each writes a snapshot to its slot in ``shared`` (a SharedSlots)
     every sweep, and /metrics shows the sum over all slots. A worker that replaces a dead one
     takes over its slot's numbers, so no counter goes backwards. ``log`` is asked for the
-    lines it dropped."""
+    lines it dropped; ``version`` (the VERSION setting) is shown in the build info."""
 
-    def __init__(self, shared=None, slot=0, log=None):
+    def __init__(self, shared=None, slot=0, log=None, version="1"):
         self.series = {f.name: {} for f in FAMILIES}
-        self.shared, self.slot, self._log = shared, slot, log
+        self.shared, self.slot, self._log, self.version = shared, slot, log, version
         self._cpu_before = 0.0  # CPU seconds of the workers this slot had before this one
         previous = shared.read(slot) if shared is not None else None
         if previous:
@@ -122,7 +122,7 @@ class Metrics:
         if self.shared is not None:
             self.shared.write(self.slot, mine)
             mine = merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
-        return exposition(mine, redis_up)
+        return exposition(mine, redis_up, self.version)
 
     def _process(self):
         """The process's own; none where /proc is not mounted."""
@@ -160,7 +160,7 @@ def merged(snapshots):
     return total
 
 
-def exposition(snapshot, redis_up):
+def exposition(snapshot, redis_up, version="1"):
     """The text format: every family of FAMILIES, then Redis's state, build info and the process's."""
     out = []
     for family in FAMILIES:
@@ -178,8 +178,10 @@ def exposition(snapshot, redis_up):
                 out.append(f"{family.name}{_labels(pairs)} {value}\n")
     out.append(_header("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0."))
     out.append(f"friendlyhello_redis_up {int(redis_up)}\n")
-    out.append(_header("friendlyhello_build_info", "gauge", "The version of friendlyhello and of Python that runs it."))
-    out.append(f'friendlyhello_build_info{{version="{VERSION}",python="{platform.python_version()}"}} 1\n')
+    out.append(_header("friendlyhello_build_info", "gauge",
+                       "The VERSION this replica was started with, friendlyhello's release and Python's version."))
+    build = [("version", version), ("release", VERSION), ("python", platform.python_version())]
+    out.append(f"friendlyhello_build_info{_labels(build)} 1\n")
     process = snapshot["process"]
     for name, kind, help_text in PROCESS_FAMILIES if process else ():
         value = process[name]

@@ -9,6 +9,7 @@ shown flagged, never a reason to fail the page, and the view reads a bounded num
 
 import collections
 import html
+import re
 
 import resp_client
 
@@ -18,7 +19,9 @@ COUNTER_KEY = "counter"
 REPLICA_TTL = 10        # seconds after its last heartbeat that a replica drops out of the view
 VIEW_LIMIT = 1000       # replicas the view reads at most, the most recently seen first
 REPLICA_INDEX = "friendlyhello:replicas"   # sorted set: replica id -> time of its last heartbeat
-REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, node, started, seen, served
+REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, node, version, started, seen,
+                                          # served, and served as it was at each recent "at:<slot>"
+SLOT_SECONDS = 10       # the recent visit counts' slots: "the last minute" is the last 5 whole ones and this one
 
 # A visit counts for the replica that served it and for the counter, together, or for
 # neither. HINCRBY goes first because it fails before writing when the record is not ours to
@@ -35,11 +38,16 @@ if type(visits) == 'table' and visits.err then
 end
 return visits
 """
-# Alive: the record refreshed and the index trimmed, so Redis holds only live replicas.
+# Alive: the record refreshed and the index trimmed, so Redis holds only live replicas. The
+# record also keeps its visit count as it was when each 10-second slot began ("at:<slot>", the
+# last 7 slots), so the view can tell how many it served in about the last minute.
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
-redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'seen', now)
+redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'version', ARGV[6], 'seen', now)
 redis.call('HSETNX', KEYS[2], 'started', now)
+local slot = math.floor(now / tonumber(ARGV[7]))
+redis.call('HSETNX', KEYS[2], 'at:' .. slot, redis.call('HGET', KEYS[2], 'served') or '0')
+for old = slot - 12, slot - 7 do redis.call('HDEL', KEYS[2], 'at:' .. old) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
@@ -62,9 +70,10 @@ end
 return out
 """
 
-Identity = collections.namedtuple("Identity", "replica_id hostname placement")
-Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, and where it runs
-(``placement``: pod, namespace, node and pod_ip, as far as the Downward API said)."""
+Identity = collections.namedtuple("Identity", "replica_id hostname placement version")
+Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, where it runs
+(``placement``: pod, namespace, node and pod_ip, as far as the Downward API said), and the
+VERSION it was started with."""
 
 Commands = collections.namedtuple("Commands", "visit heartbeat view")
 
@@ -78,7 +87,7 @@ def placement(config):
 
 def identity(config, hostname):
     where = placement(config)
-    return Identity(config.replica_id or where.get("pod") or hostname, hostname, where)
+    return Identity(config.replica_id or where.get("pod") or hostname, hostname, where, config.version)
 
 
 def replica_commands(me):
@@ -88,7 +97,8 @@ def replica_commands(me):
     return Commands(
         visit=encode(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL)),
         heartbeat=encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
-                          me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id)),
+                          me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id, me.version,
+                          SLOT_SECONDS)),
         view=encode(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL, REPLICA_PREFIX, VIEW_LIMIT)))
 
 
@@ -102,19 +112,28 @@ def _count(value):
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
+def _natural(text):
+    """A sort key: "v2" before "v10"."""
+    return [int(part) if n % 2 else part for n, part in enumerate(re.split(r"([0-9]+)", text))]
+
+
 def read_record(replica_id, fields, now):
     """One replica's row; ``problem`` says what in its record could not be read (else "")."""
-    row = {"id": _text(replica_id), "hostname": "", "pod": "", "node": "", "served": 0,
-           "seconds_since_seen": 0, "problem": ""}
+    row = {"id": _text(replica_id), "hostname": "", "pod": "", "node": "", "version": "", "served": 0,
+           "last_minute": 0, "seconds_since_seen": 0, "problem": ""}
     if isinstance(fields, resp_client.ResponseError) or not isinstance(fields, list) or len(fields) % 2:
         return {**row, "problem": "its record is not a hash"}
     record = {_text(k): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
-    row.update({key: _text(record.get(key, b"")) for key in ("hostname", "pod", "node")})
+    row.update({key: _text(record.get(key, b"")) for key in ("hostname", "pod", "node", "version")})
     served, seen = _count(record.get("served", b"0")), _count(record.get("seen", b"%d" % now))
     if served is None:
         row["problem"] = "its visit count is not a whole number"
     else:
-        row["served"] = served
+        row["served"] = row["last_minute"] = served
+        marks = sorted((int(k[3:]), _count(v)) for k, v in record.items() if k[:3] == "at:" and k[3:].isdigit())
+        recent = [count for slot, count in marks if slot >= now // SLOT_SECONDS - 5 and count is not None]
+        if marks:  # else the record is younger than its first heartbeat: every visit is recent
+            row["last_minute"] = max(served - recent[0], 0) if recent else 0
     if seen is None:
         row["problem"] = row["problem"] or "its last-seen time is not a whole number"
     else:
@@ -131,14 +150,19 @@ th,td{{padding:.35em .9em;border-bottom:1px solid #ddd;text-align:left;white-spa
 <body><h3>Replicas</h3>
 """
 REPLICAS_TABLE = """<p>{count} live replicas{more}; {total} visits counted in all.</p>
-<table><tr><th>replica</th><th>host</th><th>pod</th><th>node</th><th>visits served</th><th>share</th>
-<th>last seen</th></tr>
+<table><tr><th>version</th><th>replicas</th><th>visits served</th><th>share of the last minute</th></tr>
+{versions}</table>
+<p></p>
+<table><tr><th>replica</th><th>version</th><th>host</th><th>pod</th><th>node</th><th>visits served</th><th>share</th>
+<th>last minute</th><th>last seen</th></tr>
 {rows}</table>
 <p>Visits counted by replicas gone from this view (stopped, or not seen for a while): {elsewhere}.</p>
 """
-REPLICA_ROW = ('<tr><td>{id}{flag}</td><td>{hostname}</td><td>{pod}</td><td>{node}</td><td class="n">{served}</td>'
-               '<td><span class="bar" style="width:{bar}px"></span>{share}</td>'
-               '<td>{seconds_since_seen} s ago</td></tr>\n')
+REPLICA_ROW = ('<tr><td>{id}{flag}</td><td>{version}</td><td>{hostname}</td><td>{pod}</td><td>{node}</td>'
+               '<td class="n">{served}</td><td><span class="bar" style="width:{bar}px"></span>{share}</td>'
+               '<td class="n">{last_minute}</td><td>{seconds_since_seen} s ago</td></tr>\n')
+VERSION_ROW = ('<tr><td>{version}</td><td class="n">{replicas}</td><td class="n">{visits}</td>'
+               '<td><span class="bar" style="width:{bar}px"></span>{share}</td></tr>\n')
 REPLICAS_FOOT = "<p>This page was served by {hostname}.</p></body></html>\n"
 
 
@@ -168,10 +192,24 @@ class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live rea
     def _share(self, row):
         return row["served"] / self.total if self.total else 0.0
 
+    def by_version(self):
+        """Per version (the rows read): replicas, visits served, visits in about the last
+        minute and their share of all the last minute's; in order of their names, numbers by value."""
+        versions = {}
+        for r in self.replicas:
+            v = versions.setdefault(r["version"], {"replicas": 0, "visits": 0, "last_minute": 0})
+            v["replicas"] += 1
+            v["visits"] += r["served"]
+            v["last_minute"] += r["last_minute"]
+        recent = sum(v["last_minute"] for v in versions.values())
+        for v in versions.values():
+            v["share_last_minute"] = round(v["last_minute"] / recent, 4) if recent else 0.0
+        return dict(sorted(versions.items(), key=lambda item: _natural(item[0])))
+
     def as_json(self, hostname):
         rows = [{**r, "share": round(self._share(r), 4)} for r in self.replicas]
-        return {"replicas": rows, "total": self.total, "live": self.live, "more": self.more,
-                "served_by": hostname, "redis": "ok" if self.reason is None else self.reason}
+        return {"replicas": rows, "by_version": self.by_version(), "total": self.total, "live": self.live,
+                "more": self.more, "served_by": hostname, "redis": "ok" if self.reason is None else self.reason}
 
     def as_html(self, hostname, refresh):
         head = REPLICAS_HEAD.format(refresh=f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
@@ -185,9 +223,12 @@ class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live rea
             flag = f' <span class="bad">(skipped: {html.escape(r["problem"])})</span>' if r["problem"] else ""
             rows.append(REPLICA_ROW.format(**{k: html.escape(str(v)) for k, v in r.items()}, flag=flag,
                                            share=f"{share:.0%}", bar=round(share * 200)))
+        versions = [VERSION_ROW.format(version=html.escape(name), replicas=v["replicas"], visits=v["visits"],
+                                       share=f"{v['share_last_minute']:.0%}", bar=round(v["share_last_minute"] * 200))
+                    for name, v in self.by_version().items()]
         total = "?" if self.total is None else self.total
         counted = sum(r["served"] for r in self.replicas)
         elsewhere = "?" if self.total is None or self.more else self.total - counted
         more = f" (the {len(self.replicas)} most recently seen shown, and {self.more} more)" if self.more else ""
         return head + REPLICAS_TABLE.format(count=self.live, more=more, total=total, rows="".join(rows),
-                                            elsewhere=elsewhere) + foot
+                                            versions="".join(versions), elsewhere=elsewhere) + foot

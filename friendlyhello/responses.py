@@ -8,6 +8,7 @@ import http
 import http.client
 import http.server
 import time
+import urllib.parse
 
 from . import SERVER_NAME
 
@@ -45,28 +46,34 @@ def error_response(status):
 # -- the response bytes: every answer, errors included, leaves through here -------------------
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
-_COMMON_HEADERS = (f"Server: {SERVER_NAME}\r\nX-Content-Type-Options: nosniff\r\n"
-                   f"Cache-Control: no-store\r\n")
+REPLICA_HEADER, VERSION_HEADER = "Friendlyhello-Replica", "Friendlyhello-Version"
 
 
-class HttpDate:
-    """The Date field's value, made at most once a second."""
+class CommonHeaders:
+    """The fields every answer starts with: Date (made at most once a second), Server, two
+    that keep answers from being sniffed or cached, and the replica and version that answered
+    (so a client can see a rolling update, whatever it asked). The replica's name is sent as
+    UTF-8, percent-encoded beyond ASCII; VERSION is ASCII already."""
 
-    def __init__(self):
+    def __init__(self, replica, version):
+        replica = urllib.parse.quote(replica, safe="".join(map(chr, range(0x21, 0x7f))).replace("%", ""))
+        self._fixed = (f"\r\nServer: {SERVER_NAME}\r\nX-Content-Type-Options: nosniff\r\n"
+                       f"Cache-Control: no-store\r\n{REPLICA_HEADER}: {replica}\r\n{VERSION_HEADER}: {version}\r\n")
         self._second, self._text = None, ""
 
     def __call__(self):
         now = int(time.time())
         if now != self._second:
-            self._second, self._text = now, email.utils.formatdate(now, usegmt=True)
+            self._second = now
+            self._text = "Date: " + email.utils.formatdate(now, usegmt=True) + self._fixed
         return self._text
 
 
-def response_bytes(response, date, *, head_only=False, close=False, keep_alive=False):
-    """The whole response, in one buffer: status, the common headers, the route's, the body."""
+def response_bytes(response, common, *, head_only=False, close=False, keep_alive=False):
+    """The whole response, in one buffer: status, the ``common`` fields (a CommonHeaders'
+    text), the route's, the body."""
     body = response.body.encode()
-    parts = [_STATUS_LINES[response.status], "Date: ", date, "\r\n", _COMMON_HEADERS,
-             "Content-Type: ", response.content_type, "\r\n"]
+    parts = [_STATUS_LINES[response.status], common, "Content-Type: ", response.content_type, "\r\n"]
     if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
         parts += ["Content-Length: ", str(len(body)), "\r\n"]
     for name, value in response.headers:

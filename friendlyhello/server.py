@@ -15,7 +15,7 @@ import resp_client
 
 from .connection import LINGER, ClientGone, Connection, Connections, HeadRefused
 from .http11 import RequestHandler
-from .responses import HttpDate, error_response, response_bytes
+from .responses import error_response, response_bytes
 
 SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
@@ -52,7 +52,8 @@ _WAKE = object()  # the selector's key for the waker
 
 class HelloServer:
     """Serves HTTP on ``listener`` from one selector thread; Redis commands go through
-    ``pipeline`` (a RedisPipeline that wakes the loop with ``waker``).
+    ``pipeline`` (a RedisPipeline that wakes the loop with ``waker``); every answer starts
+    with ``headers`` (a CommonHeaders).
 
     The loop accepts, reads heads, hands each to a RequestHandler with the ``routes``,
     sends the response (or submits the Redis command and sends when the reply comes back,
@@ -62,7 +63,8 @@ class HelloServer:
     DRAIN_TIMEOUT. Accepting and closing connections is the Connections table's job.
     """
 
-    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, supervisor_pid=None):
+    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, headers,
+                 supervisor_pid=None):
         self.config, self.routes, self.pipeline, self.waker = config, routes, pipeline, waker
         self.metrics, self.lifecycle, self.listener, self.log = metrics, lifecycle, listener, log
         self.supervisor_pid = supervisor_pid  # in a worker: it shuts down when the supervisor is gone
@@ -73,7 +75,7 @@ class HelloServer:
         self._selector = selectors.DefaultSelector()
         self.connections = Connections(listener, self._selector, config.max_connections, config.idle_timeout,
                                        metrics, log)
-        self._date = HttpDate()
+        self._headers = headers  # a CommonHeaders
         self._ready = []  # connections in state READY, served next turn
 
     def serve(self):
@@ -225,7 +227,7 @@ class HelloServer:
         self.log.request(conn.address, handler.command, handler.path or handler.requestline, response.status,
                          seconds, handler.probe)
         close = handler.close_connection or self.stopping
-        data = response_bytes(response, self._date(), head_only=handler.head_only, close=close,
+        data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
         # Lingering is for a client that may still be sending: one that asked to close is done.
         return self._send(conn, data, close, linger=not (handler.client_closes and not conn.buffer))
@@ -235,7 +237,7 @@ class HelloServer:
         self.metrics.request(None, "other", status, 0.0)
         self.log.request(conn.address, None, None, status, 0.0, False)
         conn.handler = None
-        self._send(conn, response_bytes(error_response(status), self._date(), close=True), True, linger=True)
+        self._send(conn, response_bytes(error_response(status), self._headers(), close=True), True, linger=True)
 
     def _internal_error(self, conn, exc):
         self.log.error(conn.address, f"internal error: {exc!r}")

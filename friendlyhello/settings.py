@@ -68,6 +68,13 @@ def _printable(text):
     return not _NOT_PRINTABLE.search(text)
 
 
+def _version(text):
+    """Shown in a response header too: printable ASCII, no spaces at its ends."""
+    if not re.fullmatch(r"[!-~]([ -~]{0,62}[!-~])?", text):
+        raise ValueError("1 to 64 printable ASCII characters, such as 2 or v1.4.2-rc1")
+    return text
+
+
 def _secret(text):
     """A password: any characters, but they must be sendable (UTF-8)."""
     try:
@@ -140,6 +147,8 @@ class Setting(collections.namedtuple("Setting", "env default parse help secret a
 
 SETTINGS = [
     Setting("NAME", "world", _text(256), "who the page greets"),
+    Setting("VERSION", "1", _version, "this release's name: in a header of every answer, the JSON answer, "
+            "/replicas and /metrics, so a rolling update can be watched"),
     Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
     Setting("BIND", "0.0.0.0", _host, "address to listen on"),
     Setting("REDIS_URL", None, _redis_url, "redis://[[user]:password@]host[:port][/db], rediss:// or "

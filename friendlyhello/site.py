@@ -63,7 +63,7 @@ class Site:
                 self.metrics.visits += 1
         if request.wants_json:
             body = json.dumps({"name": self.name, "hostname": self.me.hostname, **self.me.placement,
-                               "visits": visits, "redis": visit_words(error)})
+                               "version": self.me.version, "visits": visits, "redis": visit_words(error)})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)

@@ -69,7 +69,7 @@ def test_client_asking_for_json_gets_the_same_visit_as_json(fake_redis):
     with serving(redis_env(fake_redis), hostname="h1") as server:
         reply = server.get("/", headers={"Accept": "application/json"})
     assert reply.headers["Content-Type"] == "application/json"
-    assert json.loads(reply.body) == {"name": "world", "hostname": "h1", "visits": 1, "redis": "ok"}
+    assert json.loads(reply.body) == {"name": "world", "hostname": "h1", "version": "1", "visits": 1, "redis": "ok"}
 
 
 def test_json_says_why_the_counter_is_disabled():
@@ -349,6 +349,11 @@ def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
     ({"DRAIN_TIMEOUT": "0"}, (), "DRAIN_TIMEOUT='0' is not valid: expected a number of seconds above 0"),
     ({"READY_NEEDS_REDIS": "yes"}, (), "READY_NEEDS_REDIS='yes' is not valid: expected one of off, on"),
     ({"BIND": ""}, (), "BIND=''"),
+    ({"VERSION": ""}, (), "VERSION='' is not valid: expected 1 to 64 printable ASCII characters"),
+    ({"VERSION": " 2"}, (), "VERSION=' 2'"),
+    ({"VERSION": "v\u00e9"}, (), "VERSION='v\\xe9'"),
+    ({"VERSION": "a\r\nSet-Cookie: x"}, (), "VERSION='a\\r\\nSet-Cookie: x'"),
+    ({"VERSION": "9" * 65}, (), "VERSION="),
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
     ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
 ])
@@ -475,6 +480,23 @@ def test_shutting_down_turns_readiness_503_and_leaves_liveness_200(fake_redis):
         server.server.lifecycle.shutting_down = True
         assert server.get("/readyz").status == 503
         assert server.get("/healthz").status == server.get("/livez").status == 200
+
+
+def test_during_the_shutdown_delay_every_answer_says_connection_close_so_clients_move_on(fake_redis):
+    with serving({**redis_env(fake_redis), "SHUTDOWN_DELAY": "0.5"}) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as kept:
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        before = kept.recv(65536)
+        server.server.stop()
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, kept alive until now
+        during = b""
+        while chunk := kept.recv(65536):  # then the server closes it
+            during += chunk
+        fresh = server.get("/")  # a new connection is still accepted and served in the delay
+    assert before.startswith(b"HTTP/1.1 200") and b"Connection: close" not in before
+    assert during.startswith(b"HTTP/1.1 200") and during.endswith(b"</b> 1")
+    assert b"\r\nConnection: close\r\n" in during
+    assert fresh.status == 200 and fresh.headers["Connection"] == "close"
 
 
 @pytest.mark.slow  # waits out real timeouts and delays

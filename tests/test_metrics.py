@@ -2,6 +2,9 @@
 and scraped by a real Prometheus; and the JSON logs."""
 
 import json
+import os
+import platform
+import resource
 import shutil
 import subprocess
 import time
@@ -11,6 +14,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from friendlyhello import metrics as metrics_module
+from friendlyhello.redis_pipeline import OUTCOMES
+from friendlyhello.shared_memory import SharedSlots
 from helpers import Process, free_port, raw_exchange, redis_env, refused_env, serving, unavailable
 
 FAMILIES = {
@@ -48,7 +54,7 @@ def test_every_family_parses_with_the_official_parser_and_has_its_type(fake_redi
     assert sample(found, "friendlyhello_redis_pipeline_size_count") == 1
     assert sample(found, "friendlyhello_redis_up") == 1
     assert sample(found, "process_resident_memory_bytes") > 1_000_000
-    assert sample(found, "friendlyhello_build_info", version="1.0") == 1
+    assert sample(found, "friendlyhello_build_info", version="1", release="1.0") == 1
 
 
 def test_promtool_finds_nothing_to_say(fake_redis):
@@ -187,3 +193,118 @@ def test_json_logs_are_one_object_per_line_with_the_replica_and_escaped_control_
     # The fake Redis has no password: an outage, logged as a warning (degraded, not broken), once.
     assert [(e["where"], e["level"]) for e in events] == [("redis", "warning")]
     assert "is unavailable (authentication failed)" in events[0]["message"]
+
+
+# -- in process: the numbers themselves, and the text they make --------------------------------
+
+def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
+    """HELP and TYPE of every family, zeros where nothing was counted, label values escaped as
+    the format says (backslash, quote, newline), histogram buckets cumulative."""
+    snapshot = {"series": {
+        "http_requests_total": {('GET', 'a\\b"c\nd', "200"): 2},
+        "http_request_duration_seconds": {("GET", "/"): [[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 9.5]},
+    }, "process": {}}
+    text = metrics_module.exposition(snapshot, redis_up=False)
+    python = platform.python_version()
+    assert text == (
+        "# HELP http_requests_total HTTP requests answered, by method, route and status code.\n"
+        "# TYPE http_requests_total counter\n"
+        'http_requests_total{method="GET",route="a\\\\b\\"c\\nd",code="200"} 2\n'
+        "# HELP http_request_duration_seconds Time from a request's complete head to its answer.\n"
+        "# TYPE http_request_duration_seconds histogram\n"
+        + "".join(f'http_request_duration_seconds_bucket{{method="GET",route="/",le="{le}"}} {n}\n'
+                  for le, n in zip([*map(repr, map(float, metrics_module.DURATION_BUCKETS)), "+Inf"],
+                                   [1] * 14 + [2], strict=True))
+        + 'http_request_duration_seconds_sum{method="GET",route="/"} 9.5\n'
+        'http_request_duration_seconds_count{method="GET",route="/"} 2\n'
+        "# HELP friendlyhello_visits_total Visits counted: pages that showed a number.\n"
+        "# TYPE friendlyhello_visits_total counter\n"
+        "friendlyhello_visits_total 0\n"
+        "# HELP friendlyhello_redis_replies_total Redis calls for requests, by how they ended.\n"
+        "# TYPE friendlyhello_redis_replies_total counter\n"
+        + "".join(f'friendlyhello_redis_replies_total{{outcome="{o}"}} 0\n' for o in sorted(OUTCOMES))
+        + "# HELP friendlyhello_redis_pipeline_size Requests whose Redis commands went in one round trip.\n"
+        "# TYPE friendlyhello_redis_pipeline_size histogram\n"
+        "# HELP friendlyhello_open_connections Client connections open now.\n"
+        "# TYPE friendlyhello_open_connections gauge\n"
+        "friendlyhello_open_connections 0\n"
+        "# HELP friendlyhello_log_lines_dropped_total Log lines dropped because the log's reader was slow or gone.\n"
+        "# TYPE friendlyhello_log_lines_dropped_total counter\n"
+        "friendlyhello_log_lines_dropped_total 0\n"
+        "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
+        "# TYPE friendlyhello_redis_up gauge\n"
+        "friendlyhello_redis_up 0\n"
+        "# HELP friendlyhello_build_info The VERSION this replica was started with, friendlyhello's release and "
+        "Python's version.\n"
+        "# TYPE friendlyhello_build_info gauge\n"
+        f'friendlyhello_build_info{{version="1",release="1.0",python="{python}"}} 1\n')
+
+
+def test_workers_snapshots_add_up_by_type_and_the_process_values_combine_as_each_says():
+    one = {"series": {"http_requests_total": {("GET", "/", "200"): 2},
+                      "http_request_duration_seconds": {("GET", "/"): [[1, 2], 0.5]}},
+           "process": {"process_cpu_seconds_total": 1.5, "process_start_time_seconds": 100.0,
+                       "process_max_fds": 1024, "process_open_fds": 7}}
+    two = {"series": {"http_requests_total": {("GET", "/", "200"): 3, ("HEAD", "/", "200"): 1},
+                      "http_request_duration_seconds": {("GET", "/"): [[4, 8], 0.25]}},
+           "process": {"process_cpu_seconds_total": 2.0, "process_start_time_seconds": 90.0,
+                       "process_max_fds": 4096, "process_open_fds": 5}}
+    total = metrics_module.merged([one, None, two])
+    assert total["series"]["http_requests_total"] == {("GET", "/", "200"): 5, ("HEAD", "/", "200"): 1}
+    assert total["series"]["http_request_duration_seconds"] == {("GET", "/"): [[5, 10], 0.75]}
+    assert total["process"] == {"process_cpu_seconds_total": 3.5, "process_start_time_seconds": 90.0,
+                                "process_max_fds": 4096, "process_open_fds": 12}
+    assert metrics_module.merged([None])["process"] == {}
+
+
+class _DroppingLog:
+    dropped = 3
+
+
+def test_a_worker_shows_every_slot_and_a_replacement_takes_over_its_counters_but_not_its_gauges():
+    shared = SharedSlots(2)
+    first, second = metrics_module.Metrics(shared, 0), metrics_module.Metrics(shared, 1, _DroppingLog())
+    first.request("GET", "/", 200, 0.001)
+    second.request("GET", "/", 200, 0.001)
+    second.visits, second.open_connections = 4, 2
+    second.publish()
+    found = families(first.exposition(redis_up=True))
+    assert sample(found, "http_requests_total", method="GET", route="/", code="200") == 2
+    assert sample(found, "friendlyhello_visits_total") == 4
+    assert sample(found, "friendlyhello_open_connections") == 2
+    assert sample(found, "friendlyhello_log_lines_dropped_total") == 3
+    assert shared.read(0) is not None  # showing the sum published this worker's own slot too
+    replacement = metrics_module.Metrics(shared, 1)
+    replacement.request("GET", "/", 200, 0.001)
+    replacement.publish()
+    found = families(first.exposition(redis_up=True))
+    assert sample(found, "http_requests_total", method="GET", route="/", code="200") == 3
+    assert sample(found, "friendlyhello_visits_total") == 4  # counted by the worker it replaced
+    assert sample(found, "friendlyhello_open_connections") == 0  # a gauge starts again
+
+
+def test_the_process_values_are_this_process_s_own():
+    """Read from /proc/self/stat: checked against what the kernel says by other ways, with a
+    process name holding ')' (the name is the one field that can), and a lowered soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open("/proc/self/comm") as comm:
+        name = comm.read().strip()
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1000), hard))
+        with open("/proc/self/comm", "w") as comm:
+            comm.write("py) 1 2 3 4 5")
+        process = metrics_module.Metrics()._process()
+        times = os.times()
+        with open("/proc/self/statm") as statm:
+            pages, resident = (int(n) * resource.getpagesize() for n in statm.read().split()[:2])
+        max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name)
+    assert abs(process["process_cpu_seconds_total"] - (times.user + times.system)) < 0.05
+    assert time.time() - 3600 < process["process_start_time_seconds"] < time.time() - 0.1
+    assert abs(process["process_resident_memory_bytes"] - resident) < 4 * 1024 * 1024
+    assert abs(process["process_virtual_memory_bytes"] - pages) < 16 * 1024 * 1024
+    assert process["process_max_fds"] == max_fds == min(soft, 1000)
+    assert 3 <= process["process_open_fds"] <= len(os.listdir("/proc/self/fd")) + 2

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from friendlyhello import replicas
 from helpers import free_port, redis_counter, serving
 from test_browser import CHROMIUM_FLAGS, chromium_path, png_picture
 
@@ -142,7 +143,8 @@ def test_malformed_records_are_shown_flagged_and_the_rest_as_they_are(redis_serv
     assert rows["good"]["served"] == 1 and rows["good"]["problem"] == ""
     assert rows["bytes"]["served"] == 3 and rows["bytes"]["problem"] == ""
     assert rows["abc"]["problem"] == rows["negative"]["problem"] == "its visit count is not a whole number"
-    assert rows["string"] == {"id": "string", "hostname": "", "pod": "", "node": "", "served": 0,
+    assert rows["string"] == {"id": "string", "hostname": "", "pod": "", "node": "", "version": "", "served": 0,
+                              "last_minute": 0,
                               "seconds_since_seen": 0, "problem": "its record is not a hash", "share": 0.0}
     assert rows["huge"]["problem"] == "its visit count is not a whole number"  # past 18 digits: not believed
     assert (rows["bare"]["hostname"], rows["bare"]["served"], rows["bare"]["problem"]) == ("h", 0, "")
@@ -239,3 +241,64 @@ def test_a_counter_of_the_wrong_type_leaves_the_view_standing(redis_server):
         seen, html = view(server), server.get("/replicas")
     assert seen["total"] is None and html.status == 200 and "? visits counted in all" in html.text
 
+
+
+# -- versions: who runs what, and where the last minute's visits went ---------------------------
+
+def test_replicas_of_two_versions_are_summed_by_version_and_every_answer_names_its_replica(redis_server):
+    with serving(replica_env(redis_server, "a", VERSION="1")) as a, \
+            serving(replica_env(redis_server, "b", VERSION="v2.0-rc1")) as b, \
+            serving(replica_env(redis_server, "c", VERSION="v2.0-rc1")) as c:
+        for server, visits in ((a, 30), (b, 20), (c, 10)):
+            for _ in range(visits):
+                server.get("/")
+        seen = view(a)
+        html = b.get("/replicas").text
+        page = json.loads(c.get("/", headers={"Accept": "application/json"}).body)
+        answers = [b.get("/"), b.get("/nope"), b.get("/healthz", method="HEAD"), b.get("/metrics")]
+    assert {r["id"]: r["version"] for r in seen["replicas"]} == {"a": "1", "b": "v2.0-rc1", "c": "v2.0-rc1"}
+    assert seen["by_version"] == {
+        "1": {"replicas": 1, "visits": 30, "last_minute": 30, "share_last_minute": 0.5},
+        "v2.0-rc1": {"replicas": 2, "visits": 30, "last_minute": 30, "share_last_minute": 0.5}}
+    assert list(seen["by_version"]) == ["1", "v2.0-rc1"]
+    assert ('<tr><td>v2.0-rc1</td><td class="n">2</td><td class="n">30</td>'
+            '<td><span class="bar" style="width:100px"></span>50%</td></tr>') in html
+    assert "<td>b</td><td>v2.0-rc1</td>" in html
+    assert page["version"] == "v2.0-rc1" and page["visits"] == 61
+    for answer in answers:
+        assert (answer.headers["Friendlyhello-Replica"], answer.headers["Friendlyhello-Version"]) == \
+            ("b", "v2.0-rc1"), answer.status
+
+
+def test_the_last_minute_is_the_visits_since_the_oldest_slot_mark_of_the_last_minute():
+    now = 100_000  # slot 10,000 of 10 s
+    marks = [b"at:9994", b"5", b"at:9995", b"12", b"at:9999", b"20"]
+    row = replicas.read_record(b"a", [b"served", b"30", b"seen", b"%d" % now, *marks], now)
+    assert (row["served"], row["last_minute"]) == (30, 18)  # 30 - 12: slot 9994 began over a minute ago
+    young = replicas.read_record(b"a", [b"served", b"7", b"seen", b"%d" % now], now)
+    assert young["last_minute"] == 7  # no mark yet: a record younger than its first heartbeat
+    stale = replicas.read_record(b"a", [b"served", b"7", b"at:9000", b"3", b"at:x", b"1"], now)
+    assert stale["last_minute"] == 0  # marks, but none in the last minute: nothing recent
+    odd = replicas.read_record(b"a", [b"served", b"7", b"at:9999", b"-3", b"at:10000", b"5"], now)
+    assert odd["last_minute"] == 2  # a mark that is not a count is passed over
+    ahead = replicas.read_record(b"a", [b"served", b"7", b"at:9999", b"9"], now)
+    assert ahead["last_minute"] == 0  # a count that went back (someone reset it): never below 0
+
+
+def test_a_heartbeat_marks_its_slot_and_forgets_the_old_ones_and_writes_its_version(redis_server):
+    now = int(redis_command(redis_server.port, b"TIME").split(b"\r\n")[2])
+    slot = now // replicas.SLOT_SECONDS
+    key = replicas.REPLICA_PREFIX.encode() + b"hb"
+    redis_command(redis_server.port, b"HSET", key, b"served", b"4", b"at:%d" % (slot - 7), b"1",
+                  b"at:%d" % (slot - 12), b"1", b"at:%d" % (slot - 6), b"2")
+    with serving(replica_env(redis_server, "hb", VERSION="7")):
+        deadline = time.monotonic() + 5
+        while b"version" not in (record := redis_command(redis_server.port, b"HGETALL", key)):
+            assert time.monotonic() < deadline, record
+            time.sleep(0.05)
+    fields = record.split(b"\r\n")[2::2]
+    stored = dict(zip(fields[::2], fields[1::2], strict=True))
+    marks = {k for k in stored if k.startswith(b"at:")}
+    assert stored[b"version"] == b"7"
+    assert {b"at:%d" % (slot - 6)} <= marks <= {b"at:%d" % (slot - 6), b"at:%d" % slot, b"at:%d" % (slot + 1)}
+    assert stored[b"at:%d" % slot] == b"4" if b"at:%d" % slot in stored else stored[b"at:%d" % (slot + 1)] == b"4"
