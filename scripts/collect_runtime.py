@@ -107,10 +107,14 @@ def imported_modules(app):
             run_module(app, env={"PORT": "eighty"}),
             run_module(app, ["--healthcheck"], env={"PORT": str(free_port())}),
         ]
-        served = {}
-        runs.append(run_module(app, env=base, serve=lambda port: served.update(
-            healthcheck=run_module(app, ["--healthcheck"], env={"PORT": str(port), "BIND": "127.0.0.1"}))))
-        runs.append(served["healthcheck"])
+        clients = []  # the health check and `watch`, run against a server
+        runs.append(run_module(app, env=base, serve=lambda port: clients.extend([
+            run_module(app, ["--healthcheck"], env={"PORT": str(port), "BIND": "127.0.0.1"}),
+            run_module(app, ["watch", f"http://127.0.0.1:{port}/", "--duration", "0.5", "--json"]),
+            run_module(app, ["watch", f"http://127.0.0.1:{port}/nope", "--duration", "0.3", "--new-connection"]),
+            run_module(app, ["watch", "http://no-such-host.invalid/", "--duration", "0.3", "--timeout", "1"]),
+            run_module(app, ["watch", "ftp://host/"])])))
+        runs.extend(clients)
     fake_redis.close()
     return set().union(*runs)
 

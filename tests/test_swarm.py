@@ -68,6 +68,13 @@ class Stack:
         self.clients.append(client)
         return client
 
+    def watch(self, *options):
+        """Start `watch` (the tiny image itself) on the stack's network; stop it with finish()."""
+        client = docker("run", "-d", "--network", self.network, IMAGE, "watch", "http://tasks.web/", "--json",
+                        "--rate", "25", "--timeout", "5", *options)
+        self.clients.append(client)
+        return client
+
     def finish(self, client, stop=True):
         """Stop the load (or let it end at its own time limit) and return what it saw."""
         if stop:
@@ -136,21 +143,46 @@ def test_scaling_up_to_8_and_down_to_2_under_load_fails_no_request(stack):
     wait_until(lambda: len(stack.tasks(stack.web)) == 2, 30, "the stopped replicas' exit")
 
 
-def test_a_rolling_update_under_load_fails_no_request(stack):
+def roll_to(stack, version, *watch_options):
+    """A rolling update to this VERSION with `watch` running throughout; what watch saw, the
+    counter's rise, and how long the update took."""
     docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
     wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
     old = {c for c, _ in stack.tasks(stack.web)}
     before = stack.counter()
-    client = stack.load()
+    client = stack.watch(*watch_options)
+    time.sleep(3)  # the old version alone, first
     started = time.monotonic()
-    docker("service", "update", "--detach=false", "--force", stack.web, timeout=600)
+    docker("service", "update", "--detach=false", "--env-add", f"VERSION={version}", stack.web, timeout=600)
     took = time.monotonic() - started
+    time.sleep(3)  # and the new one alone, last
     seen = stack.finish(client)
-    rise = stack.counter() - before
-    print(f"\nrolling update of 5 replicas in {took:.1f}s: {seen['requests']} requests, "
-          f"{seen['failed']} failed, statuses {dict(seen['statuses'])}, {len(seen['hostnames'])} hostnames")
-    assert_every_request_answered_and_counted_once(seen, rise)
     assert not old & {c for c, _ in stack.tasks(stack.web)}, "some replica was not replaced"
+    return seen, stack.counter() - before, took
+
+
+@pytest.mark.parametrize("mode, options, old, new", [
+    ("connections kept alive", (), "1", "2"),
+    ("a new connection per request", ("--new-connection",), "2", "3"),
+])
+def test_a_rolling_update_from_one_version_to_the_next_fails_no_request_watched_by_watch(stack, mode, options,
+                                                                                         old, new):
+    if old != "1":  # the second rollout starts where the first one ended
+        docker("service", "update", "--detach=false", "--env-add", f"VERSION={old}", stack.web, timeout=600)
+    seen, rise, took = roll_to(stack, new, *options)
+    versions = seen["by_version"]
+    moved = versions[new]["first_s"], versions[old]["last_s"]
+    print(f"\nrolling update {old} -> {new} ({mode}) in {took:.1f}s: {seen['requests']} requests, "
+          f"{seen['failed']} failed {seen['failures']}, {seen['retried']} retried, p99 {seen['p99_ms']} ms, "
+          f"longest gap {seen['longest_gap_ms']} ms; {new} first answered at {moved[0]:.1f}s, {old} last at "
+          f"{moved[1]:.1f}s; {len(seen['by_replica'])} replicas answered; counter rise {rise}")
+    assert seen["failed"] == 0, seen["failures"]
+    assert set(versions) == {old, new} and seen["keep_alive"] == (not options)
+    timeline = seen["timeline"]
+    assert set(timeline[0]["answers"]) == {old} and set(timeline[-1]["answers"]) == {new}  # 0% to 100%
+    shown = seen["visits"]
+    assert shown["distinct"] == shown["shown"] == seen["requests"]  # each a visit, no number twice
+    assert shown["shown"] <= rise <= shown["shown"] + shown["no_reply"] + seen["retried"]
 
 
 def test_redis_killed_is_replaced_and_the_count_goes_on_from_its_volume(stack):

@@ -1,0 +1,306 @@
+"""watch: steady requests to a URL, and a table of who answered and what failed, redrawn each
+second; run it through a rolling update to see whether the update dropped anything.
+
+    python3 hello_server.py watch http://localhost:4000/ [--rate 20] [--duration 60] ...
+
+Each answer is counted for the version and the replica that its Friendlyhello-Version and
+Friendlyhello-Replica fields name ("unknown" when a server does not send them). A request
+fails by kind: refused (nothing listens), reset (the connection broke, or closed before an
+answer), timeout, non-2xx, other (a name that does not resolve, a malformed answer). On a
+connection kept alive, a request the server closed the connection under before answering
+is sent again once on a new one, as browsers do, and counted as retried.
+
+Exit status: 0 when no request failed, 1 when any did, 2 on bad usage. Standard library
+only: it runs in the tiny image (``docker run friendlyhello watch http://web/``).
+"""
+
+import argparse
+import collections
+import http.client
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+
+from .responses import REPLICA_HEADER, VERSION_HEADER
+
+KINDS = ("refused", "reset", "timeout", "non-2xx", "other")
+UNKNOWN = "unknown"
+NO_ANSWER = "(no answer)"  # the row of the requests that failed before any answer came
+_RETRIABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def failure_kind(error):
+    """The kind of a request that got no answer, from its exception."""
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, (ConnectionError, http.client.IncompleteRead)):  # resets, broken pipes, early closes
+        return "reset"
+    if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError
+        return "timeout"
+    return "other"
+
+
+Result = collections.namedtuple("Result", "sent done version replica kind status retried visits redis")
+Result.__doc__ = """One request: when it was sent and answered (seconds since the start), who
+answered (None when nobody did), its failure kind (None: it did not fail), its status, whether
+it was sent again, and, from a friendlyhello JSON answer, the visit number it showed and its
+words on Redis."""
+
+
+def percentile(ordered, fraction):
+    """Nearest rank of a sorted list; None for an empty one."""
+    if not ordered:
+        return None
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def group_summary(results, total):
+    """Requests, share of ``total``, failures by kind, latency and the longest gap between two
+    good answers, of some of the results."""
+    failures = dict.fromkeys(KINDS, 0)
+    for r in results:
+        if r.kind:
+            failures[r.kind] += 1
+    latencies = sorted(r.done - r.sent for r in results if r.kind is None)
+    good = sorted(r.done for r in results if r.kind is None)
+    gaps = [b - a for a, b in zip(good, good[1:], strict=False)]
+    return {"requests": len(results), "share": round(len(results) / total, 4) if total else 0.0,
+            "failed": sum(failures.values()), "failures": failures,
+            "p50_ms": _ms(percentile(latencies, 0.5)), "p99_ms": _ms(percentile(latencies, 0.99)),
+            "longest_gap_ms": _ms(max(gaps, default=None)),
+            "first_s": round(min(r.done for r in results), 2) if results else None,
+            "last_s": round(max(r.done for r in results), 2) if results else None}
+
+
+def summary(results, options, elapsed):
+    """Everything watch saw, as one JSON-ready object."""
+    total = len(results)
+    whole = group_summary(results, total)
+    by_version, by_replica, seconds = {}, {}, collections.defaultdict(collections.Counter)
+    for r in results:
+        if r.version is not None:
+            by_version.setdefault(r.version, []).append(r)
+            by_replica.setdefault(r.replica, []).append(r)
+        seconds[int(r.done)][r.version if r.kind is None else "failed"] += 1
+    shown = [r.visits for r in results if r.visits is not None]
+    return {
+        "url": options.url, "seconds": round(elapsed, 2), "rate": options.rate, "connections": options.connections,
+        "keep_alive": not options.new_connection, "requests": total, "ok": total - whole["failed"],
+        "failed": whole["failed"], "failures": whole["failures"],
+        "retried": sum(1 for r in results if r.retried),
+        "statuses": dict(collections.Counter(str(r.status) for r in results if r.status is not None)),
+        "p50_ms": whole["p50_ms"], "p99_ms": whole["p99_ms"], "longest_gap_ms": whole["longest_gap_ms"],
+        "by_version": {v: group_summary(rs, total) for v, rs in sorted(by_version.items())},
+        "by_replica": {name: {"version": rs[-1].version, **group_summary(rs, total)}
+                       for name, rs in sorted(by_replica.items())},
+        "visits": {"shown": len(shown), "distinct": len(set(shown)), "lowest": min(shown, default=None),
+                   "highest": max(shown, default=None),
+                   "no_reply": sum(1 for r in results if (r.redis or "").startswith("no reply")),
+                   "disabled": sum(1 for r in results if r.redis and r.visits is None
+                                   and not r.redis.startswith("no reply"))},
+        "timeline": [{"second": s, "answers": {str(k): n for k, n in sorted(c.items(), key=str)}}
+                     for s, c in sorted(seconds.items())],
+    }
+
+
+class Watch:
+    """The requests: ``connections`` threads take turns from one schedule, ``rate`` a second
+    in all; a thread that is late (the server is slow) sends at once, never in a burst to
+    catch up. ``results`` grows as answers come."""
+
+    def __init__(self, options):
+        self.options = options
+        target = urllib.parse.urlsplit(options.url)
+        self._https, self._host, self._port = target.scheme == "https", target.hostname, target.port
+        self._path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        self._headers = {"Host": target.netloc, "Accept": "application/json, */*;q=0.5",
+                         "User-Agent": "friendlyhello-watch"}
+        self.results, self.stop = [], threading.Event()
+        self._lock, self._next, self.started = threading.Lock(), 0, None
+
+    def run(self):
+        self.started = time.monotonic()
+        threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.options.connections)]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _turn(self):
+        """Wait for this thread's next turn in the schedule; False once stopped."""
+        with self._lock:
+            at, self._next = self.started + self._next / self.options.rate, self._next + 1
+            at = max(at, time.monotonic())
+            self._next = max(self._next, round((at - self.started) * self.options.rate))  # no burst after a stall
+        return not self.stop.wait(max(at - time.monotonic(), 0))
+
+    def _connect(self):
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return kind(self._host, self._port, timeout=self.options.timeout)
+
+    def _client(self):
+        conn = None
+        while self._turn():
+            sent = time.monotonic() - self.started
+            reused, retried = conn is not None, False
+            conn = conn or self._connect()
+            try:
+                try:
+                    answer = self._exchange(conn)
+                except _RETRIABLE:
+                    if not reused:
+                        raise
+                    conn.close()
+                    conn, retried = self._connect(), True  # closed under us while idle: once more, anew
+                    answer = self._exchange(conn)
+            except (OSError, http.client.HTTPException) as error:
+                conn.close()
+                conn = None
+                self._record(Result(sent, self._now(), None, None, failure_kind(error), None, retried, None, None))
+                continue
+            status, headers, body = answer
+            if self.options.new_connection or headers.get("Connection", "").lower() == "close":
+                conn.close()
+                conn = None
+            self._record(self._result(sent, status, headers, body, retried))
+        if conn is not None:
+            conn.close()
+
+    def _exchange(self, conn):
+        conn.request("GET", self._path, headers=self._headers)
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+
+    def _result(self, sent, status, headers, body, retried):
+        visits = redis = None
+        if headers.get(VERSION_HEADER) is not None and headers.get_content_type() == "application/json":
+            try:
+                page = json.loads(body)
+                visits = page.get("visits") if isinstance(page.get("visits"), int) else None
+                redis = page.get("redis") if isinstance(page.get("redis"), str) else None
+            except (ValueError, AttributeError):
+                pass
+        version, replica = (headers.get(VERSION_HEADER, UNKNOWN), headers.get(REPLICA_HEADER, UNKNOWN))
+        kind = None if 200 <= status < 300 else "non-2xx"
+        return Result(sent, self._now(), version, replica, kind, status, retried, visits, redis)
+
+    def _now(self):
+        return time.monotonic() - self.started
+
+    def _record(self, result):
+        with self._lock:
+            self.results.append(result)
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.results)
+
+
+# -- what it shows ------------------------------------------------------------------------------
+
+_COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"), ("reset", "reset"),
+            ("timeout", "timeout"), ("non-2xx", "non-2xx"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+            ("longest gap ms", "longest_gap_ms"), ("first s", "first_s"), ("last s", "last_s"))
+
+
+def _cells(name, group, version=None):
+    values = {**group, **group["failures"], "share": f"{group['share']:.0%}"}
+    return [name, *([] if version is None else [version]),
+            *("-" if values[key] is None else str(values[key]) for _, key in _COLUMNS)]
+
+
+def _grid(header, rows):
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in (header, *rows)]
+
+
+def table(seen):
+    """The summary as a terminal shows it: totals, then a row per version and per replica."""
+    failures = ", ".join(f"{n} {kind}" for kind, n in seen["failures"].items())
+    mode = ("connections kept alive: each stays with the replica it reached, so a round-robin "
+            "balancer looks sticky (--new-connection: a new one per request)" if seen["keep_alive"] else
+            "a new connection per request: each is balanced anew")
+    lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {seen['connections']} "
+             f"{mode}",
+             f"{seen['requests']} requests, {seen['failed']} failed ({failures}), {seen['retried']} retried; "
+             f"p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, longest gap {seen['longest_gap_ms']} ms", ""]
+    no_answer = {"requests": seen["requests"] - sum(v["requests"] for v in seen["by_version"].values())}
+    rows = [_cells(v, group) for v, group in seen["by_version"].items()]
+    if no_answer["requests"]:
+        lost = {kind: n - sum(v["failures"][kind] for v in seen["by_version"].values())
+                for kind, n in seen["failures"].items()}
+        rows.append(_cells(NO_ANSWER, {**dict.fromkeys(k for _, k in _COLUMNS), **no_answer, "failures": lost,
+                                       "share": no_answer["requests"] / max(seen["requests"], 1)}))
+    lines += _grid(["version", *(title for title, _ in _COLUMNS)], rows) + [""]
+    rows = [_cells(name, group, group["version"]) for name, group in seen["by_replica"].items()]
+    lines += _grid(["replica", "version", *(title for title, _ in _COLUMNS)], rows)
+    return "\n".join(lines) + "\n"
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def _number(low, high, kind=float):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low < value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number above {low:g} and at most {high:g}")
+        return value
+    return parse
+
+
+def parse_options(argv):
+    parser = argparse.ArgumentParser(prog="hello_server.py watch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="what to ask, such as http://localhost:4000/")
+    parser.add_argument("--duration", type=_number(0, 86400), help="seconds to run (default: until Ctrl-C)")
+    parser.add_argument("--rate", type=_number(0, 10000), default=20.0, help="requests a second, in all (20)")
+    parser.add_argument("--connections", type=_number(0, 1000, int), default=4,
+                        help="requests at once at most: a connection each (4)")
+    parser.add_argument("--new-connection", action="store_true",
+                        help="a new TCP connection per request, as browsers behind a load balancer see it")
+    parser.add_argument("--timeout", type=_number(0, 600), default=5.0, help="seconds to wait for an answer (5)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object, and nothing else")
+    options = parser.parse_args(argv)
+    try:
+        target = urllib.parse.urlsplit(options.url)
+        target.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        parser.error(f"url: {exc}")
+    if target.scheme not in ("http", "https") or not target.hostname:
+        parser.error("url: expected http:// or https:// and a host, such as http://localhost:4000/")
+    return options
+
+
+def main(argv):
+    options = parse_options(argv)
+    watch = Watch(options)
+    signal.signal(signal.SIGTERM, lambda signum, frame: watch.stop.set())
+    live = sys.stdout.isatty() and not options.json
+    threads = watch.run()
+    end = watch.started + options.duration if options.duration else float("inf")
+    try:
+        while not watch.stop.wait(min(1.0, max(end - time.monotonic(), 0))) and time.monotonic() < end:
+            if live:
+                seen = summary(watch.snapshot(), options, time.monotonic() - watch.started)
+                sys.stdout.write("\x1b[H\x1b[2J" + table(seen))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    elapsed = time.monotonic() - watch.started
+    watch.stop.set()
+    for thread in threads:  # requests in flight are let finish, and counted
+        thread.join(2 * options.timeout + 1)
+    seen = summary(watch.snapshot(), options, elapsed)
+    sys.stdout.write(json.dumps(seen) + "\n" if options.json else ("\x1b[H\x1b[2J" if live else "") + table(seen))
+    sys.stdout.flush()
+    return 1 if seen["failed"] else 0

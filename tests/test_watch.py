@@ -1,0 +1,200 @@
+"""`hello_server.py watch URL`: steady requests, counted per version and replica, failures by
+kind, and an exit status that says whether any request failed. Run as a user runs it (a
+process), against the real server and against small servers that misbehave on purpose."""
+
+import contextlib
+import http.server
+import json
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from friendlyhello import watch
+from helpers import Process, free_port, redis_env, serving
+
+
+def start_watch(url, *options):
+    return Process({}, ["watch", url, *options])
+
+
+def finish_watch(proc, timeout=15):
+    """Its exit status and its JSON summary (or its output as text, without --json)."""
+    try:
+        code = proc.wait(timeout)
+    finally:
+        out, err = proc.finish()
+    assert err == "", err
+    return code, (json.loads(out) if out.startswith("{") else out)
+
+
+@contextlib.contextmanager
+def misbehaving(behave):
+    """A TCP server on loopback that hands each connection to ``behave(sock)``; it counts the
+    connections it accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted, threads = [], []
+
+    def accept():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(sock)
+            thread = threading.Thread(target=behave, args=(sock,), daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        listener.close()
+        for sock in accepted:
+            sock.close()
+
+
+def never_answers(sock):
+    sock.recv(65536)
+
+
+def resets(sock):
+    sock.recv(65536)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a RST, not a FIN
+
+
+class PlainHandler(http.server.BaseHTTPRequestHandler):
+    """A server that is not friendlyhello: no Friendlyhello-* fields."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        body = b"hello\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_every_request_is_answered_counted_once_and_shown_by_version_and_replica(fake_redis):
+    with serving({**redis_env(fake_redis), "VERSION": "5", "REPLICA_ID": "web-1"}) as server:
+        kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.6", "--rate", "50", "--json")
+        fresh = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.6", "--rate", "50", "--json",
+                            "--new-connection", "--connections", "2")
+        (code, seen), (fresh_code, fresh_seen) = finish_watch(kept), finish_watch(fresh)
+    assert (code, fresh_code) == (0, 0)
+    for summary in seen, fresh_seen:
+        assert 20 <= summary["requests"] <= 32 and summary["failed"] == 0 and summary["statuses"] == {
+            "200": summary["requests"]}
+        assert list(summary["by_version"]) == ["5"] and list(summary["by_replica"]) == ["web-1"]
+        assert summary["by_replica"]["web-1"]["version"] == "5" and summary["by_version"]["5"]["share"] == 1.0
+        assert summary["visits"]["shown"] == summary["visits"]["distinct"] == summary["requests"]
+        assert summary["p50_ms"] <= summary["p99_ms"] and summary["longest_gap_ms"] < 500
+        assert [t["second"] for t in summary["timeline"]] == [0]
+    assert (seen["keep_alive"], fresh_seen["keep_alive"]) == (True, False)
+    assert fake_redis.visits == seen["requests"] + fresh_seen["requests"]  # the counter's rise, exactly
+
+
+def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_redis):
+    nowhere = free_port()
+    with misbehaving(never_answers) as (silent, _), misbehaving(resets) as (resetting, _), \
+            serving(redis_env(fake_redis)) as server:
+        runs = {kind: start_watch(url, "--duration", "0.5", "--rate", "8", "--timeout", "0.3", "--json")
+                for kind, url in (("refused", f"http://127.0.0.1:{nowhere}/"),
+                                  ("timeout", f"http://127.0.0.1:{silent}/"),
+                                  ("reset", f"http://127.0.0.1:{resetting}/"),
+                                  ("non-2xx", f"http://127.0.0.1:{server.port}/nope"),
+                                  ("other", "http://no-such-host.invalid/"))}
+        seen = {kind: finish_watch(proc) for kind, proc in runs.items()}
+    for kind, (code, summary) in seen.items():
+        assert code == 1, kind
+        assert summary["requests"] >= 3 and summary["failed"] == summary["requests"], kind
+        assert summary["failures"] == {k: summary["requests"] if k == kind else 0 for k in watch.KINDS}, kind
+    assert seen["non-2xx"][1]["statuses"] == {"404": seen["non-2xx"][1]["requests"]}
+    assert list(seen["non-2xx"][1]["by_version"]) == ["1"]  # an answer, though a failed one
+    assert seen["refused"][1]["by_version"] == {} and seen["refused"][1]["p50_ms"] is None
+
+
+def test_a_server_that_is_not_friendlyhello_is_counted_as_unknown_and_connections_are_kept_or_not():
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlainHandler)
+    connections = []
+    plain.get_request = lambda original=plain.get_request: connections.append(original()) or connections[-1]
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{plain.server_address[1]}/"
+        code, seen = finish_watch(start_watch(url, "--duration", "0.5", "--rate", "20", "--connections", "2",
+                                              "--json"))
+        kept = len(connections)
+        fresh_code, fresh = finish_watch(start_watch(url, "--duration", "0.5", "--rate", "20", "--json",
+                                                     "--new-connection"))
+    finally:
+        plain.shutdown()
+        plain.server_close()
+    assert (code, fresh_code) == (0, 0)
+    assert list(seen["by_version"]) == list(seen["by_replica"]) == ["unknown"]
+    assert seen["visits"]["shown"] == 0 and seen["requests"] >= 8
+    assert kept == 2  # a connection per client thread, kept alive
+    assert len(connections) - kept == fresh["requests"]  # a new one for every request
+
+
+def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(fake_redis):
+    with serving({**redis_env(fake_redis), "IDLE_TIMEOUT": "0.1"}) as server:
+        code, seen = finish_watch(start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "1.6", "--rate",
+                                              "2", "--connections", "1", "--json"))
+    assert code == 0 and seen["failed"] == 0
+    assert seen["retried"] >= 2 and seen["retried"] <= seen["requests"]
+    assert fake_redis.visits == seen["visits"]["shown"] == seen["requests"]  # retried, never counted twice
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_it_with_the_summary(fake_redis, signum):
+    with serving(redis_env(fake_redis)) as server:
+        proc = start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
+        time.sleep(0.6)
+        proc.signal(signum)
+        code, text = finish_watch(proc)
+    assert code == 0
+    assert text.startswith(f"watch http://127.0.0.1:{server.port}/  ")
+    assert "connections kept alive" in text and " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other)" in text
+    assert "\nversion  requests  share  refused" in text and "\n1   " in text
+
+
+@pytest.mark.parametrize("args", [
+    [], ["ftp://host/"], ["http:///path"], ["http://h:99999/"], ["http://h/", "--rate", "0"],
+    ["http://h/", "--connections", "two"], ["http://h/", "--timeout", "-1"], ["http://h/", "--duration", "nan"],
+])
+def test_bad_usage_exits_2(args):
+    with pytest.raises(SystemExit) as exited:
+        watch.parse_options(args)
+    assert exited.value.code == 2
+
+
+def test_the_table_has_a_row_per_version_and_per_replica_and_one_for_requests_never_answered():
+    results = [watch.Result(0.0, 0.01, "1", "a", None, 200, False, 1, "ok"),
+               watch.Result(0.5, 0.52, "2", "b", None, 200, False, 2, "ok"),
+               watch.Result(0.6, 0.9, "2", "b", "non-2xx", 503, False, None, None),
+               watch.Result(0.7, 1.7, None, None, "timeout", None, False, None, None)]
+
+    class Options:
+        url, rate, connections, new_connection = "http://x/", 4.0, 1, True
+    seen = watch.summary(results, Options, 2.0)
+    lines = watch.table(seen).splitlines()
+    assert lines[1] == ("4 requests, 2 failed (0 refused, 0 reset, 1 timeout, 1 non-2xx, 0 other), 0 retried; "
+                        "p50 10.0 ms, p99 20.0 ms, longest gap 510.0 ms")
+    assert lines[3].split() == ["version", "requests", "share", "refused", "reset", "timeout", "non-2xx", "p50",
+                                "ms", "p99", "ms", "longest", "gap", "ms", "first", "s", "last", "s"]
+    assert lines[4].split() == ["1", "1", "25%", "0", "0", "0", "0", "10.0", "10.0", "-", "0.01", "0.01"]
+    assert lines[5].split() == ["2", "2", "50%", "0", "0", "0", "1", "20.0", "20.0", "-", "0.52", "0.9"]
+    assert lines[6].split()[:8] == ["(no", "answer)", "1", "25%", "0", "0", "1", "0"]
+    assert lines[10].split()[:4] == ["b", "2", "2", "50%"] and lines[8].startswith("replica  version  requests")
+    assert seen["timeline"] == [{"second": 0, "answers": {"1": 1, "2": 1, "failed": 1}},
+                                {"second": 1, "answers": {"failed": 1}}]
+    assert seen["visits"] == {"shown": 2, "distinct": 2, "lowest": 1, "highest": 2, "no_reply": 0, "disabled": 0}
