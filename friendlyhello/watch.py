@@ -27,6 +27,8 @@ import urllib.parse
 
 from .responses import REPLICA_HEADER, VERSION_HEADER
 
+DESCRIPTION = ("Steady requests to a URL, counted by the version and replica that answered (the "
+               "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if any failed.")
 KINDS = ("refused", "reset", "timeout", "non-2xx", "other")
 UNKNOWN = "unknown"
 NO_ANSWER = "(no answer)"  # the row of the requests that failed before any answer came
@@ -260,7 +262,7 @@ def _number(low, high, kind=float):
 
 
 def parse_options(argv):
-    parser = argparse.ArgumentParser(prog="hello_server.py watch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="hello_server.py watch", description=DESCRIPTION)
     parser.add_argument("url", help="what to ask, such as http://localhost:4000/")
     parser.add_argument("--duration", type=_number(0, 86400), help="seconds to run (default: until Ctrl-C)")
     parser.add_argument("--rate", type=_number(0, 10000), default=20.0, help="requests a second, in all (20)")

@@ -50,6 +50,8 @@ def test_the_tree_holds_compiled_modules_and_no_source(runtime):
 def test_the_collected_tree_answers_help_and_refuses_a_bad_setting(runtime):
     out, err = in_tree(runtime, "--help").communicate(timeout=30)
     assert "--redis-url" in out and err == ""
+    out, err = in_tree(runtime, "watch", "--help").communicate(timeout=30)  # docstrings are compiled out
+    assert "--new-connection" in out and err == ""
     refused = in_tree(runtime, env={"PORT": "eighty"})
     _, err = refused.communicate(timeout=30)
     assert refused.returncode == 2 and err.startswith("friendlyhello: PORT='eighty' is not valid")
