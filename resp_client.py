@@ -774,6 +774,9 @@ _SCHEMES = ("redis", "rediss", "unix")
 _URL_OPTIONS = ("db", "password", "username", "protocol")
 
 
+_BAD_HOST = "Redis URL's host is not a valid host name or IP address"
+
+
 def parse_url(url):
     """Read ``redis://[[user]:password@]host[:port][/db][?option=value...]``, ``rediss://...``
     (TLS, verified against the system's CAs) or ``unix://[[user]:password@]/path``; return
@@ -790,7 +793,10 @@ def parse_url(url):
     scheme = scheme.lower()
     userinfo, at, location = rest.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
-    parts = urllib.parse.urlsplit("x://" + location)
+    try:
+        parts = urllib.parse.urlsplit("x://" + location)
+    except ValueError:  # unbalanced or invalid [brackets]; its message quotes nothing either
+        raise ValueError(_BAD_HOST) from None
     if parts.fragment:
         raise ValueError("a Redis URL has no #fragment (percent-encode a '#' in the password as %23)")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
@@ -825,7 +831,7 @@ def parse_url(url):
                          "(a user:password needs an @ before the host: redis://user:password@host:port)")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host and not valid_host(host):
-        raise ValueError("Redis URL's host is not a valid host name or IP address")
+        raise ValueError(_BAD_HOST)
     if scheme == "rediss":
         settings["ssl_context"] = ssl.create_default_context()
     return {**settings, "host": host or "localhost", "port": int(port_text)}

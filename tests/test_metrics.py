@@ -203,7 +203,9 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
     snapshot = {"series": {
         "http_requests_total": {('GET', 'a\\b"c\nd', "200"): 2},
         "http_request_duration_seconds": {("GET", "/"): [[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 9.5]},
-    }, "process": {}}
+    }, "process": {"process_cpu_seconds_total": 1.5, "process_start_time_seconds": 1700000000.25,
+                   "process_resident_memory_bytes": 1024, "process_virtual_memory_bytes": 4096,
+                   "process_open_fds": 7, "process_max_fds": 1024}}
     text = metrics_module.exposition(snapshot, redis_up=False)
     python = platform.python_version()
     assert text == (
@@ -237,7 +239,19 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# HELP friendlyhello_build_info The VERSION this replica was started with, friendlyhello's release and "
         "Python's version.\n"
         "# TYPE friendlyhello_build_info gauge\n"
-        f'friendlyhello_build_info{{version="1",release="1.0",python="{python}"}} 1\n')
+        f'friendlyhello_build_info{{version="1",release="1.0",python="{python}"}} 1\n'
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5\n"
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1700000000.25\n"
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1024\n"
+        "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+        "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes 4096\n"
+        "# HELP process_open_fds Number of open file descriptors.\n"
+        "# TYPE process_open_fds gauge\nprocess_open_fds 7\n"
+        "# HELP process_max_fds Maximum number of open file descriptors.\n"
+        "# TYPE process_max_fds gauge\nprocess_max_fds 1024\n")
 
 
 def test_workers_snapshots_add_up_by_type_and_the_process_values_combine_as_each_says():
@@ -289,6 +303,12 @@ def test_the_process_values_are_this_process_s_own():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with open("/proc/self/comm") as comm:
         name = comm.read().strip()
+    spent = os.times()
+    while os.times().user - spent.user < 0.1:  # user time, and system time, that tell the two apart
+        sum(range(10_000))
+    with open("/dev/zero", "rb", buffering=0) as zero:
+        while os.times().system - spent.system < 0.1:
+            zero.read(1 << 20)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1000), hard))
         with open("/proc/self/comm", "w") as comm:

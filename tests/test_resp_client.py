@@ -597,3 +597,151 @@ def test_real_redis_32_threads_of_500_incr_on_one_client_count_exactly_16000(red
             thread.join(60)
         assert errors == []
         assert client.execute("GET", "counter") == b"16000"
+
+
+# -- what mutation testing found unpinned: texts, edges and the back-off's arithmetic ----------
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://h", dict(host="h", port=6379, db=0, username=None, password=None, protocol=2)),
+    ("redis://h:1", dict(host="h", port=1, db=0, username=None, password=None, protocol=2)),
+    ("redis://h:65535", dict(host="h", port=65535, db=0, username=None, password=None, protocol=2)),
+    ("redis://[::1]", dict(host="::1", port=6379, db=0, username=None, password=None, protocol=2)),
+    ("redis://X:pw@h//3", dict(host="h", port=6379, db=3, username="X", password="pw", protocol=2)),
+    ("redis://:pa://ss@h", dict(host="h", port=6379, db=0, username=None, password="pa://ss", protocol=2)),
+    ("redis://:pw@h?password=", dict(host="h", port=6379, db=0, username=None, password="", protocol=2)),
+    ("redis://h?username=bob&password=p&protocol=3&db=",
+     dict(host="h", port=6379, db=0, username="bob", password="p", protocol=3)),
+])
+def test_a_url_reads_as_exactly_these_settings(url, expected):
+    assert parse_url(url) == expected
+
+
+_PORT = ("Redis URL's port must be a number from 1 to 65535 (a user:password needs an @ before the host: "
+         "redis://user:password@host:port)")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://h", "Redis URL must start with redis://, rediss:// or unix://"),
+    ("redis://h:0", _PORT), ("redis://h:65536", _PORT),
+    ("redis://h/X", "Redis URL's database (/db or ?db=) must be a whole number"),
+    ("redis://h?dbb=1", "Redis URL has an unknown ?option (allowed: db, password, username, protocol)"),
+    ("redis://h?protocol=4", "Redis URL's ?protocol= must be 2 or 3"),
+    ("redis://h#f", "a Redis URL has no #fragment (percent-encode a '#' in the password as %23)"),
+    ("redis://h]", "Redis URL's host is not a valid host name or IP address"),
+    ("redis://[::1:6379", "Redis URL's host is not a valid host name or IP address"),
+    ("redis://user@h", "a Redis URL with a username needs a password"),
+    ("unix://", "a unix:// Redis URL needs a socket path, e.g. unix:///run/redis.sock"),
+    ("redis://a@b/c@d", "a Redis URL's credentials must come before the host: redis://[[user]:password@]host "
+                        "(percent-encode '@' elsewhere as %40)"),
+])
+def test_a_bad_url_is_refused_with_exactly_this_line(url, message):
+    with pytest.raises(ValueError) as refused:
+        parse_url(url)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"+caf\xc3\xa9 \xff\r\n", "café \ufffd"),
+    (b"*2\r\n-ERR bad \xff\r\n!8\r\nERR x \xff\xfe\r\n", ["ERR bad \ufffd", "ERR x \ufffd\ufffd"]),
+    (b"=4\r\ntxt:\r\n", b""),  # a verbatim string with a format and nothing else
+    (b"~2\r\n*2\r\n:1\r\n:2\r\n*0\r\n", {(1, 2), ()}),
+])
+def test_replies_that_are_not_utf8_or_are_at_an_edge_still_read(fake_redis, raw, expected):
+    reply = reply_to(fake_redis, raw)
+    assert [r.message for r in reply] == expected if isinstance(expected, list) else reply == expected
+
+
+def test_a_reply_nested_just_within_the_limit_reads_in_every_aggregate_type(fake_redis):
+    depth = resp_client.MAX_DEPTH - 1
+    for opener in (b"*1\r\n", b"%1\r\n+k\r\n", b">1\r\n", b"|1\r\n+a\r\n+b\r\n"):
+        reply = reply_to(fake_redis, opener * depth + b":7\r\n")
+        for _ in range(depth if opener[:1] != b"|" else 0):
+            reply = reply["k"] if isinstance(reply, dict) else reply[0]
+        assert reply == 7, opener
+    keyed = reply_to(fake_redis, b"%1\r\n" + b"*1\r\n" * (depth - 1) + b":1\r\n:2\r\n")
+    assert list(keyed.values()) == [2]
+
+
+def test_a_message_quotes_at_most_64_bytes_of_what_it_refuses(fake_redis):
+    junk = b"y" * 100
+    for raw in (b"#" + junk + b"\r\n", b"," + junk + b"\r\n", b"_" + junk + b"\r\n",
+                b"=100\r\n" + junk + b"\r\n"):
+        with pytest.raises(ProtocolError) as refused:
+            reply_to(fake_redis, raw)
+        assert "y" * 64 in str(refused.value) and "y" * 65 not in str(refused.value), raw
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"$11\r\n", "bulk length 11 exceeds the limit of 10"),
+    (b"*11\r\n", "aggregate length 11 exceeds the limit of 10"),
+])
+def test_limits_hold_at_their_edge_and_say_which(fake_redis, raw, message):
+    assert reply_to(fake_redis, b"$10\r\n0123456789\r\n", max_bulk_length=10) == b"0123456789"
+    assert reply_to(fake_redis, b"*10\r\n" + b":1\r\n" * 10, max_array_length=10) == [1] * 10
+    with pytest.raises(ProtocolError) as refused:
+        reply_to(fake_redis, raw, max_bulk_length=10, max_array_length=10)
+    assert str(refused.value) == message
+
+
+def test_incr_names_itself_and_the_reply_when_it_is_not_an_integer(fake_redis):
+    fake_redis.script(b"+seven\r\n")
+    with client_for(fake_redis) as client, pytest.raises(ProtocolError) as refused:
+        client.incr("counter")
+    assert str(refused.value) == "INCR answered 'seven', not an integer"
+
+
+def test_an_unhashable_set_member_is_named_in_the_error(fake_redis):
+    with pytest.raises(ProtocolError) as refused:
+        reply_to(fake_redis, b"~1\r\n%1\r\n+k\r\n+v\r\n")
+    assert str(refused.value) == "{'k': 'v'} cannot be a set member or a map key"
+
+
+@pytest.mark.parametrize("message, code", [
+    ("WRONGTYPE Operation against a key", "WRONGTYPE"), ("READONLY\tYou can't write", "ERR"),
+    ("something lowercase", "ERR"), ("OOM", "OOM"),
+])
+def test_an_error_reply_s_code_is_its_first_word_when_that_is_upper_case(message, code):
+    assert ResponseError(message).code == code
+
+
+def test_an_os_error_is_described_by_its_reason_else_its_text_else_its_type():
+    assert resp_client._reason(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+    assert resp_client._reason(TimeoutError("timed out")) == "timed out"
+    assert resp_client._reason(OSError()) == "OSError"
+
+
+def test_the_back_off_doubles_from_the_first_window_to_its_cap_and_any_answer_ends_it():
+    outage, error = resp_client._Outage(), RedisConnectionError("refused")
+    windows = []
+    for _ in range(12):
+        before = time.monotonic()
+        outage.record(error)
+        windows.append(round(outage.retry_at - before, 2))
+    first, cap = resp_client.BACKOFF_FIRST, resp_client.BACKOFF_CAP
+    assert windows == [round(min(first * 2 ** n, cap), 2) for n in range(12)] and windows[-1] == cap
+    assert windows[1] == round(2 * first, 2) and windows[0] < cap
+    outage.record(ResponseError("WRONGTYPE not an outage"))  # the server answered
+    assert (outage.failures, outage.clear) == (0, True)
+    outage.record(error)
+    with pytest.raises(RedisConnectionError, match=r"^Redis at h:1 is unavailable \(retry in "):
+        outage.admit("h:1")  # one failure again: failing fast, for the first window
+    outage.probing = True
+    outage.end_probe()
+    assert outage.probing is False
+    outage.record(None)
+    assert outage.clear
+
+
+def test_stray_bytes_after_a_reply_retire_the_connection_so_they_never_answer_the_next_command(fake_redis):
+    fake_redis.script(b"+PONG\r\n+STRAY\r\n", b"$1\r\nv\r\n")
+    with client_for(fake_redis) as client:
+        assert client.ping() is True
+        assert client.execute("GET", "k") == b"v"
+    assert fake_redis.connections == 2
+
+
+def test_a_reply_read_past_the_buffer_leaves_the_next_one_whole(fake_redis):
+    big = b"z" * 200_000
+    fake_redis.script(b"$200000\r\n" + big + b"\r\n", b"+next\r\n")
+    with client_for(fake_redis) as client:
+        assert client.pipeline([("GET", "a"), ("GET", "b")]) == [big, "next"]

@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from friendlyhello import watch
 from helpers import ROOT, unavailable
 
 pytestmark = pytest.mark.container
@@ -175,7 +176,8 @@ def test_a_rolling_update_from_one_version_to_the_next_fails_no_request_watched_
     print(f"\nrolling update {old} -> {new} ({mode}) in {took:.1f}s: {seen['requests']} requests, "
           f"{seen['failed']} failed {seen['failures']}, {seen['retried']} retried, p99 {seen['p99_ms']} ms, "
           f"longest gap {seen['longest_gap_ms']} ms; {new} first answered at {moved[0]:.1f}s, {old} last at "
-          f"{moved[1]:.1f}s; {len(seen['by_replica'])} replicas answered; counter rise {rise}")
+          f"{moved[1]:.1f}s; {len(seen['by_replica'])} replicas answered; counter rise {rise}\n"
+          + watch.table(seen))
     assert seen["failed"] == 0, seen["failures"]
     assert set(versions) == {old, new} and seen["keep_alive"] == (not options)
     timeline = seen["timeline"]
