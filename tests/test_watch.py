@@ -86,13 +86,13 @@ class PlainHandler(http.server.BaseHTTPRequestHandler):
 
 def test_every_request_is_answered_counted_once_and_shown_by_version_and_replica(fake_redis):
     with serving({**redis_env(fake_redis), "VERSION": "5", "REPLICA_ID": "web-1"}) as server:
-        kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.6", "--rate", "50", "--json")
-        fresh = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.6", "--rate", "50", "--json",
+        kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.4", "--rate", "50", "--json")
+        fresh = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.4", "--rate", "50", "--json",
                             "--new-connection", "--connections", "2")
         (code, seen), (fresh_code, fresh_seen) = finish_watch(kept), finish_watch(fresh)
     assert (code, fresh_code) == (0, 0)
     for summary in seen, fresh_seen:
-        assert 20 <= summary["requests"] <= 32 and summary["failed"] == 0 and summary["statuses"] == {
+        assert 12 <= summary["requests"] <= 22 and summary["failed"] == 0 and summary["statuses"] == {
             "200": summary["requests"]}
         assert list(summary["by_version"]) == ["5"] and list(summary["by_replica"]) == ["web-1"]
         assert summary["by_replica"]["web-1"]["version"] == "5" and summary["by_version"]["5"]["share"] == 1.0
@@ -107,7 +107,7 @@ def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_r
     nowhere = free_port()
     with misbehaving(never_answers) as (silent, _), misbehaving(resets) as (resetting, _), \
             serving(redis_env(fake_redis)) as server:
-        runs = {kind: start_watch(url, "--duration", "0.5", "--rate", "8", "--timeout", "0.3", "--json")
+        runs = {kind: start_watch(url, "--duration", "0.4", "--rate", "10", "--timeout", "0.2", "--json")
                 for kind, url in (("refused", f"http://127.0.0.1:{nowhere}/"),
                                   ("timeout", f"http://127.0.0.1:{silent}/"),
                                   ("reset", f"http://127.0.0.1:{resetting}/"),
@@ -123,6 +123,7 @@ def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_r
     assert seen["refused"][1]["by_version"] == {} and seen["refused"][1]["p50_ms"] is None
 
 
+@pytest.mark.slow  # two runs of watch, one after the other
 def test_a_server_that_is_not_friendlyhello_is_counted_as_unknown_and_connections_are_kept_or_not():
     plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlainHandler)
     connections = []
@@ -145,6 +146,7 @@ def test_a_server_that_is_not_friendlyhello_is_counted_as_unknown_and_connection
     assert len(connections) - kept == fresh["requests"]  # a new one for every request
 
 
+@pytest.mark.slow  # waits for the server's idle timeout between requests
 def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(fake_redis):
     with serving({**redis_env(fake_redis), "IDLE_TIMEOUT": "0.1"}) as server:
         code, seen = finish_watch(start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "1.6", "--rate",
@@ -154,17 +156,20 @@ def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(
     assert fake_redis.visits == seen["visits"]["shown"] == seen["requests"]  # retried, never counted twice
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_ends_it_with_the_summary(fake_redis, signum):
+def test_ctrl_c_or_sigterm_ends_it_with_the_summary(fake_redis):
     with serving(redis_env(fake_redis)) as server:
-        proc = start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
-        time.sleep(0.6)
-        proc.signal(signum)
-        code, text = finish_watch(proc)
-    assert code == 0
-    assert text.startswith(f"watch http://127.0.0.1:{server.port}/  ")
-    assert "connections kept alive" in text and " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other)" in text
-    assert "\nversion  requests  share  refused" in text and "\n1   " in text
+        runs = {signum: start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+        time.sleep(0.5)
+        for signum, proc in runs.items():
+            proc.signal(signum)
+        ended = [finish_watch(proc) for proc in runs.values()]
+    for code, text in ended:
+        assert code == 0
+        assert text.startswith(f"watch http://127.0.0.1:{server.port}/  ")
+        assert "connections kept alive" in text
+        assert " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other)" in text
+        assert "\nversion  requests  share  refused" in text and "\n1   " in text
 
 
 @pytest.mark.parametrize("args", [
