@@ -286,18 +286,16 @@ def parse_options(argv):
 def main(argv):
     options = parse_options(argv)
     watch = Watch(options)
-    signal.signal(signal.SIGTERM, lambda signum, frame: watch.stop.set())
+    for signum in (signal.SIGINT, signal.SIGTERM):  # set, not inherited: a shell's `&` ignores SIGINT
+        signal.signal(signum, lambda signum, frame: watch.stop.set())
     live = sys.stdout.isatty() and not options.json
     threads = watch.run()
     end = watch.started + options.duration if options.duration else float("inf")
-    try:
-        while not watch.stop.wait(min(1.0, max(end - time.monotonic(), 0))) and time.monotonic() < end:
-            if live:
-                seen = summary(watch.snapshot(), options, time.monotonic() - watch.started)
-                sys.stdout.write("\x1b[H\x1b[2J" + table(seen))
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
+    while not watch.stop.wait(min(1.0, max(end - time.monotonic(), 0))) and time.monotonic() < end:
+        if live:
+            seen = summary(watch.snapshot(), options, time.monotonic() - watch.started)
+            sys.stdout.write("\x1b[H\x1b[2J" + table(seen))
+            sys.stdout.flush()
     elapsed = time.monotonic() - watch.started
     watch.stop.set()
     for thread in threads:  # requests in flight are let finish, and counted

@@ -178,6 +178,24 @@ def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
     assert sample(scraped, "friendlyhello_visits_total") == 6
 
 
+def test_a_client_pipelining_many_requests_cannot_keep_another_waiting_until_it_is_done():
+    """Each turn of the loop serves a few of one connection's pipelined requests, then the
+    others': the one request sent just after 400 pipelined ones is not answered last."""
+    with serving(refused_env(ACCESS_LOG="all")) as server, \
+            socket.create_connection(("127.0.0.1", server.port)) as greedy, \
+            socket.create_connection(("127.0.0.1", server.port)) as other:
+        greedy.sendall(b"".join(b"GET /healthz?greedy=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(400)))
+        other.sendall(b"GET /healthz?other HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert other.recv(65536).startswith(b"HTTP/1.1 200")
+        got = 0
+        while got < 400 * 100:  # every greedy answer, read (at least 100 bytes each)
+            got += len(greedy.recv(1 << 20))
+        wait_until(lambda: len(server.log_lines()) >= 401)
+    order = [line for line in server.log_lines() if "/healthz?" in line]
+    place = next(n for n, line in enumerate(order) if "?other" in line)
+    assert len(order) == 401 and place < 200, place
+
+
 # -- the metrics' numbers ---------------------------------------------------------------------
 
 def test_an_observation_on_a_bucket_bound_counts_in_that_bucket_and_every_sum_adds_up():

@@ -156,10 +156,14 @@ def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(
     assert fake_redis.visits == seen["visits"]["shown"] == seen["requests"]  # retried, never counted twice
 
 
-def test_ctrl_c_or_sigterm_ends_it_with_the_summary(fake_redis):
+def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_ctrl_c(fake_redis):
     with serving(redis_env(fake_redis)) as server:
-        runs = {signum: start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+        ignoring = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, as a shell's `&` does
+        try:
+            runs = {signum: start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        finally:
+            signal.signal(signal.SIGINT, ignoring)
         time.sleep(0.5)
         for signum, proc in runs.items():
             proc.signal(signum)
