@@ -1,9 +1,16 @@
+import sys
+
 import pytest
 
+import helpers
 from fake_redis import FakeRedis
 from friendlyhello import http11
 from helpers import Process
 from redis_server import RedisServer
+
+# Bytecode, ours and the rewritten tests', is kept where the servers the tests start keep
+# theirs (outside the checkout), even on a machine that sets PYTHONDONTWRITEBYTECODE.
+sys.pycache_prefix, sys.dont_write_bytecode = helpers.PYCACHE, False
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -148,6 +149,18 @@ def request(port, path="/", method="GET", headers=None, timeout=10):
         conn.close()
 
 
+# Where the servers the tests start keep their bytecode: outside the checkout, and kept even on
+# a machine that sets PYTHONDONTWRITEBYTECODE (each start would compile every module again).
+PYCACHE = os.path.join(tempfile.gettempdir(), "friendlyhello-test-pycache")
+
+
+def child_environment():
+    """The environment a server the tests start gets, before the test's own settings: this
+    one's, without the settings a developer's shell may hold, output unbuffered."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI", "PYTHONDONTWRITEBYTECODE")}
+    return {**keep, "PYTHONUNBUFFERED": "1", "PYTHONPYCACHEPREFIX": PYCACHE}
+
+
 class Process:
     """friendlyhello as a subprocess, as a container would run it, in a process group of its
     own: ``finish()`` ends the group (a supervisor and its workers alike) whatever happened,
@@ -156,9 +169,7 @@ class Process:
     running = []  # every Process not yet finished
 
     def __init__(self, env, args=()):
-        full_env = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
-        full_env.update(env)
-        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env = {**child_environment(), **env}
         self.started = time.monotonic()
         self.process = subprocess.Popen([sys.executable, SERVER, *args], env=full_env, start_new_session=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -41,7 +41,7 @@ class RedisServer:
 
     def start(self):
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--dir", self.directory, "--save", "", "--daemonize", "no",
+                   "--dir", self.directory, "--save", "", "--daemonize", "no", "--hz", "100",  # stops in 10 ms, not 100
                    "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
         if self.password:
             command += ["--requirepass", self.password]

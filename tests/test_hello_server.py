@@ -483,7 +483,7 @@ def test_shutting_down_turns_readiness_503_and_leaves_liveness_200(fake_redis):
 
 
 def test_during_the_shutdown_delay_every_answer_says_connection_close_so_clients_move_on(fake_redis):
-    with serving({**redis_env(fake_redis), "SHUTDOWN_DELAY": "0.5"}) as server, \
+    with serving({**redis_env(fake_redis), "SHUTDOWN_DELAY": "0.2"}) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as kept:
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         before = kept.recv(65536)

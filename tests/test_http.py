@@ -163,10 +163,11 @@ def test_lf_and_crlf_end_lines_alike_everywhere(raw):
     (b"GET / HTTP/1.1\r\nHost: x", 408),
 ], ids=["404", "405", "501", "505", "400", "414", "431", "408"])
 def test_every_response_errors_included_carries_the_common_headers(raw, status):
-    with serving(refused_env(IDLE_TIMEOUT="0.3")) as server:
+    with serving(refused_env(IDLE_TIMEOUT="0.1", VERSION="7", REPLICA_ID="r\u00e9")) as server:
         answer = raw_exchange(server.port, raw)
     headers = headers_of(answer)
     assert statuses(answer) == [status]
+    assert (headers["friendlyhello-replica"], headers["friendlyhello-version"]) == ("r%C3%A9", "7")
     assert headers["server"].startswith("friendlyhello/") and headers["x-content-type-options"] == "nosniff"
     assert headers["date"].endswith(" GMT") and headers["cache-control"] == "no-store"
     assert int(headers["content-length"]) == len(answer.split(b"\r\n\r\n", 1)[1])

@@ -17,7 +17,17 @@ import time
 import pytest
 
 import hello_server
-from helpers import DISABLED, SERVER, free_port, raw_exchange, redis_env, refused_env, request, serving
+from helpers import (
+    DISABLED,
+    SERVER,
+    child_environment,
+    free_port,
+    raw_exchange,
+    redis_env,
+    refused_env,
+    request,
+    serving,
+)
 
 
 def wait_until(condition, within=5.0):
@@ -76,9 +86,8 @@ def test_liveness_fails_when_the_redis_thread_is_gone_and_says_which(fake_redis)
 # -- log writes never block serving or end it ----------------------------------------------------
 
 def start_with_piped_stdout(env):
-    full = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
-    process = subprocess.Popen([sys.executable, SERVER], env={**full, **env, "PORT": "0", "BIND": "127.0.0.1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**child_environment(), **env, "PORT": "0", "BIND": "127.0.0.1"})
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     assert selector.select(10), "no start-up line"
@@ -158,8 +167,7 @@ NOT_UTF8 = os.fsdecode(b"Zo\xeb")  # what os.environ makes of a byte that is not
 
 
 def test_a_setting_holding_bytes_that_are_not_utf8_stops_the_process_before_it_binds():
-    env = {k: v for k, v in os.environ.items() if k not in ("NAME", "PORT", "CI")}
-    env = {k.encode(): v.encode() for k, v in env.items()}
+    env = {k.encode(): v.encode() for k, v in child_environment().items()}
     result = subprocess.run([sys.executable, SERVER], capture_output=True, timeout=10,
                             env={**env, b"NAME": b"Zo\xeb", b"PORT": str(free_port()).encode()})
     assert result.returncode == 2

@@ -86,8 +86,8 @@ class PlainHandler(http.server.BaseHTTPRequestHandler):
 
 def test_every_request_is_answered_counted_once_and_shown_by_version_and_replica(fake_redis):
     with serving({**redis_env(fake_redis), "VERSION": "5", "REPLICA_ID": "web-1"}) as server:
-        kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.4", "--rate", "50", "--json")
-        fresh = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.4", "--rate", "50", "--json",
+        kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.3", "--rate", "60", "--json")
+        fresh = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.3", "--rate", "60", "--json",
                             "--new-connection", "--connections", "2")
         (code, seen), (fresh_code, fresh_seen) = finish_watch(kept), finish_watch(fresh)
     assert (code, fresh_code) == (0, 0)
@@ -107,7 +107,7 @@ def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_r
     nowhere = free_port()
     with misbehaving(never_answers) as (silent, _), misbehaving(resets) as (resetting, _), \
             serving(redis_env(fake_redis)) as server:
-        runs = {kind: start_watch(url, "--duration", "0.4", "--rate", "10", "--timeout", "0.2", "--json")
+        runs = {kind: start_watch(url, "--duration", "0.3", "--rate", "10", "--timeout", "0.2", "--json")
                 for kind, url in (("refused", f"http://127.0.0.1:{nowhere}/"),
                                   ("timeout", f"http://127.0.0.1:{silent}/"),
                                   ("reset", f"http://127.0.0.1:{resetting}/"),
@@ -164,7 +164,7 @@ def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_
                     for signum in (signal.SIGINT, signal.SIGTERM)}
         finally:
             signal.signal(signal.SIGINT, ignoring)
-        time.sleep(0.5)
+        time.sleep(0.3)
         for signum, proc in runs.items():
             proc.signal(signum)
         ended = [finish_watch(proc) for proc in runs.values()]
