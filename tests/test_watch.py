@@ -5,16 +5,21 @@ process), against the real server and against small servers that misbehave on pu
 import contextlib
 import http.server
 import json
+import os
+import pty
+import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from friendlyhello import watch
-from helpers import Process, free_port, redis_env, serving
+from helpers import SERVER, Process, child_environment, free_port, redis_env, serving
 
 
 def start_watch(url, *options):
@@ -207,3 +212,28 @@ def test_the_table_has_a_row_per_version_and_per_replica_and_one_for_requests_ne
     assert seen["timeline"] == [{"second": 0, "answers": {"1": 1, "2": 1, "failed": 1}},
                                 {"second": 1, "answers": {"failed": 1}}]
     assert seen["visits"] == {"shown": 2, "distinct": 2, "lowest": 1, "highest": 2, "no_reply": 0, "disabled": 0}
+
+
+@pytest.mark.slow  # runs for two seconds on a terminal
+def test_on_a_terminal_the_table_is_redrawn_each_second_and_ends_with_the_summary(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, SERVER, "watch", f"http://127.0.0.1:{server.port}/", "--duration",
+                                 "2.5", "--rate", "10"], stdin=follower, stdout=follower, stderr=follower,
+                                env=child_environment())
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is gone: watch has exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(leader)
+        code = proc.wait(5)
+    screens = shown.split(b"\x1b[H\x1b[2J")[1:]
+    assert code == 0 and len(screens) >= 3  # two redraws while it ran, and the summary
+    assert all(b"\r\nversion  requests  share" in screen for screen in screens)
+    assert b" 0 failed " in screens[-1] and re.search(rb"\r\n1 +2[0-9] +100%", screens[-1])
