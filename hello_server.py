@@ -52,6 +52,7 @@ def route_table(config, site, commands):
         "/readyz":   Route(site.readyz,       ready_command,  counts_visit=False, probe=True),
         "/metrics":  Route(site.metrics_page, None,           counts_visit=False, probe=True),
         "/replicas": Route(site.replicas,     commands.view,  counts_visit=False, probe=False),
+        "/echo":     Route(site.echo,         None,           counts_visit=False, probe=False),
     }
 
 

@@ -3,7 +3,8 @@
 Imports run one way, from the leaves up; nothing here imports ``hello_server``, and
 ``resp_client`` (beside it too) knows nothing of HTTP. tests/test_layout.py keeps it so.
 
-    settings        the settings table, read once into one Config        -> resp_client
+    proxies         what proxies say of the client: PROXY headers, X-Forwarded-For, Forwarded
+    settings        the settings table, read once into one Config        -> resp_client, proxies
     logs            access and event lines that never block serving
     redis_pipeline  the Redis thread, Redis's state, how a call ended    -> resp_client
     metrics         what is counted; the Prometheus text format          -> redis_pipeline
@@ -12,7 +13,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     http11          http.server's handler, held to RFC 9112              -> responses
     connection      one client connection and its states
     replicas        what replicas keep in Redis, and /replicas           -> redis_pipeline
-    site            the pages and the probes                             -> replicas, responses
+    site            the pages, the probes and /echo                      -> replicas, responses, proxies
     server          the selector loop                                    -> connection, http11
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK

@@ -46,11 +46,16 @@ class Connection:
     EVENTS = {READING: selectors.EVENT_READ, READY: 0, WAITING: 0, SENDING: selectors.EVENT_WRITE,
               LINGERING: selectors.EVENT_READ, CLOSED: 0}
 
-    __slots__ = ("sock", "address", "selector", "state", "events", "deadline", "buffer", "outgoing",
-                 "handler", "started", "close_after", "linger")
+    __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline", "buffer",
+                 "outgoing", "handler", "started", "close_after", "linger")
 
-    def __init__(self, sock, address, selector):
-        self.sock, self.address, self.selector = sock, address, selector
+    PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
+
+    def __init__(self, sock, address, selector, expect_proxy=False):
+        self.sock, self.selector = sock, selector
+        self.peer, self.address = address, address[0]  # the TCP peer (host, port) and the client's address,
+        # which a PROXY header's source replaces
+        self.proxy = self.PROXY_PENDING if expect_proxy else None  # then what the PROXY header said
         self.state = None
         self.events = 0            # what the selector watches the socket for
         self.deadline = 0.0
@@ -127,14 +132,17 @@ class Connection:
 class Connections:
     """The open connections: accepted from ``listener`` while fewer than ``max_connections``
     are open (the rest wait in the backlog), each closed once, counted in
-    ``metrics.open_connections``. ``stopping`` keeps the listener closed once it is."""
+    ``metrics.open_connections``. ``stopping`` keeps the listener closed once it is. With
+    ``proxies`` (a proxies.Trusted, when the PROXY protocol is on) a peer outside it is closed
+    as soon as it is accepted, and counted."""
 
     LISTENER = object()  # the selector's key for the listener
 
-    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log):
+    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log, proxies=None):
         self.listener, self.selector = listener, selector
         self.max_connections, self.idle_timeout = max_connections, idle_timeout
         self.metrics, self.log = metrics, log
+        self.proxies = proxies  # with the PROXY protocol on: the only peers taken, each to send one first
         self.stopping = False
         self._open = set()
         self._accepting = False
@@ -167,9 +175,13 @@ class Connections:
                 self.log.error("-", f"accept failed: {exc}")
                 self.accept(False)
                 return
+            if self.proxies is not None and not self.proxies.trusts(address[0]):
+                sock.close()  # a PROXY header from it would be a lie we cannot tell: no byte is read
+                self.metrics.proxy_refused("untrusted_peer")
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, address[0], self.selector)
+            conn = Connection(sock, address, self.selector, expect_proxy=self.proxies is not None)
             self._open.add(conn)
             self.metrics.open_connections += 1
             conn.enter(Connection.READING, self.idle_timeout)

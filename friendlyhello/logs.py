@@ -60,17 +60,21 @@ class Log:
         """Lines dropped because a stream's reader was slow or gone."""
         return self.out.dropped + self.err.dropped
 
-    def request(self, address, method, target, status, seconds, probe):
+    def request(self, address, method, target, status, seconds, probe, peer=None):
+        """A request's line: the client's ``address`` and, when the connection came from
+        elsewhere (a proxy), its ``peer``."""
         if not self.access or (probe and not self.probes):
             return
+        peer = None if peer == address else peer
         if target is not None:
             target = request_target(target if len(target) <= self.MAX_TARGET else target[:self.MAX_TARGET] + "...")
         if self.json:
             self.out.put(self._object("info", method=method or "-", path=target or "-", status=status,
-                                      duration_ms=round(seconds * 1000, 3), client=address))
+                                      duration_ms=round(seconds * 1000, 3), client=address,
+                                      **({"peer": peer} if peer else {})))
         else:
-            self.out.put(f'{address} "{printable(method or "-")} {printable(target or "-")}" '
-                         f'{status} {seconds * 1000:.1f}ms')
+            self.out.put(f'{address}{f" via {peer}" if peer else ""} "{printable(method or "-")} '
+                         f'{printable(target or "-")}" {status} {seconds * 1000:.1f}ms')
 
     def started(self, message):
         """The start-up line, on stdout: what a user running it sees first."""

@@ -38,7 +38,11 @@ FAMILIES = (
     Family("friendlyhello_open_connections", "gauge", "Client connections open now.", ()),
     Family("friendlyhello_log_lines_dropped_total", "counter",
            "Log lines dropped because the log's reader was slow or gone.", ()),
+    Family("friendlyhello_proxy_refused_total", "counter",
+           "Connections closed unanswered for their PROXY header: by reason.", ("reason",)),
 )
+PROXY_REFUSALS = ("untrusted_peer", "missing", "malformed", "timeout")
+_EVERY_LABEL = {"friendlyhello_redis_replies_total": OUTCOMES, "friendlyhello_proxy_refused_total": PROXY_REFUSALS}
 _BY_NAME = {f.name: f for f in FAMILIES}
 
 # The process's own, as the official clients name them: (name, type, help), and how the
@@ -93,6 +97,8 @@ class Metrics:
         self.durations = Histogram(DURATION_BUCKETS, self.series["http_request_duration_seconds"])
         self.redis_replies = collections.Counter(self.series["friendlyhello_redis_replies_total"])
         self.series["friendlyhello_redis_replies_total"] = self.redis_replies
+        self.proxy_refusals = collections.Counter(self.series["friendlyhello_proxy_refused_total"])
+        self.series["friendlyhello_proxy_refused_total"] = self.proxy_refusals
         self.pipeline_sizes = Histogram(PIPELINE_BUCKETS, self.series["friendlyhello_redis_pipeline_size"])
         self.visits = self.series["friendlyhello_visits_total"].get((), 0)
         self.open_connections = 0
@@ -105,6 +111,9 @@ class Metrics:
 
     def redis_reply(self, outcome):
         self.redis_replies[(outcome,)] += 1
+
+    def proxy_refused(self, reason):
+        self.proxy_refusals[(reason,)] += 1
 
     def snapshot(self):
         """This process's numbers as plain data: {"series": {family: {labels: value}}, "process": {...}}."""
@@ -166,8 +175,8 @@ def exposition(snapshot, redis_up, version="1"):
     for family in FAMILIES:
         out.append(_header(family.name, family.kind, family.help))
         series = snapshot["series"].get(family.name, {})
-        if family.name == "friendlyhello_redis_replies_total":  # every outcome, 0 included
-            series = {(outcome,): series.get((outcome,), 0) for outcome in OUTCOMES}
+        if family.name in _EVERY_LABEL:  # every outcome and reason, 0 included
+            series = {(label,): series.get((label,), 0) for label in _EVERY_LABEL[family.name]}
         if not family.labels and not series and family.kind != "histogram":
             series = {(): 0}
         for labels, value in sorted(series.items()):

@@ -15,6 +15,7 @@ import resp_client
 
 from .connection import LINGER, ClientGone, Connection, Connections, HeadRefused
 from .http11 import RequestHandler
+from .proxies import ProxyRefused, conclude, read_proxy_header
 from .responses import error_response, response_bytes
 
 SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry
@@ -74,7 +75,7 @@ class HelloServer:
         self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
         self._selector = selectors.DefaultSelector()
         self.connections = Connections(listener, self._selector, config.max_connections, config.idle_timeout,
-                                       metrics, log)
+                                       metrics, log, config.trusted_proxies if config.proxy_protocol != "off" else None)
         self._headers = headers  # a CommonHeaders
         self._ready = []  # connections in state READY, served next turn
 
@@ -133,7 +134,10 @@ class HelloServer:
 
     def _sweep(self, now):
         for conn in self.connections.expired(now):
-            if conn.state is Connection.READING and conn.buffer:
+            if conn.proxy is Connection.PROXY_PENDING:
+                self.metrics.proxy_refused("timeout")  # its PROXY header never came whole
+                self.connections.close(conn)
+            elif conn.state is Connection.READING and conn.buffer:
                 self._refuse(conn, 408)  # a head that never finished arriving
             elif conn.state is Connection.WAITING:
                 self._answer(conn, None, self._no_reply_in_time())
@@ -158,8 +162,28 @@ class HelloServer:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
-            self._serve_requests(conn)
+            if conn.proxy is not Connection.PROXY_PENDING or self._take_proxy_header(conn):
+                self._serve_requests(conn)
         # LINGERING: what comes after our last answer is dropped
+
+    def _take_proxy_header(self, conn):
+        """Read the PROXY header the connection must begin with: True once it is read (and out
+        of the buffer: it counts toward no limit of the request head); False while more must
+        come, or when the connection was closed for it."""
+        try:
+            read = read_proxy_header(conn.buffer, self.config.proxy_protocol)
+        except ProxyRefused as refused:
+            self.metrics.proxy_refused(refused.reason)
+            self.log.warning(conn.address, f"connection closed: {refused}")
+            self.connections.close(conn)
+            return False
+        if read is None:
+            return False
+        conn.proxy, length = read
+        del conn.buffer[:length]
+        if conn.proxy.source is not None:
+            conn.address = conn.proxy.source[0]
+        return True
 
     def _serve_ready(self):
         ready, self._ready = self._ready, []
@@ -183,7 +207,7 @@ class HelloServer:
                 return
             conn.started = time.monotonic()
             try:
-                handler = conn.handler = RequestHandler(head, conn.address, self.routes)
+                handler = conn.handler = RequestHandler(head, conn.address, self.routes, (conn.peer, conn.proxy))
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
                 self._internal_error(conn, exc)
                 return
@@ -224,18 +248,25 @@ class HelloServer:
         handler = conn.handler
         seconds = time.monotonic() - conn.started
         self.metrics.request(handler.command, handler.route_label, response.status, seconds)
-        self.log.request(conn.address, handler.command, handler.path or handler.requestline, response.status,
-                         seconds, handler.probe)
+        self.log.request(self._client(conn, handler), handler.command, handler.path or handler.requestline,
+                         response.status, seconds, handler.probe, conn.peer[0])
         close = handler.close_connection or self.stopping
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
         # Lingering is for a client that may still be sending: one that asked to close is done.
         return self._send(conn, data, close, linger=not (handler.client_closes and not conn.buffer))
 
+    def _client(self, conn, handler):
+        """The client, for the access log: as concluded from trusted proxies' headers, when
+        there are trusted proxies; else where the connection came from."""
+        if not self.config.trusted_proxies or handler.headers is None:
+            return conn.address
+        return conclude(conn.address, handler.headers, self.config.trusted_proxies).client
+
     def _refuse(self, conn, status):
         """Answer a request that never became one (too large, too slow), and close."""
         self.metrics.request(None, "other", status, 0.0)
-        self.log.request(conn.address, None, None, status, 0.0, False)
+        self.log.request(conn.address, None, None, status, 0.0, False, conn.peer[0])
         conn.handler = None
         self._send(conn, response_bytes(error_response(status), self._headers(), close=True), True, linger=True)
 

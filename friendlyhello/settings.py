@@ -12,6 +12,8 @@ import re
 
 import resp_client
 
+from .proxies import PROXY_MODES, Trusted, trusted_networks
+
 
 class ConfigError(Exception):
     """A setting has a value the program cannot use; the message is one line."""
@@ -124,6 +126,10 @@ def _workers(text):
     return _whole(1, 256)(text)
 
 
+def _trusted(text):
+    return Trusted(trusted_networks(text))
+
+
 def _redis_url(text):
     _secret(text)
     resp_client.parse_url(text)  # a ValueError's message quotes nothing of the URL
@@ -185,6 +191,10 @@ SETTINGS = [
             aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
     Setting("POD_IP", None, _text(253), "the pod's IP address, shown likewise",
             aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
+    Setting("TRUSTED_PROXIES", Trusted(()), _trusted, "addresses and CIDR blocks of the proxies whose "
+            "X-Forwarded-For, Forwarded and PROXY headers are believed, comma-separated (default: none)"),
+    Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES), "v1, v2 or any: every connection must begin with "
+            "a PROXY header (HAProxy's PROXY protocol) from one of TRUSTED_PROXIES; off: none is read"),
     Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "
             "else the host name; replicas that share it count as one)"),
 ]
@@ -231,4 +241,6 @@ def load_config(argv=None, environ=None, args=None):
             raise ConfigError(f"{source}{shown} {exc}") from None
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
+    if values["proxy_protocol"] != "off" and not values["trusted_proxies"]:
+        raise ConfigError("PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it")
     return Config(**values)

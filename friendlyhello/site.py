@@ -10,6 +10,8 @@ import re
 
 import resp_client
 
+from .logs import printable, request_target
+from .proxies import conclude, forwarded_elements, x_forwarded_for
 from .redis_pipeline import visit_words
 from .replicas import ReplicaView
 from .responses import HTML, JSON, TEXT, Response
@@ -43,7 +45,7 @@ class Site:
     PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
 
     def __init__(self, config, me, redis_status, metrics, lifecycle):
-        self.name, self.me = config.name, me
+        self.name, self.me, self.trusted = config.name, me, config.trusted_proxies
         self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -100,3 +102,56 @@ class Site:
         if request.wants_json:
             return Response(200, JSON, json.dumps(view.as_json(self.me.hostname)) + "\n", _VARY_ACCEPT)
         return Response(200, HTML, view.as_html(self.me.hostname, int(refresh or 0)), _VARY_ACCEPT)
+
+    def echo(self, request, reply):
+        """What this replica received and what it concluded of who sent it: the request line and
+        header fields as received, the TCP peer, a PROXY header's word, the client and why."""
+        (peer_host, peer_port, *_), proxy = request.origin
+        via_header = proxy is not None and proxy.source is not None
+        found = conclude(request.address, request.headers, self.trusted,
+                         "the PROXY header's source" if via_header else "the TCP peer")
+        seen = {
+            "request_line": request_target(request.requestline.decode("latin-1").rstrip("\r\n")),
+            "headers": [[name, request_target(value)] for name, value in request.headers.items()],
+            "peer": {"address": peer_host, "port": peer_port},
+            "proxy_protocol": proxy and {"version": proxy.version, "command": proxy.command, "family": proxy.family,
+                                         "source": proxy.source and list(proxy.source),
+                                         "destination": proxy.destination and list(proxy.destination),
+                                         "tlv_bytes": proxy.tlv_bytes},
+            "client": found.client, "client_from": found.client_from, "forwarded_from": found.source,
+            "x_forwarded_for": [{"entry": hop.entry, "address": hop.address and str(hop.address),
+                                 "trusted": hop.trusted} for hop in x_forwarded_for(request.headers, self.trusted)],
+            "forwarded": forwarded_elements(request.headers.get_all("Forwarded", ())),
+            **{name.lower().replace("-", "_"): request.headers.get(name) for name in _AS_GIVEN},
+            "replica": self.me.replica_id, "version": self.me.version,
+        }
+        if request.wants_json:
+            return Response(200, JSON, json.dumps(seen) + "\n", _VARY_ACCEPT)
+        return Response(200, TEXT, _echo_text(seen), _VARY_ACCEPT)
+
+
+_AS_GIVEN = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Real-IP")
+
+
+def _echo_text(seen):
+    """/echo as text: every value that came from the request escaped as the logs escape it."""
+    proxy = seen["proxy_protocol"]
+    lines = [printable(seen["request_line"]), *(f"{printable(n)}: {printable(v)}" for n, v in seen["headers"]), "",
+             f"peer: {_host_port(seen['peer']['address'], seen['peer']['port'])}",
+             "proxy_protocol: " + ("none" if proxy is None else
+                                   f"v{proxy['version']} {proxy['command']} {proxy['family']}"
+                                   + (f" from {_host_port(*proxy['source'])} to {_host_port(*proxy['destination'])}"
+                                      if proxy["source"] else "") + f", {proxy['tlv_bytes']} bytes of TLVs"),
+             f"client: {seen['client']}", f"client_from: {printable(seen['client_from'])}",
+             f"forwarded_from: {seen['forwarded_from'] or 'none'}", "x-forwarded-for:"]
+    for n, hop in enumerate(seen["x_forwarded_for"], 1):
+        verdict = "not an address" if hop["address"] is None else "trusted proxy" if hop["trusted"] else "not trusted"
+        lines.append(f"  hop {n}: {printable(hop['entry'])} ({verdict})")
+    lines += [f"forwarded: {printable(json.dumps(seen['forwarded']))}"]
+    lines += [f"{name.lower()}: {printable(seen[name.lower().replace('-', '_')] or '-')}" for name in _AS_GIVEN]
+    lines += [f"replica: {printable(seen['replica'])}", f"version: {seen['version']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _host_port(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

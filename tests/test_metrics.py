@@ -25,7 +25,7 @@ FAMILIES = {
     "friendlyhello_redis_pipeline_size": "histogram", "friendlyhello_open_connections": "gauge",
     "friendlyhello_build_info": "gauge", "process_cpu_seconds": "counter", "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge", "process_open_fds": "gauge",
-    "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter",
+    "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter", "friendlyhello_proxy_refused": "counter",
 }
 
 
@@ -233,7 +233,11 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# HELP friendlyhello_log_lines_dropped_total Log lines dropped because the log's reader was slow or gone.\n"
         "# TYPE friendlyhello_log_lines_dropped_total counter\n"
         "friendlyhello_log_lines_dropped_total 0\n"
-        "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
+        "# HELP friendlyhello_proxy_refused_total Connections closed unanswered for their PROXY header: by reason.\n"
+        "# TYPE friendlyhello_proxy_refused_total counter\n"
+        + "".join(f'friendlyhello_proxy_refused_total{{reason="{r}"}} 0\n'
+                  for r in ("malformed", "missing", "timeout", "untrusted_peer"))
+        +        "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
         "# TYPE friendlyhello_redis_up gauge\n"
         "friendlyhello_redis_up 0\n"
         "# HELP friendlyhello_build_info The VERSION this replica was started with, friendlyhello's release and "

@@ -1,0 +1,256 @@
+"""What proxies say about a request's client, and how much of it to believe: TRUSTED_PROXIES,
+the PROXY protocol header (v1 text and v2 binary, as HAProxy's specification defines them),
+X-Forwarded-For and RFC 7239 Forwarded.
+
+Nothing a client sends is believed unless a trusted proxy vouches for it. The client is found
+from the TCP peer backwards: the peer, then the forwarded-for entries right to left, the first
+address that is not a trusted proxy is the client. An entry that is not an address stops the
+walk (it is shown, flagged, never believed). Nothing here touches a socket.
+"""
+
+import collections
+import ipaddress
+import re
+import struct
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_MAX = 107                 # the whole v1 line, CRLF included, at most (the specification's bound)
+V2_MAX_PAYLOAD = 2048        # addresses and TLVs; what load balancers send fits in a few hundred bytes
+PROXY_MODES = ("off", "v1", "v2", "any")
+
+
+class ProxyRefused(Exception):
+    """A connection whose PROXY header is missing or malformed: closed without an answer.
+    ``reason`` is its label in /metrics."""
+
+    def __init__(self, reason, detail):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def trusted_networks(text):
+    """TRUSTED_PROXIES: addresses and CIDR blocks, comma-separated (IPv4 and IPv6)."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"addresses or CIDR blocks separated by commas ({item[:60]!r} is neither)") from None
+    return tuple(networks)
+
+
+class Trusted:
+    """The trusted proxies' networks; ``trusts(address)`` takes an ip_address or text."""
+
+    def __init__(self, networks):
+        self.networks = networks
+
+    def __bool__(self):
+        return bool(self.networks)
+
+    def __str__(self):
+        return ",".join(map(str, self.networks)) or "none"
+
+    def trusts(self, address):
+        if isinstance(address, str):
+            address = _address(address)
+        if address is None:
+            return False
+        if address.version == 6 and address.ipv4_mapped:  # ::ffff:10.0.0.1 as a dual-stack socket sees it
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+def _address(text):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+# -- the PROXY header ---------------------------------------------------------------------------
+
+ProxyHeader = collections.namedtuple("ProxyHeader", "version command family source destination tlv_bytes")
+ProxyHeader.__doc__ = """What a PROXY header said: version 1 or 2, command (PROXY or LOCAL), the
+family (TCP4, TCP6, UNKNOWN, UNSPEC...), the source and destination as (address, port) or None
+when it gave none to use, and how many bytes of TLVs (v2) were skipped."""
+
+_V1 = re.compile(rb"PROXY (?:(TCP4|TCP6) ([0-9a-fA-F.:]{2,39}) ([0-9a-fA-F.:]{2,39}) ([0-9]{1,5}) ([0-9]{1,5})"
+                 rb"|UNKNOWN[^\r\n]*)\r\n")
+_V2_FAMILIES = {0x00: ("UNSPEC", 0), 0x11: ("TCP4", 12), 0x12: ("UDP4", 12), 0x21: ("TCP6", 36),
+                0x22: ("UDP6", 36), 0x31: ("UNIX_STREAM", 216), 0x32: ("UNIX_DGRAM", 216)}
+
+
+def read_proxy_header(data, mode):
+    """Read the PROXY header at the start of ``data`` (bytes received so far): (header, its
+    length), or None while more bytes are needed. Raise ProxyRefused when it is missing or
+    malformed; a header longer than the specification allows is malformed as soon as that shows."""
+    if data[:1] == b"P" and mode in ("v1", "any"):
+        if data[:6] != b"PROXY "[:len(data)]:
+            raise ProxyRefused("missing", "the connection did not begin with a PROXY header")
+        end = data.find(b"\n", 0, V1_MAX)
+        if end < 0:
+            if len(data) >= V1_MAX:
+                raise ProxyRefused("malformed", "a PROXY v1 line longer than 107 bytes")
+            return None
+        return _v1(bytes(data[:end + 1])), end + 1  # a line ending in LF alone does not match
+    if data[:1] == b"\r" and mode in ("v2", "any"):
+        if V2_SIGNATURE[:len(data)] != data[:len(V2_SIGNATURE)]:
+            raise ProxyRefused("missing", "the connection did not begin with a PROXY header")
+        if len(data) < 16:
+            return None
+        length = struct.unpack_from("!H", data, 14)[0]
+        if length > V2_MAX_PAYLOAD:
+            raise ProxyRefused("malformed", f"a PROXY v2 header of {length} bytes (at most {V2_MAX_PAYLOAD})")
+        if len(data) < 16 + length:
+            return None
+        return _v2(data[12], data[13], bytes(data[16:16 + length])), 16 + length
+    if not data:
+        return None
+    raise ProxyRefused("missing", "the connection did not begin with a PROXY header")
+
+
+def _v1(line):
+    match = _V1.fullmatch(line)
+    if match is None:
+        raise ProxyRefused("malformed", "a PROXY v1 line that does not follow the specification")
+    family = (match.group(1) or b"UNKNOWN").decode()
+    if family == "UNKNOWN":
+        return ProxyHeader(1, "PROXY", family, None, None, 0)
+    kind = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
+    try:
+        source, destination = kind(match.group(2).decode()), kind(match.group(3).decode())
+    except ValueError:
+        raise ProxyRefused("malformed", f"a PROXY v1 {family} line whose addresses are not {family}") from None
+    ports = int(match.group(4)), int(match.group(5))
+    if any(p > 65535 or (len(text) > 1 and text[:1] == b"0") for p, text in zip(ports, match.group(4, 5),
+                                                                                strict=True)):
+        raise ProxyRefused("malformed", "a PROXY v1 line with a port out of range")
+    return ProxyHeader(1, "PROXY", family, (str(source), ports[0]), (str(destination), ports[1]), 0)
+
+
+def _v2(version_command, family_byte, payload):
+    if version_command >> 4 != 2 or version_command & 0x0F not in (0, 1):
+        raise ProxyRefused("malformed", "a PROXY v2 header with an unknown version or command")
+    command = "LOCAL" if version_command & 0x0F == 0 else "PROXY"
+    if family_byte not in _V2_FAMILIES:
+        raise ProxyRefused("malformed", "a PROXY v2 header with an unknown address family")
+    family, size = _V2_FAMILIES[family_byte]
+    if len(payload) < size:
+        raise ProxyRefused("malformed", f"a PROXY v2 {family} header too short for its addresses")
+    tlvs = payload[size:]
+    offset = 0
+    while offset < len(tlvs):  # type, length, value: skipped, but they must add up
+        if offset + 3 > len(tlvs) or offset + 3 + struct.unpack_from("!H", tlvs, offset + 1)[0] > len(tlvs):
+            raise ProxyRefused("malformed", "a PROXY v2 header whose TLVs overrun it")
+        offset += 3 + struct.unpack_from("!H", tlvs, offset + 1)[0]
+    if command == "LOCAL" or family not in ("TCP4", "TCP6"):  # a health check, or nothing to use
+        return ProxyHeader(2, command, family, None, None, len(tlvs))
+    width = 4 if family == "TCP4" else 16
+    kind = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
+    source, destination = kind(payload[:width]), kind(payload[width:2 * width])
+    source_port, destination_port = struct.unpack_from("!HH", payload, 2 * width)
+    return ProxyHeader(2, command, family, (str(source), source_port), (str(destination), destination_port),
+                       len(tlvs))
+
+
+# -- the client, concluded ------------------------------------------------------------------------
+
+Hop = collections.namedtuple("Hop", "entry address trusted")
+Hop.__doc__ = """One forwarded-for entry as given, the address in it (None if it is not one),
+and whether that address is a trusted proxy."""
+
+Conclusion = collections.namedtuple("Conclusion", "client client_from chain source")
+Conclusion.__doc__ = """The client's address, in words the rule that gave it, the forwarded-for
+hops (left to right) and which header they came from ("Forwarded", "X-Forwarded-For" or None)."""
+
+_FOR_ENTRY = re.compile(r'\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?|([0-9.]+)(?::[0-9]{1,5})?|([0-9a-fA-F:]+)')
+
+
+def entry_address(entry):
+    """The address in a forwarded-for entry ("192.0.2.1", "192.0.2.1:80", "[2001:db8::1]:80",
+    "2001:db8::1"), or None ("unknown", "_hidden", anything else)."""
+    match = _FOR_ENTRY.fullmatch(entry.strip().strip('"'))
+    return _address(next(filter(None, match.groups()))) if match else None
+
+
+def forwarded_elements(values):
+    """RFC 7239 Forwarded fields: a list of {parameter: value} per element, left to right
+    (quoted strings unquoted); an element that does not parse is {"invalid": its text}."""
+    elements = []
+    for value in values:
+        for element in _split_outside_quotes(value, ","):
+            pairs = {}
+            for pair in _split_outside_quotes(element, ";"):
+                name, equals, text = pair.strip().partition("=")
+                if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                    pairs = {"invalid": element.strip()}
+                    break
+                if text.startswith('"'):
+                    text = re.sub(r"\\(.)", r"\1", text[1:-1]) if len(text) > 1 and text.endswith('"') else text
+                pairs[name.lower()] = text
+            if pairs:
+                elements.append(pairs)
+    return elements
+
+
+def _split_outside_quotes(text, separator):
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part for part in parts if part.strip()]
+
+
+def hops(entries, trusted):
+    """Forwarded-for entries as Hops: each with its address, if it is one, and whether trusted."""
+    return [Hop(entry, address, bool(address) and trusted.trusts(address))
+            for entry, address in ((e, entry_address(e)) for e in entries)]
+
+
+def x_forwarded_for(headers, trusted):
+    """The X-Forwarded-For fields' entries, every field in order, as Hops."""
+    return hops([e.strip() for v in headers.get_all("X-Forwarded-For", ()) for e in v.split(",")], trusted)
+
+
+def conclude(peer, headers, trusted, peer_is="the TCP peer"):
+    """The client of a request from ``peer`` (the TCP peer's address, or the source a trusted
+    PROXY header gave: ``peer_is`` says which), with ``headers`` (http.server's), under
+    ``trusted`` (a Trusted)."""
+    forwarded = headers.get_all("Forwarded", ())
+    if forwarded:  # the standard's, when a proxy sends it; else the common one
+        source = "Forwarded"
+        chain = hops([element.get("for", element.get("invalid", "")) for element in forwarded_elements(forwarded)],
+                     trusted)
+    else:
+        chain = x_forwarded_for(headers, trusted)
+        source = "X-Forwarded-For" if chain else None
+    if not trusted:
+        return Conclusion(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are not believed)",
+                          chain, source)
+    if not trusted.trusts(peer):
+        return Conclusion(peer, f"{peer_is}, which is not a trusted proxy (its headers are not believed)",
+                          chain, source)
+    nearest = peer
+    for n, hop in enumerate(reversed(chain), 1):
+        if hop.address is None:
+            return Conclusion(nearest, f"the nearest trusted proxy: {source} entry {len(chain) - n + 1} "
+                                       f"({hop.entry[:60]!r}) is not an address", chain, source)
+        if not hop.trusted:
+            return Conclusion(str(hop.address), f"{source} entry {len(chain) - n + 1}, the first from the right "
+                                                "that is not a trusted proxy", chain, source)
+        nearest = str(hop.address)
+    return Conclusion(nearest, "every hop is a trusted proxy: the leftmost is the client" if chain else
+                      f"{peer_is}, a trusted proxy that forwarded no client", chain, source)

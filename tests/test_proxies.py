@@ -1,0 +1,405 @@
+"""Who sent a request: /echo, TRUSTED_PROXIES and the PROXY protocol. First what a proxy's
+words are worth (in process), then the server reading PROXY headers on real sockets, then real
+HAProxy and nginx from Debian's packages in front of it, with clients bound to their own
+loopback addresses so that the client the server concludes can be checked."""
+
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+import hello_server
+from friendlyhello import proxies
+from friendlyhello.proxies import V2_SIGNATURE, ProxyRefused, Trusted, read_proxy_header
+from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable
+
+
+def v1(source="203.0.113.7", sport=40000, family="TCP4", destination="127.0.0.1", dport=80):
+    return f"PROXY {family} {source} {destination} {sport} {dport}\r\n".encode()
+
+
+def v2(command=0x21, family=0x11, source="198.51.100.7", sport=5555, destination="127.0.0.1", dport=80,
+       tlvs=b"", length=None):
+    pack = socket.inet_aton if family in (0x11, 0x12) else (lambda a: socket.inet_pton(socket.AF_INET6, a))
+    addresses = pack(source) + pack(destination) + struct.pack("!HH", sport, dport) if family in (
+        0x11, 0x12, 0x21, 0x22) else b"\x00" * (216 if family in (0x31, 0x32) else 0)
+    payload = addresses + tlvs
+    return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(payload) if length is None else length) \
+        + payload
+
+
+class Headers:
+    """http.server's header API, as much as proxies.conclude() reads."""
+
+    def __init__(self, **fields):
+        self.fields = fields
+
+    def get_all(self, name, default=()):
+        return self.fields.get(name.replace("-", "_").lower(), default)
+
+
+TRUSTED = Trusted(proxies.trusted_networks("10.0.0.0/8, 127.0.0.1, 2001:db8::/32"))
+
+
+# -- what a proxy's words are worth ------------------------------------------------------------
+
+@pytest.mark.parametrize("peer, fields, client, because", [
+    ("203.0.113.9", {"x_forwarded_for": ["1.2.3.4"]}, "203.0.113.9", "the TCP peer, which is not a trusted proxy"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, 10.0.0.3"]}, "1.2.3.4", "X-Forwarded-For entry 1, the first from"),
+    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6, 1.2.3.4", "10.0.0.3"]}, "1.2.3.4", "X-Forwarded-For entry 2"),
+    ("10.0.0.2", {"x_forwarded_for": ["10.0.0.9, 10.0.0.3"]}, "10.0.0.9", "every hop is a trusted proxy"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, nonsense"]}, "10.0.0.2", "the nearest trusted proxy: X-Forwarded-For "
+                                                                          "entry 2 ('nonsense') is not an address"),
+    ("10.0.0.2", {}, "10.0.0.2", "the TCP peer, a trusted proxy that forwarded no client"),
+    ("10.0.0.2", {"forwarded": ['for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"'],
+                  "x_forwarded_for": ["6.6.6.6"]}, "192.0.2.60", "Forwarded entry 1"),
+    ("10.0.0.2", {"forwarded": ["for=unknown"]}, "10.0.0.2", "Forwarded entry 1 ('unknown') is not an address"),
+    ("::ffff:10.0.0.2", {"x_forwarded_for": ["[2001:db8::5]:80, 1.2.3.4:5678"]}, "1.2.3.4", "entry 2"),
+])
+def test_the_client_is_the_first_address_from_the_peer_backwards_that_is_not_a_trusted_proxy(peer, fields, client,
+                                                                                              because):
+    found = proxies.conclude(peer, Headers(**fields), TRUSTED)
+    assert found.client == client and because in found.client_from, found
+
+
+def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_shown_not_believed():
+    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Trusted(()))
+    assert found.client == "10.0.0.2" and "TRUSTED_PROXIES is empty" in found.client_from
+    assert [(hop.entry, hop.address and str(hop.address), hop.trusted) for hop in found.chain] == [
+        ("1.2.3.4", "1.2.3.4", False), ("x", None, False)]
+
+
+@pytest.mark.parametrize("value, elements", [
+    ('for=192.0.2.43, for="[2001:db8:cafe::17]:4711"', [{"for": "192.0.2.43"}, {"for": "[2001:db8:cafe::17]:4711"}]),
+    ('for=_hidden;proto=http;by=203.0.113.43', [{"for": "_hidden", "proto": "http", "by": "203.0.113.43"}]),
+    ('For="a,b;c";host="x\\"y"', [{"for": "a,b;c", "host": 'x"y'}]),
+    ("garbage, for=1.2.3.4", [{"invalid": "garbage"}, {"for": "1.2.3.4"}]),
+])
+def test_forwarded_is_read_as_rfc_7239_writes_it(value, elements):
+    assert proxies.forwarded_elements([value]) == elements
+
+
+@pytest.mark.parametrize("text, networks", [
+    ("", ()), ("127.0.0.1", ("127.0.0.1/32",)), ("10.0.0.0/8, ::1,fd00::/8", ("10.0.0.0/8", "::1/128", "fd00::/8")),
+    ("10.1.2.3/8", ("10.0.0.0/8",)),
+])
+def test_trusted_proxies_are_addresses_and_blocks(text, networks):
+    assert tuple(map(str, proxies.trusted_networks(text))) == networks
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES='10.0.0.0/33' is not valid: expected addresses or CIDR"),
+    ({"TRUSTED_PROXIES": "proxy.local"}, "('proxy.local' is neither)"),
+    ({"PROXY_PROTOCOL": "v3"}, "PROXY_PROTOCOL='v3' is not valid: expected one of off, v1, v2, any"),
+    ({"PROXY_PROTOCOL": "v2"}, "PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it"),
+])
+def test_a_bad_proxy_setting_stops_the_start_with_one_line(capsys, env, named):
+    assert hello_server.main([], environ=env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+
+
+# -- the PROXY header, read ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, said", [
+    (v1(), (1, "PROXY", "TCP4", ("203.0.113.7", 40000), ("127.0.0.1", 80), 0)),
+    (v1("2001:db8::7", 1, "TCP6", "::1", 65535), (1, "PROXY", "TCP6", ("2001:db8::7", 1), ("::1", 65535), 0)),
+    (b"PROXY UNKNOWN\r\n", (1, "PROXY", "UNKNOWN", None, None, 0)),
+    (b"PROXY UNKNOWN ffff:f...f ffff:f...f 65535 65535\r\n", (1, "PROXY", "UNKNOWN", None, None, 0)),
+    (v2(), (2, "PROXY", "TCP4", ("198.51.100.7", 5555), ("127.0.0.1", 80), 0)),
+    (v2(family=0x21, source="2001:db8::9", destination="::1", tlvs=b"\x01\x00\x02h2\x04\x00\x00"),
+     (2, "PROXY", "TCP6", ("2001:db8::9", 5555), ("::1", 80), 8)),
+    (v2(command=0x20), (2, "LOCAL", "TCP4", None, None, 0)),  # a health check: the connection's own addresses
+    (v2(family=0x00), (2, "PROXY", "UNSPEC", None, None, 0)),
+    (v2(family=0x31), (2, "PROXY", "UNIX_STREAM", None, None, 0)),
+])
+def test_each_kind_of_proxy_header_reads_and_any_prefix_of_it_asks_for_more(data, said):
+    mode = "v1" if data.startswith(b"PROXY") else "v2"
+    for end in range(len(data)):
+        assert read_proxy_header(data[:end], mode) is None and read_proxy_header(data[:end], "any") is None
+    header, length = read_proxy_header(data + b"GET / HTTP/1.1\r\n", mode)
+    assert tuple(header) == said and length == len(data)
+
+
+@pytest.mark.parametrize("data, mode, reason", [
+    (b"GET / HTTP/1.1\r\n\r\n", "any", "missing"),
+    (v2(), "v1", "missing"), (v1(), "v2", "missing"),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "v1", "malformed"),            # LF alone
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "v1", "malformed"),            # a port missing
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", "v1", "malformed"),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", "v1", "malformed"),         # a leading zero
+    (b"PROXY TCP4 ::1 ::1 1 2\r\n", "v1", "malformed"),                  # TCP4 with IPv6 addresses
+    (b"PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n", "v1", "malformed"),
+    (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "v1", "malformed"),
+    (b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n", "v1", "malformed"),       # past 107 bytes
+    (b"PROXY " + b"1" * 200, "v1", "malformed"),                         # no end within 107 bytes
+    (v2(command=0x22), "v2", "malformed"), (v2(command=0x11), "v2", "malformed"),
+    (v2(family=0x41), "v2", "malformed"),
+    (v2(length=8), "v2", "malformed"),                                   # shorter than its addresses
+    (v2(tlvs=b"\x01\x00\x09abc"), "v2", "malformed"),                    # a TLV past the end
+    (v2(tlvs=b"\x01\x00"), "v2", "malformed"),
+    (V2_SIGNATURE + b"\x21\x11\xff\xff", "v2", "malformed"),             # 65535 bytes announced
+    (V2_SIGNATURE[:-1] + b"X", "v2", "missing"),
+])
+def test_a_malformed_or_missing_proxy_header_is_refused_with_its_reason(data, mode, reason):
+    with pytest.raises(ProxyRefused) as refused:
+        read_proxy_header(data, mode)
+    assert refused.value.reason == reason
+
+
+# -- the server behind a PROXY-speaking proxy ---------------------------------------------------
+
+def exchange(port, data, source="127.0.0.1", timeout=5, pause=0.0):
+    """Send ``data`` (in pieces with ``pause`` between them, if a list) from ``source``; all
+    that came back until the server closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
+        try:
+            for piece in data if isinstance(data, list) else [data]:
+                sock.sendall(piece)
+                time.sleep(pause)
+        except OSError:  # closed under us: what came back is still read
+            pass
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def refusals(server):
+    """friendlyhello_proxy_refused_total by reason (asked for with a PROXY header of its own)."""
+    found = {}
+    scraped = exchange(server.port, v1() + b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    for line in scraped.decode().splitlines():
+        if line.startswith("friendlyhello_proxy_refused_total{"):
+            found[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
+    return {reason: n for reason, n in found.items() if n}
+
+
+ECHO = b"GET /echo HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+
+
+def echoed(answer):
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def test_with_the_proxy_protocol_on_the_client_is_the_header_s_source_and_the_peer_is_kept(fake_redis):
+    env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.1", "PROXY_PROTOCOL": "any"}
+    with serving(env) as server:
+        first = echoed(exchange(server.port, v1("203.0.113.7", 40000) + ECHO))
+        second = echoed(exchange(server.port, [v2(source="198.51.100.9")[:9], v2(source="198.51.100.9")[9:] + ECHO],
+                                 pause=0.05))
+        local = echoed(exchange(server.port, v2(command=0x20) + ECHO))
+        page = exchange(server.port, v1() + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        log = server.log_lines()
+    assert (first["client"], first["peer"]["address"]) == ("203.0.113.7", "127.0.0.1")
+    assert first["proxy_protocol"] == {"version": 1, "command": "PROXY", "family": "TCP4",
+                                       "source": ["203.0.113.7", 40000], "destination": ["127.0.0.1", 80],
+                                       "tlv_bytes": 0}
+    assert first["client_from"].startswith("the PROXY header's source")
+    assert second["client"] == "198.51.100.9" and second["proxy_protocol"]["version"] == 2
+    assert local["client"] == "127.0.0.1" and local["proxy_protocol"]["command"] == "LOCAL"
+    assert page.startswith(b"HTTP/1.1 200 ") and fake_redis.visits == 1  # /echo counted none
+    assert log[0].startswith('203.0.113.7 via 127.0.0.1 "GET /echo" 200 ')
+
+
+def test_a_connection_without_a_good_proxy_header_or_from_an_untrusted_peer_is_closed_unanswered():
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", IDLE_TIMEOUT="0.3")
+    with serving(env) as server:
+        assert exchange(server.port, ECHO) == b""                               # no header: missing
+        assert exchange(server.port, b"PROXY TCP4 1.2.3.4\r\n" + ECHO) == b""   # malformed
+        assert exchange(server.port, v1() + ECHO, source="127.0.0.2") == b""     # from a peer not trusted
+        assert exchange(server.port, v1()[:10]) == b""                           # never finished: timeout
+        assert exchange(server.port, v2() + ECHO) == b""                         # v2 where v1 is expected
+        assert echoed(exchange(server.port, v1() + ECHO))["client"] == "203.0.113.7"  # and it still serves
+        assert refusals(server) == {"missing": 2, "malformed": 1, "untrusted_peer": 1, "timeout": 1}
+
+
+def test_a_proxy_header_counts_toward_no_limit_of_the_head_and_the_limits_hold_after_it():
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="any")
+    with serving(env) as server:
+        line = b"GET /echo?" + b"a" * (8190 - 20) + b" HTTP/1.1\r\n"
+        long_header = b"PROXY UNKNOWN " + b"f" * 90 + b"\r\n"
+        assert exchange(server.port, long_header + line + b"Host: x\r\nConnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200 ")
+        too_long = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert exchange(server.port, v1() + too_long).startswith(b"HTTP/1.1 414 ")
+
+
+# -- /echo ----------------------------------------------------------------------------------------
+
+def test_echo_shows_the_request_as_received_and_believes_only_trusted_proxies(fake_redis):
+    forged = (b"GET /echo?x=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 10.0.0.1\r\n"
+              b"Forwarded: for=7.7.7.7\r\nX-Real-IP: 8.8.8.8\r\nx-forwarded-proto: https\r\n"
+              b"X-Odd: <b>\xe2\x80\xaered\xc3\xa9\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+    with serving({**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.1", "VERSION": "3"}) as server:
+        direct = echoed(exchange(server.port, forged, source="127.0.0.2"))
+        proxied = echoed(exchange(server.port, forged))
+        text = exchange(server.port, forged.replace(b"Accept: application/json\r\n", b""))
+        head = exchange(server.port, b"HEAD /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert direct["request_line"] == "GET /echo?x=1 HTTP/1.1"
+    assert direct["headers"][:3] == [["Host", "h"], ["X-Forwarded-For", "6.6.6.6, 10.0.0.1"],
+                                     ["Forwarded", "for=7.7.7.7"]]
+    assert direct["headers"][5] == ["X-Odd", "<b>\u202eredé"]  # as received (UTF-8 read as UTF-8)
+    assert (direct["client"], direct["peer"]["address"]) == ("127.0.0.2", "127.0.0.2")  # forged: not believed
+    assert (proxied["client"], proxied["forwarded_from"]) == ("7.7.7.7", "Forwarded")
+    assert proxied["forwarded"] == [{"for": "7.7.7.7"}]
+    assert [hop["trusted"] for hop in proxied["x_forwarded_for"]] == [False, False]
+    assert (proxied["x_real_ip"], proxied["x_forwarded_proto"], proxied["x_forwarded_host"]) == ("8.8.8.8", "https",
+                                                                                                 None)
+    assert (proxied["replica"], proxied["version"], proxied["proxy_protocol"]) == (socket.gethostname(), "3", None)
+    body = text.split(b"\r\n\r\n", 1)[1].decode()
+    assert text.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/plain; charset=utf-8" in text
+    assert "X-Odd: <b>\\u202eredé\n" in body and "\u202e" not in body  # shown, never reordering what follows
+    assert "\nclient: 7.7.7.7\n" in body and "  hop 1: 6.6.6.6 (not trusted)\n" in body
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n") and fake_redis.visits == 0
+
+
+def test_echo_on_a_kept_alive_connection_shows_only_its_own_request():
+    with serving(refused_env()) as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Secret: one\r\nAccept: application/json\r\n\r\n"
+                     b"GET /echo HTTP/1.1\r\nHost: h\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    second = json.loads(answers.rsplit(b"\r\n\r\n", 1)[1])
+    assert answers.count(b"HTTP/1.1 200 ") == 2 and "one" not in json.dumps(second)
+
+
+# -- behind real HAProxy and nginx -------------------------------------------------------------------
+
+def fill(template, **values):
+    with open(os.path.join(ROOT, "tests", "proxies", template)) as file:
+        text = file.read()
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
+
+
+def wait_for_port(port, process, within=10):
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, process.communicate(timeout=5)
+            assert time.monotonic() < deadline, f"nothing listens on {port} within {within}s"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def front(tmp_path):
+    """Start HAProxy or nginx with one of tests/proxies/'s files; ended by its pid."""
+    started = []
+
+    def start(kind, **ports):
+        binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if binary is None:
+            unavailable(f"{kind} is not installed (apt-get install haproxy nginx-light libnginx-mod-stream)")
+        config = tmp_path / f"{kind}.conf"
+        config.write_text(fill("haproxy.cfg" if kind == "haproxy" else "nginx.conf", scratch=tmp_path, **ports))
+        command = [binary, "-db", "-f", str(config)] if kind == "haproxy" else [binary, "-c", str(config)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        started.append(process)
+        for port in (ports["http_port"], ports["v1_port"]):
+            wait_for_port(port, process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.communicate(timeout=10)
+
+
+def through(port, source, forged=b""):
+    """/echo as JSON through a proxy on ``port``, from the loopback address ``source``."""
+    request = (b"GET /echo HTTP/1.1\r\nHost: demo.example\r\nAccept: application/json\r\n" + forged
+               + b"Connection: close\r\n\r\n")
+    return echoed(exchange(port, request, source=source))
+
+
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+def test_behind_a_real_proxy_the_client_is_the_one_that_connected_to_it_and_a_forgery_is_not_believed(
+        front, fake_redis, kind):
+    trusted = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.1"}
+    with serving(trusted) as plain, serving({**trusted, "PROXY_PROTOCOL": "any", "ACCESS_LOG": "all"}) as proxied:
+        ports = {"http_port": free_port(), "v1_port": free_port(), "v2_port": free_port(),
+                 "plain_port": plain.port, "proxy_port": proxied.port}
+        front(kind, **ports)
+        by_header = through(ports["http_port"], "127.0.0.2")
+        forged = through(ports["http_port"], "127.0.0.3", b"X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n")
+        by_v1 = through(ports["v1_port"], "127.0.0.4")
+        by_v2 = through(ports["v2_port"], "127.0.0.5") if kind == "haproxy" else None
+        log = proxied.log_lines()
+    assert (by_header["client"], by_header["peer"]["address"]) == ("127.0.0.2", "127.0.0.1")
+    assert by_header["forwarded_from"] == "X-Forwarded-For" and by_header["proxy_protocol"] is None
+    assert forged["client"] == "127.0.0.3"  # the proxy's own entry, not the one the client wrote
+    assert [hop["address"] for hop in forged["x_forwarded_for"]] == ["6.6.6.6", "127.0.0.3"]
+    assert [hop["trusted"] for hop in forged["x_forwarded_for"]] == [False, False]
+    assert by_v1["client"] == "127.0.0.4" and by_v1["proxy_protocol"]["version"] == 1
+    assert by_v1["proxy_protocol"]["destination"] == ["127.0.0.1", ports["v1_port"]]
+    if kind == "nginx":
+        assert forged["x_real_ip"] == "127.0.0.3" and by_header["x_forwarded_proto"] == "http"
+    else:
+        assert by_v2["client"] == "127.0.0.5" and by_v2["proxy_protocol"]["version"] == 2
+        assert any(line.startswith('127.0.0.1 "GET /healthz" 200') for line in log), log  # checks: v2 LOCAL
+    assert any(line.startswith('127.0.0.4 via 127.0.0.1 "GET /echo" 200') for line in log), log
+
+
+def test_a_proxy_header_from_a_proxy_not_in_trusted_proxies_is_refused(front, fake_redis):
+    env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.9", "PROXY_PROTOCOL": "any"}
+    with serving(env) as proxied, serving(redis_env(fake_redis)) as plain:
+        ports = {"http_port": free_port(), "v1_port": free_port(), "v2_port": free_port(),
+                 "plain_port": plain.port, "proxy_port": proxied.port}
+        front("haproxy", **ports)
+        answer = exchange(ports["v1_port"], ECHO, source="127.0.0.2")
+        counted = proxied.server.metrics.proxy_refusals[("untrusted_peer",)]
+    assert answer == b"" and counted >= 1 and fake_redis.visits == 0
+
+
+# -- a fuzz of PROXY headers -------------------------------------------------------------------------
+
+ANSWERS_TO_A_BAD_REQUEST = {b"200", b"400", b"404", b"405", b"408", b"414", b"431", b"501", b"505"}  # never a 500
+
+
+@pytest.mark.slow  # a few hundred connections
+def test_no_proxy_header_however_broken_gets_a_5xx_or_a_hang_or_stalls_the_loop():
+    rng = random.Random(20261201)
+    good = [v1(), v1("2001:db8::1", 1, "TCP6", "::1", 2), v2(), v2(family=0x21, source="::1", destination="::1"),
+            v2(command=0x20), v2(tlvs=b"\x01\x00\x01x" * 10), b"PROXY UNKNOWN\r\n"]
+    cases = []
+    for _ in range(300):
+        data = bytearray(rng.choice(good))
+        action = rng.randrange(5)
+        if action == 0:
+            data = data[:rng.randrange(1, len(data))]                          # truncated
+        elif action == 1:
+            data[rng.randrange(len(data))] = rng.randrange(256)                # a byte changed
+        elif action == 2:
+            data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))  # more than it said
+        elif action == 3 and data.startswith(V2_SIGNATURE):
+            struct.pack_into("!H", data, 14, rng.randrange(65536))              # a wrong length
+        else:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))  # noise
+        cases.append(bytes(data))
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="any", IDLE_TIMEOUT="0.5")
+    with serving(env) as server:
+        started = time.monotonic()
+        for data in cases:
+            answer = exchange(server.port, data + ECHO, timeout=3)
+            # closed unanswered, or (a good header, then bytes that are no request) HTTP's own answer
+            assert answer == b"" or answer[9:12] in ANSWERS_TO_A_BAD_REQUEST, (data, answer[:100])
+        slow = exchange(server.port, [bytes([b]) for b in v1()] + [ECHO], pause=0.01)  # a byte at a time
+        took = time.monotonic() - started
+        assert echoed(slow)["client"] == "203.0.113.7" and echoed(exchange(server.port, v2() + ECHO))
+    assert took < 300 * 0.5 + 10  # nothing waited longer than the idle timeout
