@@ -6,6 +6,7 @@ loopback addresses so that the client the server concludes can be checked."""
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import struct
@@ -403,3 +404,11 @@ def test_no_proxy_header_however_broken_gets_a_5xx_or_a_hang_or_stalls_the_loop(
         took = time.monotonic() - started
         assert echoed(slow)["client"] == "203.0.113.7" and echoed(exchange(server.port, v2() + ECHO))
     assert took < 300 * 0.5 + 10  # nothing waited longer than the idle timeout
+
+
+def test_the_readme_quotes_the_proxy_configurations_the_tests_run():
+    with open(os.path.join(ROOT, "README.md")) as file:
+        section = file.read().split("\n## Behind a proxy\n", 1)[1].split("\n## ", 1)[0]
+    quoted = [line.strip() for block in re.findall(r"```\n(.*?)```", section, re.S) for line in block.splitlines()]
+    used = {line.strip() for name in ("haproxy.cfg", "nginx.conf") for line in fill(name).splitlines()}
+    assert quoted and [line for line in quoted if line and line not in used] == []
