@@ -77,6 +77,7 @@ class HelloServer:
         self.connections = Connections(listener, self._selector, config.max_connections, config.idle_timeout,
                                        metrics, log, config.trusted_proxies if config.proxy_protocol != "off" else None)
         self._headers = headers  # a CommonHeaders
+        self._trusted = config.trusted_proxies or None  # None: the client is where the connection came from
         self._ready = []  # connections in state READY, served next turn
 
     def serve(self):
@@ -248,8 +249,9 @@ class HelloServer:
         handler = conn.handler
         seconds = time.monotonic() - conn.started
         self.metrics.request(handler.command, handler.route_label, response.status, seconds)
-        self.log.request(self._client(conn, handler), handler.command, handler.path or handler.requestline,
-                         response.status, seconds, handler.probe, conn.peer[0])
+        client = conn.address if self._trusted is None else self._client(conn, handler)
+        self.log.request(client, handler.command, handler.path or handler.requestline, response.status, seconds,
+                         handler.probe, conn.peer[0])
         close = handler.close_connection or self.stopping
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
@@ -257,11 +259,10 @@ class HelloServer:
         return self._send(conn, data, close, linger=not (handler.client_closes and not conn.buffer))
 
     def _client(self, conn, handler):
-        """The client, for the access log: as concluded from trusted proxies' headers, when
-        there are trusted proxies; else where the connection came from."""
-        if not self.config.trusted_proxies or handler.headers is None:
+        """The client, for the access log, as concluded from the trusted proxies' headers."""
+        if handler.headers is None:  # a request line that never became a request
             return conn.address
-        return conclude(conn.address, handler.headers, self.config.trusted_proxies).client
+        return conclude(conn.address, handler.headers, self._trusted).client
 
     def _refuse(self, conn, status):
         """Answer a request that never became one (too large, too slow), and close."""
