@@ -258,6 +258,11 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# TYPE process_max_fds gauge\nprocess_max_fds 1024\n")
 
 
+def test_the_build_info_names_the_version_it_was_started_with():
+    text = metrics_module.Metrics(version="v2.1").exposition(redis_up=True)
+    assert 'friendlyhello_build_info{version="v2.1",release="1.0",' in text
+
+
 def test_workers_snapshots_add_up_by_type_and_the_process_values_combine_as_each_says():
     one = {"series": {"http_requests_total": {("GET", "/", "200"): 2},
                       "http_request_duration_seconds": {("GET", "/"): [[1, 2], 0.5]}},

@@ -102,6 +102,7 @@ def test_wrong_password_raises_authentication_error():
     (b"$6\r\na\r\nb\x00\xff\r\n", b"a\r\nb\x00\xff"),
     # RESP3
     (b"_\r\n", None),
+    (b"%-1\r\n", None), (b"~-1\r\n", None), (b"!-1\r\n", None),  # the null map, set and error of RESP3's drafts
     (b",3.25\r\n", 3.25),
     (b",inf\r\n", float("inf")),
     (b",-inf\r\n", float("-inf")),
@@ -255,7 +256,8 @@ def test_delayed_reply_within_the_timeout_is_returned(fake_redis):
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_server_closing_mid_reply_raises_connection_error(fake_redis, reset):
-    with pytest.raises(RedisConnectionError):
+    said = "connection to Redis lost: .*reset" if reset else "^Redis closed the connection in the middle of a reply$"
+    with pytest.raises(RedisConnectionError, match=said):
         reply_to(fake_redis, Hangup(b"$10\r\nabc", reset=reset))
 
 
