@@ -68,7 +68,8 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle)
     waker = Waker()
-    pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log)
+    pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log,
+                             (commands.visit, commands.visits))
     lifecycle.needs("redis", pipeline.is_alive)
     return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
                        listener, log, CommonHeaders(me.replica_id, config.version), supervisor_pid)

@@ -8,6 +8,7 @@ shown flagged, never a reason to fail the page, and the view reads a bounded num
 """
 
 import collections
+import functools
 import html
 import re
 
@@ -23,18 +24,20 @@ REPLICA_PREFIX = "friendlyhello:replica:"  # hash per replica: hostname, pod, no
                                           # served, and served as it was at each recent "at:<slot>"
 SLOT_SECONDS = 10       # the recent visit counts' slots: "the last minute" is the last 5 whole ones and this one
 
-# A visit counts for the replica that served it and for the counter, together, or for
-# neither. HINCRBY goes first because it fails before writing when the record is not ours to
-# count in (a string, a non-integer "served"); if INCR then fails (the counter is not a
-# number), the replica's count is taken back, so the page's "counter disabled" is true of
-# both. A record the visit makes anew gets an expiry (heartbeats keep an existing one fresh).
+# ARGV[2] visits (the pages of one round trip) count for the replica that served them and
+# for the counter, together, or for neither; the counter's new value comes back, and the pages
+# take the numbers up to it, in order. HINCRBY goes first because it fails before writing when
+# the record is not ours to count in (a string, a non-integer "served"); if INCRBY then fails
+# (the counter is not a number), the replica's count is taken back, so the pages' "counter
+# disabled" is true of both. A record the visits make anew gets an expiry (heartbeats keep an
+# existing one fresh).
 VISIT_SCRIPT = """
-if redis.call('HINCRBY', KEYS[2], 'served', 1) == 1 then
+if redis.call('HINCRBY', KEYS[2], 'served', ARGV[2]) == tonumber(ARGV[2]) then
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-local visits = redis.pcall('INCR', KEYS[1])
+local visits = redis.pcall('INCRBY', KEYS[1], ARGV[2])
 if type(visits) == 'table' and visits.err then
-  redis.call('HINCRBY', KEYS[2], 'served', -1)
+  redis.call('HINCRBY', KEYS[2], 'served', -tonumber(ARGV[2]))
 end
 return visits
 """
@@ -75,7 +78,11 @@ Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, w
 (``placement``: pod, namespace, node and pod_ip, as far as the Downward API said), and the
 VERSION it was started with."""
 
-Commands = collections.namedtuple("Commands", "visit heartbeat view")
+class Commands(collections.namedtuple("Commands", "visit heartbeat view visits")):
+    """A replica's Redis commands, encoded: one visit, the heartbeat, the view, and
+    ``visits(n)``: n visits in one command (made once for each n, when first asked)."""
+
+    __slots__ = ()
 
 
 def placement(config):
@@ -91,11 +98,13 @@ def identity(config, hostname):
 
 
 def replica_commands(me):
-    """This replica's three Redis commands, encoded once: a visit, a heartbeat, the view."""
+    """This replica's Redis commands, encoded once: a visit (and n of them), a heartbeat, the view."""
     key = REPLICA_PREFIX + me.replica_id
     encode = resp_client.encode_command
+    visits = functools.lru_cache(maxsize=None)(  # n is at most MAX_PIPELINE
+        lambda n: encode(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL, n)))
     return Commands(
-        visit=encode(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL)),
+        visit=visits(1), visits=visits,
         heartbeat=encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
                           me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id, me.version,
                           SLOT_SECONDS)),

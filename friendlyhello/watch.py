@@ -227,11 +227,10 @@ def _grid(header, rows):
 def table(seen):
     """The summary as a terminal shows it: totals, then a row per version and per replica."""
     failures = ", ".join(f"{n} {kind}" for kind, n in seen["failures"].items())
-    mode = ("connections kept alive: each stays with the replica it reached, so a round-robin "
-            "balancer looks sticky (--new-connection: a new one per request)" if seen["keep_alive"] else
-            "a new connection per request: each is balanced anew")
-    lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {seen['connections']} "
-             f"{mode}",
+    mode = (f"{seen['connections']} connections kept alive: each stays with the replica it reached, so a "
+            "round-robin balancer looks sticky (--new-connection: a new one per request)" if seen["keep_alive"] else
+            f"{seen['connections']} clients, a new connection per request: each is balanced anew")
+    lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {mode}",
              f"{seen['requests']} requests, {seen['failed']} failed ({failures}), {seen['retried']} retried; "
              f"p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, longest gap {seen['longest_gap_ms']} ms", ""]
     no_answer = {"requests": seen["requests"] - sum(v["requests"] for v in seen["by_version"].values())}

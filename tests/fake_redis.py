@@ -1,8 +1,8 @@
 """A Redis stand-in for tests: a real TCP server on 127.0.0.1, scriptable per test.
 
 By default it answers like a very small Redis (PING, ECHO, GET, SET, DEL, INCR, AUTH,
-SELECT, HELLO, FLUSHALL, and friendlyhello's visit script, which it answers as INCR of the
-counter). The replica view's script is left to the real Redis of test_replicas.py.
+SELECT, HELLO, FLUSHALL, and friendlyhello's visit script, which it answers as INCRBY of the
+counter by the script's number of visits). The replica view's script is left to the real Redis of test_replicas.py.
 A test can queue scripted answers that take the place of the next replies, in order: raw
 bytes, or one of the actions below. Every byte received is recorded, so tests can assert
 the exact wire format. A replica's heartbeat is answered at once and only counted
@@ -185,11 +185,11 @@ class FakeRedis:
     @property
     def visits(self):
         """Visits that pages asked to count (friendlyhello's visit script)."""
-        return sum(1 for c in self.commands if c[:2] == [b"EVAL", _VISIT])
+        return sum(int(c[6]) for c in self.commands if c[:2] == [b"EVAL", _VISIT])
 
-    def _evaluate(self, script, keys):
-        if script == _VISIT:
-            return self._answer([b"INCR", keys[0]])
+    def _evaluate(self, script, keys, argv):
+        if script == _VISIT:  # ARGV: the record's expiry, the number of visits
+            return self._answer([b"INCRBY", keys[0], argv[1]])
         return b"-NOSCRIPT not one of the scripts this fake Redis knows\r\n"
 
     def _answer(self, command):
@@ -197,7 +197,8 @@ class FakeRedis:
         name = command[0].upper()
         args = command[1:]
         if name == b"EVAL":
-            return self._evaluate(args[0], args[2:2 + int(args[1])])
+            keys = int(args[1])
+            return self._evaluate(args[0], args[2:2 + keys], args[2 + keys:])
         if name == b"AUTH":
             if self.password is None:
                 return b"-ERR AUTH <password> called without any password configured\r\n"
@@ -221,8 +222,8 @@ class FakeRedis:
         if name == b"FLUSHALL":
             self.store.clear()
             return b"+OK\r\n"
-        if name == b"INCR":
-            value = int(self.store.get(args[0], b"0")) + 1
+        if name in (b"INCR", b"INCRBY"):
+            value = int(self.store.get(args[0], b"0")) + (int(args[1]) if name == b"INCRBY" else 1)
             self.store[args[0]] = b"%d" % value
             return b":%d\r\n" % value
         return b"-ERR unknown command '%s'\r\n" % name

@@ -163,11 +163,13 @@ def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes()
 
 def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
     fake_redis.script(Delay(0.25, b":1\r\n"))
+    fake_redis.store[b"counter"] = b"1"  # as the scripted first visit left it
+    pages = []
     with serving(redis_env(fake_redis)) as server:
-        first = threading.Thread(target=server.get, args=("/",))
+        first = threading.Thread(target=lambda: pages.append(server.get("/").text))
         first.start()
         fake_redis.wait_for_commands(1)
-        others = [threading.Thread(target=server.get, args=("/",)) for _ in range(5)]
+        others = [threading.Thread(target=lambda: pages.append(server.get("/").text)) for _ in range(5)]
         for thread in others:
             thread.start()
         for thread in [first, *others]:
@@ -176,6 +178,8 @@ def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
     assert sample(scraped, "friendlyhello_redis_pipeline_size_count") == 2  # one trip, then one for five
     assert sample(scraped, "friendlyhello_redis_pipeline_size_sum") == 6
     assert sample(scraped, "friendlyhello_visits_total") == 6
+    assert [c[-1] for c in fake_redis.commands] == [b"1", b"5"]  # the five visits in one command, counting five
+    assert sorted(int(page.rsplit(" ", 1)[1]) for page in pages) == [1, 2, 3, 4, 5, 6]  # each a number of its own
 
 
 def test_a_client_pipelining_many_requests_cannot_keep_another_waiting_until_it_is_done():

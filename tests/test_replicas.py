@@ -4,12 +4,13 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from friendlyhello import replicas
-from helpers import free_port, redis_counter, serving
+from helpers import DISABLED, free_port, redis_counter, serving
 from test_browser import CHROMIUM_FLAGS, chromium_path, png_picture
 
 INDEX = b"friendlyhello:replicas"
@@ -302,3 +303,37 @@ def test_a_heartbeat_marks_its_slot_and_forgets_the_old_ones_and_writes_its_vers
     assert stored[b"version"] == b"7"
     assert {b"at:%d" % (slot - 6)} <= marks <= {b"at:%d" % (slot - 6), b"at:%d" % slot, b"at:%d" % (slot + 1)}
     assert stored[b"at:%d" % slot] == b"4" if b"at:%d" % slot in stored else stored[b"at:%d" % (slot + 1)] == b"4"
+
+
+def test_pages_counted_together_in_one_round_trip_each_get_a_number_of_their_own_and_all_count(redis_server):
+    pages = []
+    with serving(replica_env(redis_server, "busy")) as server:
+        def visit(n):
+            for _ in range(n):
+                pages.append(server.get("/").text)
+        threads = [threading.Thread(target=visit, args=(15,)) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        seen = view(server)
+        sizes = server.get("/metrics").text
+    numbers = sorted(int(page.rsplit(" ", 1)[1]) for page in pages)
+    assert numbers == list(range(1, 181)) and redis_counter(redis_server.port) == 180
+    assert {r["id"]: r["served"] for r in seen["replicas"]} == {"busy": 180}
+    merged = re.search(r"^friendlyhello_redis_pipeline_size_count (\S+)$", sizes, re.M).group(1)
+    assert float(merged) < 180  # some went together (12 clients at once)
+
+
+def test_pages_counted_together_when_the_counter_is_not_a_number_all_say_so_and_none_counts(redis_server):
+    redis_command(redis_server.port, b"SET", b"counter", b"many")
+    pages = []
+    with serving(replica_env(redis_server, "w")) as server:
+        threads = [threading.Thread(target=lambda: pages.append(server.get("/").text)) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert len(pages) == 12 and all(page.endswith(DISABLED) for page in pages)
+    assert redis_command(redis_server.port, b"HGET", replicas.REPLICA_PREFIX.encode() + b"w", b"served") in (
+        b"$-1\r\n", b"$1\r\n0\r\n")

@@ -165,17 +165,20 @@ def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_
     with serving(redis_env(fake_redis)) as server:
         ignoring = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, as a shell's `&` does
         try:
-            runs = {signum: start_watch(f"http://127.0.0.1:{server.port}/", "--rate", "20")
+            runs = {signum: start_watch(f"http://127.0.0.1:{server.port}/?{signum}", "--rate", "20")
                     for signum in (signal.SIGINT, signal.SIGTERM)}
         finally:
             signal.signal(signal.SIGINT, ignoring)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # each has sent a request, so its handlers are set
+        while not all(any(f"/?{signum}" in line for line in server.log_lines()) for signum in runs):
+            assert time.monotonic() < deadline, server.log_lines()
+            time.sleep(0.02)
         for signum, proc in runs.items():
             proc.signal(signum)
         ended = [finish_watch(proc) for proc in runs.values()]
     for code, text in ended:
         assert code == 0
-        assert text.startswith(f"watch http://127.0.0.1:{server.port}/  ")
+        assert text.startswith(f"watch http://127.0.0.1:{server.port}/?")
         assert "connections kept alive" in text
         assert " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other)" in text
         assert "\nversion  requests  share  refused" in text and "\n1   " in text
