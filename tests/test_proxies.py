@@ -213,6 +213,17 @@ def test_with_the_proxy_protocol_on_the_client_is_the_header_s_source_and_the_pe
     assert log[0].startswith('203.0.113.7 via 127.0.0.1 "GET /echo" 200 ')
 
 
+def test_the_json_access_log_names_the_client_and_the_peer_it_came_through():
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", LOG_FORMAT="json")
+    with serving(env) as server:
+        exchange(server.port, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.9\r\n"
+                              b"Connection: close\r\n\r\n")
+        exchange(server.port, ECHO, source="127.0.0.2")
+        lines = [json.loads(line) for line in server.log_lines()]
+    assert (lines[0]["client"], lines[0]["peer"]) == ("192.0.2.9", "127.0.0.1")
+    assert lines[1]["client"] == "127.0.0.2" and "peer" not in lines[1]  # no proxy between: no peer of its own
+
+
 def test_a_connection_without_a_good_proxy_header_or_from_an_untrusted_peer_is_closed_unanswered():
     env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", IDLE_TIMEOUT="0.3")
     with serving(env) as server:
