@@ -16,16 +16,17 @@ import sys
 import threading
 import time
 
-_ESCAPES = ({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}  # C0, DEL, C1
-            | {c: f"\\u{c:04x}" for c in [0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a)]}
-            | {ord('"'): '\\"', ord("\\"): "\\\\"})
+_CONTROLS = ({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}  # C0, DEL, C1
+             | {c: f"\\u{c:04x}" for c in [0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
+_ESCAPES = _CONTROLS | {ord('"'): '\\"', ord("\\"): "\\\\"}  # and what quotes a field in a log line
 _SURROGATES = range(0xd800, 0xe000)
 
 
-def printable(text):
+def printable(text, quoted=True):
     """Anything from a request or a setting, made safe to quote in one log line: controls that
-    a terminal acts on and bidirectional overrides are written as escapes."""
-    text = text.translate(_ESCAPES)
+    a terminal acts on and bidirectional overrides are written as escapes (and, ``quoted``,
+    the quote and the backslash, so a quoted field's end stays plain)."""
+    text = text.translate(_ESCAPES if quoted else _CONTROLS)
     if any(ord(c) in _SURROGATES for c in text):
         text = "".join(f"\\u{ord(c):04x}" if ord(c) in _SURROGATES else c for c in text)
     return text

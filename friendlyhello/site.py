@@ -136,21 +136,25 @@ _AS_GIVEN = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Rea
 def _echo_text(seen):
     """/echo as text: every value that came from the request escaped as the logs escape it."""
     proxy = seen["proxy_protocol"]
-    lines = [printable(seen["request_line"]), *(f"{printable(n)}: {printable(v)}" for n, v in seen["headers"]), "",
+    lines = [_shown(seen["request_line"]), *(f"{_shown(n)}: {_shown(v)}" for n, v in seen["headers"]), "",
              f"peer: {_host_port(seen['peer']['address'], seen['peer']['port'])}",
              "proxy_protocol: " + ("none" if proxy is None else
                                    f"v{proxy['version']} {proxy['command']} {proxy['family']}"
                                    + (f" from {_host_port(*proxy['source'])} to {_host_port(*proxy['destination'])}"
                                       if proxy["source"] else "") + f", {proxy['tlv_bytes']} bytes of TLVs"),
-             f"client: {seen['client']}", f"client_from: {printable(seen['client_from'])}",
+             f"client: {seen['client']}", f"client_from: {_shown(seen['client_from'])}",
              f"forwarded_from: {seen['forwarded_from'] or 'none'}", "x-forwarded-for:"]
     for n, hop in enumerate(seen["x_forwarded_for"], 1):
         verdict = "not an address" if hop["address"] is None else "trusted proxy" if hop["trusted"] else "not trusted"
-        lines.append(f"  hop {n}: {printable(hop['entry'])} ({verdict})")
-    lines += [f"forwarded: {printable(json.dumps(seen['forwarded']))}"]
-    lines += [f"{name.lower()}: {printable(seen[name.lower().replace('-', '_')] or '-')}" for name in _AS_GIVEN]
-    lines += [f"replica: {printable(seen['replica'])}", f"version: {seen['version']}"]
+        lines.append(f"  hop {n}: {_shown(hop['entry'])} ({verdict})")
+    lines += [f"forwarded: {_shown(json.dumps(seen['forwarded']))}"]
+    lines += [f"{name.lower()}: {_shown(seen[name.lower().replace('-', '_')] or '-')}" for name in _AS_GIVEN]
+    lines += [f"replica: {_shown(seen['replica'])}", f"version: {seen['version']}"]
     return "\n".join(lines) + "\n"
+
+
+def _shown(text):
+    return printable(text, quoted=False)
 
 
 def _host_port(host, port):

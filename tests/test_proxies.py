@@ -50,23 +50,57 @@ TRUSTED = Trusted(proxies.trusted_networks("10.0.0.0/8, 127.0.0.1, 2001:db8::/32
 
 # -- what a proxy's words are worth ------------------------------------------------------------
 
-@pytest.mark.parametrize("peer, fields, client, because", [
-    ("203.0.113.9", {"x_forwarded_for": ["1.2.3.4"]}, "203.0.113.9", "the TCP peer, which is not a trusted proxy"),
-    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, 10.0.0.3"]}, "1.2.3.4", "X-Forwarded-For entry 1, the first from"),
-    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6, 1.2.3.4", "10.0.0.3"]}, "1.2.3.4", "X-Forwarded-For entry 2"),
-    ("10.0.0.2", {"x_forwarded_for": ["10.0.0.9, 10.0.0.3"]}, "10.0.0.9", "every hop is a trusted proxy"),
-    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, nonsense"]}, "10.0.0.2", "the nearest trusted proxy: X-Forwarded-For "
-                                                                          "entry 2 ('nonsense') is not an address"),
-    ("10.0.0.2", {}, "10.0.0.2", "the TCP peer, a trusted proxy that forwarded no client"),
+XFF_NOT_TRUSTED = "X-Forwarded-For entry {}, the first from the right that is not a trusted proxy"
+
+
+@pytest.mark.parametrize("peer, fields, client, because, source, chain", [
+    ("203.0.113.9", {"x_forwarded_for": ["1.2.3.4"]}, "203.0.113.9",
+     "the TCP peer, which is not a trusted proxy (its headers are not believed)", "X-Forwarded-For", "1.2.3.4 -"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, 10.0.0.3"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(1),
+     "X-Forwarded-For", "1.2.3.4 - 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6, 1.2.3.4", "10.0.0.3"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(2),
+     "X-Forwarded-For", "6.6.6.6 - 1.2.3.4 - 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["10.0.0.9, 10.0.0.3"]}, "10.0.0.9",
+     "every hop is a trusted proxy: the leftmost is the client", "X-Forwarded-For", "10.0.0.9 T 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, nonsense, 10.0.0.3"]}, "10.0.0.3",
+     "the nearest trusted proxy: X-Forwarded-For entry 2 ('nonsense') is not an address", "X-Forwarded-For",
+     "1.2.3.4 - nonsense ? 10.0.0.3 T"),
+    ("10.0.0.2", {}, "10.0.0.2", "the TCP peer, a trusted proxy that forwarded no client", None, ""),
     ("10.0.0.2", {"forwarded": ['for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"'],
-                  "x_forwarded_for": ["6.6.6.6"]}, "192.0.2.60", "Forwarded entry 1"),
-    ("10.0.0.2", {"forwarded": ["for=unknown"]}, "10.0.0.2", "Forwarded entry 1 ('unknown') is not an address"),
-    ("::ffff:10.0.0.2", {"x_forwarded_for": ["[2001:db8::5]:80, 1.2.3.4:5678"]}, "1.2.3.4", "entry 2"),
+                  "x_forwarded_for": ["6.6.6.6"]}, "192.0.2.60", "Forwarded entry 1, the first from the right "
+     "that is not a trusted proxy", "Forwarded", "192.0.2.60 - [2001:db8::1]:4711 T"),
+    ("10.0.0.2", {"forwarded": ["for=unknown", "nonsense"]}, "10.0.0.2",
+     "the nearest trusted proxy: Forwarded entry 2 ('nonsense') is not an address", "Forwarded",
+     "unknown ? nonsense ?"),
+    ("::ffff:10.0.0.2", {"x_forwarded_for": ["[2001:db8::5]:80, 1.2.3.4:5678"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(2),
+     "X-Forwarded-For", "[2001:db8::5]:80 T 1.2.3.4:5678 -"),
 ])
-def test_the_client_is_the_first_address_from_the_peer_backwards_that_is_not_a_trusted_proxy(peer, fields, client,
-                                                                                              because):
+def test_the_client_is_the_first_address_from_the_peer_backwards_that_is_not_a_trusted_proxy(
+        peer, fields, client, because, source, chain):
     found = proxies.conclude(peer, Headers(**fields), TRUSTED)
-    assert found.client == client and because in found.client_from, found
+    hops = " ".join(f"{hop.entry} {'?' if hop.address is None else 'T' if hop.trusted else '-'}" for hop in found.chain)
+    assert (found.client, found.client_from, found.source, hops) == (client, because, source, chain)
+
+
+def test_a_proxy_header_s_source_is_named_as_such():
+    found = proxies.conclude("198.51.100.7", Headers(), TRUSTED, "the PROXY header's source")
+    assert found.client_from == "the PROXY header's source, which is not a trusted proxy (its headers are not believed)"
+
+
+@pytest.mark.parametrize("entry, address", [
+    ("192.0.2.1", "192.0.2.1"), ("192.0.2.1:80", "192.0.2.1"), ('"[2001:db8::1]:80"', "2001:db8::1"),
+    ("2001:db8::1", "2001:db8::1"), (' "192.0.2.1" ', "192.0.2.1"), ("unknown", None), ("_hidden", None),
+    ("192.0.2.1X", None), ("X192.0.2.1", None), ("999.1.1.1", None), ("[192.0.2.1", None),
+])
+def test_a_forwarded_for_entry_is_an_address_with_or_without_its_port_or_nothing(entry, address):
+    found = proxies.entry_address(entry)
+    assert (found and str(found)) == address
+
+
+def test_only_addresses_inside_the_trusted_blocks_are_trusted():
+    assert TRUSTED.trusts("10.255.0.1") and TRUSTED.trusts("2001:db8:1::9") and TRUSTED.trusts("::ffff:127.0.0.1")
+    assert not TRUSTED.trusts("11.0.0.1") and not TRUSTED.trusts("nonsense") and not TRUSTED.trusts("2001:db9::1")
+    assert str(TRUSTED) == "10.0.0.0/8,127.0.0.1/32,2001:db8::/32" and str(Trusted(())) == "none"
 
 
 def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_shown_not_believed():
@@ -81,6 +115,10 @@ def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_show
     ('for=_hidden;proto=http;by=203.0.113.43', [{"for": "_hidden", "proto": "http", "by": "203.0.113.43"}]),
     ('For="a,b;c";host="x\\"y"', [{"for": "a,b;c", "host": 'x"y'}]),
     ("garbage, for=1.2.3.4", [{"invalid": "garbage"}, {"for": "1.2.3.4"}]),
+    (",for=1.2.3.4", [{"for": "1.2.3.4"}]),                                 # an empty element is no element
+    ('for="a\\",b";proto=http, for=1.2.3.4', [{"for": 'a",b', "proto": "http"}, {"for": "1.2.3.4"}]),
+    ('host="a=b"', [{"host": "a=b"}]),
+    ('for=""', [{"for": ""}]), ('for="', [{"for": '"'}]),                   # empty, and a quote never closed
 ])
 def test_forwarded_is_read_as_rfc_7239_writes_it(value, elements):
     assert proxies.forwarded_elements([value]) == elements
@@ -88,7 +126,7 @@ def test_forwarded_is_read_as_rfc_7239_writes_it(value, elements):
 
 @pytest.mark.parametrize("text, networks", [
     ("", ()), ("127.0.0.1", ("127.0.0.1/32",)), ("10.0.0.0/8, ::1,fd00::/8", ("10.0.0.0/8", "::1/128", "fd00::/8")),
-    ("10.1.2.3/8", ("10.0.0.0/8",)),
+    ("10.1.2.3/8", ("10.0.0.0/8",)), ("10.0.0.1,,10.0.0.2, ", ("10.0.0.1/32", "10.0.0.2/32")),
 ])
 def test_trusted_proxies_are_addresses_and_blocks(text, networks):
     assert tuple(map(str, proxies.trusted_networks(text))) == networks
@@ -96,7 +134,10 @@ def test_trusted_proxies_are_addresses_and_blocks(text, networks):
 
 @pytest.mark.parametrize("env, named", [
     ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES='10.0.0.0/33' is not valid: expected addresses or CIDR"),
-    ({"TRUSTED_PROXIES": "proxy.local"}, "('proxy.local' is neither)"),
+    ({"TRUSTED_PROXIES": "10.0.0.1, proxy.local"}, "TRUSTED_PROXIES='10.0.0.1, proxy.local' is not valid: "
+                                                    "expected addresses or CIDR blocks separated by commas "
+                                                    "('proxy.local' is neither)"),
+    ({"TRUSTED_PROXIES": "x" * 70}, "(" + repr("x" * 60) + " is neither)"),
     ({"PROXY_PROTOCOL": "v3"}, "PROXY_PROTOCOL='v3' is not valid: expected one of off, v1, v2, any"),
     ({"PROXY_PROTOCOL": "v2"}, "PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it"),
 ])
@@ -128,30 +169,48 @@ def test_each_kind_of_proxy_header_reads_and_any_prefix_of_it_asks_for_more(data
     assert tuple(header) == said and length == len(data)
 
 
-@pytest.mark.parametrize("data, mode, reason", [
-    (b"GET / HTTP/1.1\r\n\r\n", "any", "missing"),
-    (v2(), "v1", "missing"), (v1(), "v2", "missing"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "v1", "malformed"),            # LF alone
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "v1", "malformed"),            # a port missing
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", "v1", "malformed"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", "v1", "malformed"),         # a leading zero
-    (b"PROXY TCP4 ::1 ::1 1 2\r\n", "v1", "malformed"),                  # TCP4 with IPv6 addresses
-    (b"PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n", "v1", "malformed"),
-    (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "v1", "malformed"),
-    (b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n", "v1", "malformed"),       # past 107 bytes
-    (b"PROXY " + b"1" * 200, "v1", "malformed"),                         # no end within 107 bytes
-    (v2(command=0x22), "v2", "malformed"), (v2(command=0x11), "v2", "malformed"),
-    (v2(family=0x41), "v2", "malformed"),
-    (v2(length=8), "v2", "malformed"),                                   # shorter than its addresses
-    (v2(tlvs=b"\x01\x00\x09abc"), "v2", "malformed"),                    # a TLV past the end
-    (v2(tlvs=b"\x01\x00"), "v2", "malformed"),
-    (V2_SIGNATURE + b"\x21\x11\xff\xff", "v2", "malformed"),             # 65535 bytes announced
-    (V2_SIGNATURE[:-1] + b"X", "v2", "missing"),
+MISSING = "the connection did not begin with a PROXY header"
+V1_BAD = "a PROXY v1 line that does not follow the specification"
+
+
+@pytest.mark.parametrize("data, mode, reason, detail", [
+    (b"GET / HTTP/1.1\r\n\r\n", "any", "missing", MISSING),
+    (b"POST / HTTP/1.1\r\n", "any", "missing", MISSING),                  # a P, but not PROXY
+    (v2(), "v1", "missing", MISSING), (v1(), "v2", "missing", MISSING),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "v1", "malformed", V1_BAD),       # LF alone
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "v1", "malformed", V1_BAD),      # a port missing
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", "v1", "malformed", "a PROXY v1 line with a port out of range"),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", "v1", "malformed", "a PROXY v1 line with a port out of range"),
+    (b"PROXY TCP4 ::1 ::1 1 2\r\n", "v1", "malformed", "a PROXY v1 TCP4 line whose addresses are not TCP4"),
+    (b"PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n", "v1", "malformed", "a PROXY v1 TCP4 line whose addresses are not TCP4"),
+    (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "v1", "malformed", V1_BAD),
+    (b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n", "v1", "malformed", "a PROXY v1 line longer than 107 bytes"),
+    (b"PROXY UNKNOWN " + b"x" * 93, "v1", "malformed", "a PROXY v1 line longer than 107 bytes"),  # 107, no end
+    (v2(command=0x22), "v2", "malformed", "a PROXY v2 header with an unknown version or command"),
+    (v2(command=0x11), "v2", "malformed", "a PROXY v2 header with an unknown version or command"),
+    (v2(family=0x41), "v2", "malformed", "a PROXY v2 header with an unknown address family"),
+    (v2(length=8), "v2", "malformed", "a PROXY v2 TCP4 header too short for its addresses"),
+    (v2(tlvs=b"\x01\x00\x09abc"), "v2", "malformed", "a PROXY v2 header whose TLVs overrun it"),
+    (v2(tlvs=b"\x01\x00"), "v2", "malformed", "a PROXY v2 header whose TLVs overrun it"),
+    (v2(tlvs=b"\x01\x00\x02h2\x04\x00\x09ab"), "v2", "malformed", "a PROXY v2 header whose TLVs overrun it"),
+    (V2_SIGNATURE + b"\x21\x11\xff\xff", "v2", "malformed", "a PROXY v2 header of 65535 bytes (at most 2048)"),
+    (V2_SIGNATURE + b"\x21\x11\x08\x01", "v2", "malformed", "a PROXY v2 header of 2049 bytes (at most 2048)"),
+    (V2_SIGNATURE[:-1] + b"X", "v2", "missing", MISSING),
 ])
-def test_a_malformed_or_missing_proxy_header_is_refused_with_its_reason(data, mode, reason):
+def test_a_malformed_or_missing_proxy_header_is_refused_with_its_reason(data, mode, reason, detail):
     with pytest.raises(ProxyRefused) as refused:
         read_proxy_header(data, mode)
-    assert refused.value.reason == reason
+    assert (refused.value.reason, str(refused.value)) == (reason, detail)
+
+
+def test_proxy_headers_at_the_edges_of_what_the_specification_allows_are_read():
+    assert read_proxy_header(v1(sport=0, dport=65535), "v1")[0].source == ("203.0.113.7", 0)
+    assert read_proxy_header(v2(sport=40000, dport=65535), "v2")[0].source == ("198.51.100.7", 40000)
+    largest = v2(tlvs=b"\x01\x07\xf1" + b"t" * (2048 - 12 - 3))  # a payload of exactly 2048 bytes
+    header, length = read_proxy_header(largest, "v2")
+    assert length == 16 + 2048 and header.tlv_bytes == 2048 - 12
+    line = b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n"  # 107 bytes, CRLF included
+    assert read_proxy_header(line, "v1") == (proxies.ProxyHeader(1, "PROXY", "UNKNOWN", None, None, 0), 107)
 
 
 # -- the server behind a PROXY-speaking proxy ---------------------------------------------------
@@ -423,3 +482,91 @@ def test_the_readme_quotes_the_proxy_configurations_the_tests_run():
     quoted = [line.strip() for block in re.findall(r"```\n(.*?)```", section, re.S) for line in block.splitlines()]
     used = {line.strip() for name in ("haproxy.cfg", "nginx.conf") for line in fill(name).splitlines()}
     assert quoted and [line for line in quoted if line and line not in used] == []
+
+
+ECHO_BEHIND_PROXIES = """GET /echo?x HTTP/1.1
+Host: h
+X-Forwarded-For: junk, 203.0.113.5, 2001:db8::7
+X-Forwarded-Proto: https
+X-Forwarded-Host: demo.example
+X-Forwarded-Port: 443
+X-Real-IP: 203.0.113.5
+X-Odd: "quoted" \\u202e!
+Connection: close
+
+peer: 127.0.0.1:PORT
+proxy_protocol: v2 PROXY TCP6 from [2001:db8::9]:5555 to [::1]:80, 4 bytes of TLVs
+client: 203.0.113.5
+client_from: X-Forwarded-For entry 2, the first from the right that is not a trusted proxy
+forwarded_from: X-Forwarded-For
+x-forwarded-for:
+  hop 1: junk (not an address)
+  hop 2: 203.0.113.5 (not trusted)
+  hop 3: 2001:db8::7 (trusted proxy)
+forwarded: []
+x-forwarded-proto: https
+x-forwarded-host: demo.example
+x-forwarded-port: 443
+x-real-ip: 203.0.113.5
+replica: web-1
+version: 7
+"""
+
+ECHO_DIRECT = """GET /echo HTTP/1.1
+Host: h
+Connection: close
+
+peer: 127.0.0.1:PORT
+proxy_protocol: none
+client: 127.0.0.1
+client_from: the TCP peer (TRUSTED_PROXIES is empty: forwarded headers are not believed)
+forwarded_from: none
+x-forwarded-for:
+forwarded: []
+x-forwarded-proto: -
+x-forwarded-host: -
+x-forwarded-port: -
+x-real-ip: -
+replica: web-1
+version: 1
+"""
+
+
+def echo_text(answer):
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Type: text/plain; charset=utf-8\r\n" in answer
+    assert b"\r\nVary: Accept\r\n" in answer
+    return re.sub(r"^peer: 127\.0\.0\.1:\d+$", "peer: 127.0.0.1:PORT", answer.split(b"\r\n\r\n", 1)[1].decode(),
+                  flags=re.M)
+
+
+def test_echo_as_text_reads_like_this_behind_proxies_and_without():
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1,2001:db8::/32", PROXY_PROTOCOL="v2", REPLICA_ID="web-1", VERSION="7")
+    request = (b"GET /echo?x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: junk, 203.0.113.5, 2001:db8::7\r\n"
+               b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: demo.example\r\nX-Forwarded-Port: 443\r\n"
+               b"X-Real-IP: 203.0.113.5\r\nX-Odd: \"quoted\" \xe2\x80\xae!\r\nConnection: close\r\n\r\n")
+    with serving(env) as server:
+        behind = exchange(server.port, v2(family=0x21, source="2001:db8::9", destination="::1", tlvs=b"\x01\x00\x01x")
+                          + request)
+    with serving(refused_env(REPLICA_ID="web-1")) as server:
+        direct = exchange(server.port, b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert echo_text(behind) == ECHO_BEHIND_PROXIES
+    assert echo_text(direct) == ECHO_DIRECT
+
+
+def test_echo_as_json_says_the_same():
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", REPLICA_ID="web-1")
+    with serving(env) as server:
+        seen = echoed(exchange(server.port, v1("2001:db8::5", 7, "TCP6", "::1", 80) + ECHO))
+    assert seen == {
+        "request_line": "GET /echo HTTP/1.1",
+        "headers": [["Host", "x"], ["Accept", "application/json"], ["Connection", "close"]],
+        "peer": {"address": "127.0.0.1", "port": seen["peer"]["port"]},
+        "proxy_protocol": {"version": 1, "command": "PROXY", "family": "TCP6", "source": ["2001:db8::5", 7],
+                           "destination": ["::1", 80], "tlv_bytes": 0},
+        "client": "2001:db8::5",
+        "client_from": "the PROXY header's source, which is not a trusted proxy (its headers are not believed)",
+        "forwarded_from": None, "x_forwarded_for": [], "forwarded": [],
+        "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
+        "replica": "web-1", "version": "1",
+    }
+    assert isinstance(seen["peer"]["port"], int) and seen["peer"]["port"] > 0
