@@ -293,6 +293,12 @@ def test_a_connection_without_a_good_proxy_header_or_from_an_untrusted_peer_is_c
         assert exchange(server.port, v2() + ECHO) == b""                         # v2 where v1 is expected
         assert echoed(exchange(server.port, v1() + ECHO))["client"] == "203.0.113.7"  # and it still serves
         assert refusals(server) == {"missing": 2, "malformed": 1, "untrusted_peer": 1, "timeout": 1}
+        said = [line for line in server.error_lines() if "redis" not in line]
+    assert said[:3] == ["friendlyhello: 127.0.0.1: connection closed: the connection did not begin with a PROXY header",
+                        "friendlyhello: 127.0.0.1: connection closed: a PROXY v1 line that does not follow the "
+                        "specification",
+                        "friendlyhello: 127.0.0.1: connection closed: the connection did not begin with a PROXY header"]
+    assert not [line for line in said if "internal error" in line]
 
 
 def test_a_proxy_header_counts_toward_no_limit_of_the_head_and_the_limits_hold_after_it():
@@ -304,6 +310,8 @@ def test_a_proxy_header_counts_toward_no_limit_of_the_head_and_the_limits_hold_a
             b"HTTP/1.1 200 ")
         too_long = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         assert exchange(server.port, v1() + too_long).startswith(b"HTTP/1.1 414 ")
+        log = server.log_lines()
+    assert log[-1] == '203.0.113.7 via 127.0.0.1 "- -" 414 0.0ms'  # refused, and still named by the header
 
 
 # -- /echo ----------------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def test_a_counter_that_is_not_a_number_leaves_the_view_standing(redis_server):
         redis_command(redis_server.port, b"SET", b"counter", b"abc")
         html, seen = server.get("/replicas"), view(server)
     assert html.status == 200 and "? visits counted in all" in html.text
+    assert "(stopped, or not seen for a while): ?.</p>" in html.text
     assert seen["total"] is None and seen["replicas"][0]["served"] == 1
 
 
@@ -262,8 +263,10 @@ def test_replicas_of_two_versions_are_summed_by_version_and_every_answer_names_i
         "1": {"replicas": 1, "visits": 30, "last_minute": 30, "share_last_minute": 0.5},
         "v2.0-rc1": {"replicas": 2, "visits": 30, "last_minute": 30, "share_last_minute": 0.5}}
     assert list(seen["by_version"]) == ["1", "v2.0-rc1"]
-    assert ('<tr><td>v2.0-rc1</td><td class="n">2</td><td class="n">30</td>'
-            '<td><span class="bar" style="width:100px"></span>50%</td></tr>') in html
+    assert ('<tr><td>1</td><td class="n">1</td><td class="n">30</td>'
+            '<td><span class="bar" style="width:100px"></span>50%</td></tr>\n'
+            '<tr><td>v2.0-rc1</td><td class="n">2</td><td class="n">30</td>'
+            '<td><span class="bar" style="width:100px"></span>50%</td></tr>\n</table>') in html
     assert "<td>b</td><td>v2.0-rc1</td>" in html
     assert page["version"] == "v2.0-rc1" and page["visits"] == 61
     for answer in answers:
@@ -272,13 +275,14 @@ def test_replicas_of_two_versions_are_summed_by_version_and_every_answer_names_i
 
 
 def test_the_last_minute_is_the_visits_since_the_oldest_slot_mark_of_the_last_minute():
-    now = 100_000  # slot 10,000 of 10 s
+    now = 100_004  # 4 s into slot 10,000 of 10 s
     marks = [b"at:9994", b"5", b"at:9995", b"12", b"at:9999", b"20"]
     row = replicas.read_record(b"a", [b"served", b"30", b"seen", b"%d" % now, *marks], now)
     assert (row["served"], row["last_minute"]) == (30, 18)  # 30 - 12: slot 9994 began over a minute ago
+    assert row["seconds_since_seen"] == 0  # seen this very second
     young = replicas.read_record(b"a", [b"served", b"7", b"seen", b"%d" % now], now)
     assert young["last_minute"] == 7  # no mark yet: a record younger than its first heartbeat
-    stale = replicas.read_record(b"a", [b"served", b"7", b"at:9000", b"3", b"at:x", b"1"], now)
+    stale = replicas.read_record(b"a", [b"served", b"7", b"at:9000", b"3", b"at:x", b"1", b"at:x9999", b"1"], now)
     assert stale["last_minute"] == 0  # marks, but none in the last minute: nothing recent
     odd = replicas.read_record(b"a", [b"served", b"7", b"at:9999", b"-3", b"at:10000", b"5"], now)
     assert odd["last_minute"] == 2  # a mark that is not a count is passed over
@@ -337,3 +341,12 @@ def test_pages_counted_together_when_the_counter_is_not_a_number_all_say_so_and_
     assert len(pages) == 12 and all(page.endswith(DISABLED) for page in pages)
     assert redis_command(redis_server.port, b"HGET", replicas.REPLICA_PREFIX.encode() + b"w", b"served") in (
         b"$-1\r\n", b"$1\r\n0\r\n")
+
+
+def test_versions_are_listed_in_their_names_order_numbers_by_value_with_shares_to_four_places():
+    rows = [{"id": v, "version": v, "served": 1, "last_minute": 1} for v in ("v10", "v2", "v9")]
+    view = replicas.ReplicaView(rows, 3, 3, None)
+    assert list(view.by_version()) == ["v2", "v9", "v10"]
+    assert [v["share_last_minute"] for v in view.by_version().values()] == [0.3333] * 3
+    quiet = replicas.ReplicaView([{"id": "a", "version": "1", "served": 4, "last_minute": 0}], 4, 1, None)
+    assert quiet.by_version() == {"1": {"replicas": 1, "visits": 4, "last_minute": 0, "share_last_minute": 0.0}}
