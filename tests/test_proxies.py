@@ -82,6 +82,14 @@ def test_the_client_is_the_first_address_from_the_peer_backwards_that_is_not_a_t
     assert (found.client, found.client_from, found.source, hops) == (client, because, source, chain)
 
 
+def test_a_forwarded_element_without_for_or_a_long_bad_entry_stops_the_walk_and_is_quoted_short():
+    found = proxies.conclude("10.0.0.2", Headers(forwarded=["proto=https"]), TRUSTED)
+    assert found.client_from == "the nearest trusted proxy: Forwarded entry 1 ('') is not an address"
+    long = "h" * 80
+    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=[long]), TRUSTED)
+    assert found.client_from == f"the nearest trusted proxy: X-Forwarded-For entry 1 ({'h' * 60!r}) is not an address"
+
+
 def test_a_proxy_header_s_source_is_named_as_such():
     found = proxies.conclude("198.51.100.7", Headers(), TRUSTED, "the PROXY header's source")
     assert found.client_from == "the PROXY header's source, which is not a trusted proxy (its headers are not believed)"
@@ -105,7 +113,8 @@ def test_only_addresses_inside_the_trusted_blocks_are_trusted():
 
 def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_shown_not_believed():
     found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Trusted(()))
-    assert found.client == "10.0.0.2" and "TRUSTED_PROXIES is empty" in found.client_from
+    assert (found.client, found.source) == ("10.0.0.2", "X-Forwarded-For") and "TRUSTED_PROXIES is empty" in \
+        found.client_from
     assert [(hop.entry, hop.address and str(hop.address), hop.trusted) for hop in found.chain] == [
         ("1.2.3.4", "1.2.3.4", False), ("x", None, False)]
 
@@ -559,12 +568,18 @@ def test_echo_as_text_reads_like_this_behind_proxies_and_without():
         direct = exchange(server.port, b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert echo_text(behind) == ECHO_BEHIND_PROXIES
     assert echo_text(direct) == ECHO_DIRECT
+    with serving(refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v2")) as server:
+        checked = exchange(server.port, v2(command=0x20) + b"GET /echo HTTP/1.1\r\nHost: h\r\n"
+                                                            b"Connection: close\r\n\r\n")
+    assert "\nproxy_protocol: v2 LOCAL TCP4, 0 bytes of TLVs\nclient: 127.0.0.1\n" in echo_text(checked)
 
 
 def test_echo_as_json_says_the_same():
     env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", REPLICA_ID="web-1")
     with serving(env) as server:
-        seen = echoed(exchange(server.port, v1("2001:db8::5", 7, "TCP6", "::1", 80) + ECHO))
+        answer = exchange(server.port, v1("2001:db8::5", 7, "TCP6", "::1", 80) + ECHO)
+        seen = echoed(answer)
+    assert b"\r\nContent-Type: application/json\r\n" in answer and b"\r\nVary: Accept\r\n" in answer
     assert seen == {
         "request_line": "GET /echo HTTP/1.1",
         "headers": [["Host", "x"], ["Accept", "application/json"], ["Connection", "close"]],
