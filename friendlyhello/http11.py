@@ -138,8 +138,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     requestline = ""
     request_version = default_request_version
 
-    def __init__(self, head, address, routes, origin=(None, None)):
-        self.origin = origin  # (the TCP peer, what a PROXY header said or None): for /echo
+    def __init__(self, head, address, routes, connection=None):
+        self.connection = connection  # where it came from (its peer, its PROXY header): for /echo
         super().__init__(head, address, routes)  # handles the request, as http.server does
 
     @property
@@ -241,7 +241,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.probe = route.probe
             query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
             self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query,
-                                            self.raw_requestline, self.headers, self.client_address, self.origin)
+                                            self.raw_requestline, self.headers, self.client_address, self.connection)
             if route.redis_command is None or (route.counts_visit and self.head_only):
                 self.response = route.answer(self.page_request, None)
             else:

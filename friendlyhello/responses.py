@@ -34,10 +34,10 @@ class Route(collections.namedtuple("Route", "answer redis_command counts_visit p
     __slots__ = ()
 
 
-PageRequest = collections.namedtuple("PageRequest", "wants_json query requestline headers address origin")
+PageRequest = collections.namedtuple("PageRequest", "wants_json query requestline headers address connection")
 PageRequest.__doc__ = """What an answer may read of its request: whether JSON ranks first, the
 query; and, for /echo, the request line (bytes), the header fields, the address it came from (a PROXY
-header's source, else the TCP peer) and its origin: (the TCP peer, the PROXY header or None)."""
+header's source, else the TCP peer) and the Connection (its ``peer``, its ``proxy`` header or None)."""
 RedisReply = collections.namedtuple("RedisReply", "value error")
 
 

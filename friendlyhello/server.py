@@ -208,7 +208,7 @@ class HelloServer:
                 return
             conn.started = time.monotonic()
             try:
-                handler = conn.handler = RequestHandler(head, conn.address, self.routes, (conn.peer, conn.proxy))
+                handler = conn.handler = RequestHandler(head, conn.address, self.routes, conn)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
                 self._internal_error(conn, exc)
                 return

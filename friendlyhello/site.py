@@ -106,7 +106,7 @@ class Site:
     def echo(self, request, reply):
         """What this replica received and what it concluded of who sent it: the request line and
         header fields as received, the TCP peer, a PROXY header's word, the client and why."""
-        (peer_host, peer_port, *_), proxy = request.origin
+        (peer_host, peer_port, *_), proxy = request.connection.peer, request.connection.proxy
         via_header = proxy is not None and proxy.source is not None
         found = conclude(request.address, request.headers, self.trusted,
                          "the PROXY header's source" if via_header else "the TCP peer")
