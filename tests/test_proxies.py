@@ -293,7 +293,7 @@ def test_the_json_access_log_names_the_client_and_the_peer_it_came_through():
 
 
 def test_a_connection_without_a_good_proxy_header_or_from_an_untrusted_peer_is_closed_unanswered():
-    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", IDLE_TIMEOUT="0.3")
+    env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", IDLE_TIMEOUT="0.15")
     with serving(env) as server:
         assert exchange(server.port, ECHO) == b""                               # no header: missing
         assert exchange(server.port, b"PROXY TCP4 1.2.3.4\r\n" + ECHO) == b""   # malformed
@@ -416,6 +416,7 @@ def through(port, source, forged=b""):
     return echoed(exchange(port, request, source=source))
 
 
+@pytest.mark.slow  # real HAProxy and nginx, started for it
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_behind_a_real_proxy_the_client_is_the_one_that_connected_to_it_and_a_forgery_is_not_believed(
         front, fake_redis, kind):
@@ -444,6 +445,7 @@ def test_behind_a_real_proxy_the_client_is_the_one_that_connected_to_it_and_a_fo
     assert any(line.startswith('127.0.0.4 via 127.0.0.1 "GET /echo" 200') for line in log), log
 
 
+@pytest.mark.slow  # a real HAProxy, started for it
 def test_a_proxy_header_from_a_proxy_not_in_trusted_proxies_is_refused(front, fake_redis):
     env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.9", "PROXY_PROTOCOL": "any"}
     with serving(env) as proxied, serving(redis_env(fake_redis)) as plain:

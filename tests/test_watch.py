@@ -108,6 +108,7 @@ def test_every_request_is_answered_counted_once_and_shown_by_version_and_replica
     assert fake_redis.visits == seen["requests"] + fresh_seen["requests"]  # the counter's rise, exactly
 
 
+@pytest.mark.slow  # five runs of watch, waiting out timeouts
 def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_redis):
     nowhere = free_port()
     with misbehaving(never_answers) as (silent, _), misbehaving(resets) as (resetting, _), \
