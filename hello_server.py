@@ -43,7 +43,8 @@ PING = resp_client.encode_command(("PING",))
 def route_table(config, site, commands):
     """Every path the server answers: the Site's answer, the Redis command sent first (None:
     none), whether a GET counts a visit (a HEAD never does), and whether it is a probe (left
-    out of the access log by default). Anything else is 404; methods but GET and HEAD, 405."""
+    out of the access log by default). A path ending in "/" takes the rest of the path as its
+    argument. Anything else is 404; methods but GET and HEAD, 405."""
     ready_command = PING if config.ready_needs_redis == "on" else None
     return {
         "/":         Route(site.page,         commands.visit, counts_visit=True,  probe=False),
@@ -53,6 +54,8 @@ def route_table(config, site, commands):
         "/metrics":  Route(site.metrics_page, None,           counts_visit=False, probe=True),
         "/replicas": Route(site.replicas,     commands.view,  counts_visit=False, probe=False),
         "/echo":     Route(site.echo,         None,           counts_visit=False, probe=False),
+        "/status/":  Route(site.status,       None,           counts_visit=False, probe=False),  # /status/418
+        "/delay/":   Route(site.delay,        None,           counts_visit=False, probe=False),  # /delay/1.5
     }
 
 

@@ -47,7 +47,7 @@ class Connection:
               LINGERING: selectors.EVENT_READ, CLOSED: 0}
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline", "buffer",
-                 "outgoing", "handler", "started", "close_after", "linger")
+                 "outgoing", "handler", "started", "close_after", "linger", "held")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
@@ -65,6 +65,7 @@ class Connection:
         self.started = 0.0         # when its head was complete
         self.close_after = False   # close once the response is sent...
         self.linger = False        # ...and linger, since the client may still be sending
+        self.held = None           # an answer held until its deadline (WAITING, as for Redis)
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);

@@ -184,6 +184,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         path = self.path_only()
         if path in self.routes:
             self.route_label = path
+        else:  # a route taking the rest of the path: "/status/" for /status/418
+            prefix = path[:path.rfind("/") + 1]
+            if len(prefix) > 1 and prefix in self.routes:
+                self.route_label = prefix
         return True
 
     def _framing_error(self):
@@ -240,7 +244,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.probe = route.probe
             query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
-            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query,
+            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query, self.path_only(),
                                             self.raw_requestline, self.headers, self.client_address, self.connection)
             if route.redis_command is None or (route.counts_visit and self.head_only):
                 self.response = route.answer(self.page_request, None)

@@ -17,8 +17,9 @@ HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 
 
-class Response(collections.namedtuple("Response", "status content_type body headers", defaults=((),))):
-    """What to answer: a status, a body (text) and any headers beyond the common ones."""
+class Response(collections.namedtuple("Response", "status content_type body headers delay", defaults=((), 0.0))):
+    """What to answer: a status, a body (text), any headers beyond the common ones, and how
+    many seconds to hold it before it is sent (the server holds it without a thread)."""
 
     __slots__ = ()
 
@@ -34,10 +35,11 @@ class Route(collections.namedtuple("Route", "answer redis_command counts_visit p
     __slots__ = ()
 
 
-PageRequest = collections.namedtuple("PageRequest", "wants_json query requestline headers address connection")
+PageRequest = collections.namedtuple("PageRequest", "wants_json query path requestline headers address connection")
 PageRequest.__doc__ = """What an answer may read of its request: whether JSON ranks first, the
-query; and, for /echo, the request line (bytes), the header fields, the address it came from (a PROXY
-header's source, else the TCP peer) and the Connection (its ``peer``, its ``proxy`` header or None)."""
+query, the path (without the query); and, for /echo, the request line (bytes), the header
+fields, the address it came from (a PROXY header's source, else the TCP peer) and the
+Connection (its ``peer``, its ``proxy`` header or None)."""
 RedisReply = collections.namedtuple("RedisReply", "value error")
 
 
@@ -48,7 +50,9 @@ def error_response(status):
 
 # -- the response bytes: every answer, errors included, leaves through here -------------------
 
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
+_STATUS_LINES = {code: f"HTTP/1.1 {code} \r\n" for code in range(200, 600)}  # a phrase is optional (RFC 9112 4)
+_STATUS_LINES.update({s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus})
+_NO_CONTENT = {204, 304}  # answers that carry no content, nor a Content-Length
 REPLICA_HEADER, VERSION_HEADER = "Friendlyhello-Replica", "Friendlyhello-Version"
 
 
@@ -77,6 +81,7 @@ def response_bytes(response, common, *, head_only=False, close=False, keep_alive
     text), the route's, the body."""
     body = response.body.encode()
     parts = [_STATUS_LINES[response.status], common, "Content-Type: ", response.content_type, "\r\n"]
+    head_only = head_only or response.status in _NO_CONTENT
     if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
         parts += ["Content-Length: ", str(len(body)), "\r\n"]
     for name, value in response.headers:

@@ -6,6 +6,8 @@ Requests that need Redis wait (holding no thread) while the RedisPipeline's thre
 each with a deadline of its own.
 """
 
+import heapq
+import itertools
 import os
 import selectors
 import socket
@@ -79,6 +81,8 @@ class HelloServer:
         self._headers = headers  # a CommonHeaders
         self._trusted = config.trusted_proxies or None  # None: the client is where the connection came from
         self._ready = []  # connections in state READY, served next turn
+        self._holding = []  # (when, n, connection): answers held until then, a heap
+        self._held_count = itertools.count()
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
@@ -100,10 +104,14 @@ class HelloServer:
                     if drain_until is not None and (not self.connections.busy() or now > drain_until):
                         return
                     wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
+                if self._holding:
+                    wait = min(wait, max(self._holding[0][0] - time.monotonic(), 0.0))
                 for key, events in self._selector.select(0 if self._ready else wait):
                     self._handle(key.data, events)
                 self._serve_ready()
                 now = time.monotonic()
+                while self._holding and self._holding[0][0] <= now:
+                    self._release(heapq.heappop(self._holding)[2])
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
@@ -140,6 +148,8 @@ class HelloServer:
                 self.connections.close(conn)
             elif conn.state is Connection.READING and conn.buffer:
                 self._refuse(conn, 408)  # a head that never finished arriving
+            elif conn.state is Connection.WAITING and conn.held is not None:
+                self._release(conn)
             elif conn.state is Connection.WAITING:
                 self._answer(conn, None, self._no_reply_in_time())
             else:
@@ -245,7 +255,13 @@ class HelloServer:
             self._serve_requests(conn)
 
     def _respond(self, conn, response):
-        """Send the handler's response; True when the connection may go on to its next request."""
+        """Send the handler's response (or hold it, for its ``delay``: no thread waits); True when
+        the connection may go on to its next request."""
+        if response.delay:
+            conn.held = response._replace(delay=0.0)
+            conn.enter(Connection.WAITING, response.delay)
+            heapq.heappush(self._holding, (conn.deadline, next(self._held_count), conn))
+            return False
         handler = conn.handler
         seconds = time.monotonic() - conn.started
         self.metrics.request(handler.command, handler.route_label, response.status, seconds)
@@ -263,6 +279,12 @@ class HelloServer:
         if handler.headers is None:  # a request line that never became a request
             return conn.address
         return conclude(conn.address, handler.headers, self._trusted).client
+
+    def _release(self, conn):
+        """Send an answer held until now, then go on to the connection's next requests."""
+        response, conn.held = conn.held, None
+        if response is not None and conn.state is Connection.WAITING and self._respond(conn, response):
+            self._serve_requests(conn)
 
     def _refuse(self, conn, status):
         """Answer a request that never became one (too large, too slow), and close."""

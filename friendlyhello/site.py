@@ -5,6 +5,7 @@ there is none) as a ``RedisReply``; the probes say what the process knows of its
 """
 
 import html
+import http
 import json
 import re
 
@@ -20,6 +21,8 @@ PAGE = "<h3>Hello {name}!</h3><b>Hostname:</b> {hostname}<br/><b>Visits:</b> {vi
 COUNTER_DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+MAX_DELAY = 30  # seconds /delay/ holds an answer at most
+_PHRASES = {s.value for s in http.HTTPStatus}
 _VARY_ACCEPT = (("Vary", "Accept"),)
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 _LIVE = Response(200, TEXT, "ok\n")
@@ -102,6 +105,22 @@ class Site:
         if request.wants_json:
             return Response(200, JSON, json.dumps(view.as_json(self.me.hostname)) + "\n", _VARY_ACCEPT)
         return Response(200, HTML, view.as_html(self.me.hostname, int(refresh or 0)), _VARY_ACCEPT)
+
+    def status(self, request, reply):
+        """/status/CODE: that status (200 to 599), for testing what a client or a proxy makes of it."""
+        code = request.path[len("/status/"):]
+        if not re.fullmatch(r"[2-5][0-9][0-9]", code):
+            return Response(400, TEXT, "the status must be a whole number from 200 to 599: /status/503\n")
+        phrase = http.HTTPStatus(int(code)).phrase if int(code) in _PHRASES else ""
+        return Response(int(code), TEXT, f"{code} {phrase}".rstrip() + "\n")
+
+    def delay(self, request, reply):
+        """/delay/SECONDS: 200 after that long (at most MAX_DELAY), the answer held by the loop."""
+        text = request.path[len("/delay/"):]
+        seconds = float(text) if re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,3})?", text) else -1.0
+        if not 0 <= seconds <= MAX_DELAY:
+            return Response(400, TEXT, f"the delay must be a number of seconds from 0 to {MAX_DELAY}: /delay/1.5\n")
+        return Response(200, TEXT, f"waited {seconds:g} s\n", delay=seconds)
 
     def echo(self, request, reply):
         """What this replica received and what it concluded of who sent it: the request line and
