@@ -25,6 +25,7 @@ import socket
 import sys
 
 import resp_client
+from friendlyhello.faults import Faults
 from friendlyhello.healthcheck import healthcheck
 from friendlyhello.listening import ListenError, listen, raise_file_limit
 from friendlyhello.logs import Log, printable
@@ -47,7 +48,7 @@ def route_table(config, site, commands):
     argument. Anything else is 404; methods but GET and HEAD, 405."""
     ready_command = PING if config.ready_needs_redis == "on" else None
     return {
-        "/":         Route(site.page,         commands.visit, counts_visit=True,  probe=False),
+        "/":         Route(site.page,         commands.visit, counts_visit=True,  probe=False, gate=site.page_gate),
         "/healthz":  Route(site.livez,        None,           counts_visit=False, probe=True),
         "/livez":    Route(site.livez,        None,           counts_visit=False, probe=True),
         "/readyz":   Route(site.readyz,       ready_command,  counts_visit=False, probe=True),
@@ -64,12 +65,15 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     client and state, metrics (a slot of ``shared``, in a worker), the site and its routes,
     the Redis thread and the server loop. Used by main, by each worker and by the tests."""
     me = identity(config, hostname)
-    commands = replica_commands(me)
+    faults = Faults(config)
+    if faults.words():
+        log.warning("faults", f"on from the start: {faults.words()}")
+    commands = replica_commands(me, faults.words())
     client = redis_client(config)
     status = RedisStatus(client.address, log)
     metrics = Metrics(shared, slot, log, config.version)
     lifecycle = Lifecycle()
-    site = Site(config, me, status, metrics, lifecycle)
+    site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
     pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log,
                              (commands.visit, commands.visits))

@@ -4,7 +4,8 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
 ``resp_client`` (beside it too) knows nothing of HTTP. tests/test_layout.py keeps it so.
 
     proxies         what proxies say of the client: PROXY headers, X-Forwarded-For, Forwarded
-    settings        the settings table, read once into one Config        -> resp_client, proxies
+    faults          faults turned on to break it on purpose
+    settings        the settings table, read once into one Config        -> resp_client, proxies, faults
     logs            access and event lines that never block serving
     redis_pipeline  the Redis thread, Redis's state, how a call ended    -> resp_client
     metrics         what is counted; the Prometheus text format          -> redis_pipeline

@@ -20,4 +20,7 @@ def healthcheck(config):
         return 1
     finally:
         conn.close()
-    return 0 if status == 200 else 1
+    if status != 200:  # docker inspect shows this line beside the container's health
+        print(f"friendlyhello: unhealthy: /healthz answered {status}", file=sys.stderr)
+        return 1
+    return 0

@@ -246,6 +246,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
             self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query, self.path_only(),
                                             self.raw_requestline, self.headers, self.client_address, self.connection)
+            if route.gate is not None:
+                self.response = route.gate(self.page_request)
+                if self.response is not None:
+                    return
             if route.redis_command is None or (route.counts_visit and self.head_only):
                 self.response = route.answer(self.page_request, None)
             else:

@@ -126,12 +126,12 @@ class Metrics:
         if self.shared is not None:
             self.shared.write(self.slot, self.snapshot())
 
-    def exposition(self, redis_up):
+    def exposition(self, redis_up, faults=None):
         mine = self.snapshot()
         if self.shared is not None:
             self.shared.write(self.slot, mine)
             mine = merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
-        return exposition(mine, redis_up, self.version)
+        return exposition(mine, redis_up, self.version, faults)
 
     def _process(self):
         """The process's own; none where /proc is not mounted."""
@@ -169,7 +169,7 @@ def merged(snapshots):
     return total
 
 
-def exposition(snapshot, redis_up, version="1"):
+def exposition(snapshot, redis_up, version="1", faults=None):
     """The text format: every family of FAMILIES, then Redis's state, build info and the process's."""
     out = []
     for family in FAMILIES:
@@ -191,6 +191,10 @@ def exposition(snapshot, redis_up, version="1"):
                        "The VERSION this replica was started with, friendlyhello's release and Python's version."))
     build = [("version", version), ("release", VERSION), ("python", platform.python_version())]
     out.append(f"friendlyhello_build_info{_labels(build)} 1\n")
+    if faults is not None:
+        out.append(_header("friendlyhello_fault", "gauge",
+                           "Faults on: errors (a rate), latency (seconds, at most), ready and live (1: failing)."))
+        out.extend(f'friendlyhello_fault{{kind="{kind}"}} {value!r}\n' for kind, value in faults.items())
     process = snapshot["process"]
     for name, kind, help_text in PROCESS_FAMILIES if process else ():
         value = process[name]

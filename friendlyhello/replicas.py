@@ -46,7 +46,8 @@ return visits
 # last 7 slots), so the view can tell how many it served in about the last minute.
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
-redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'version', ARGV[6], 'seen', now)
+redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'version', ARGV[6],
+           'faults', ARGV[8], 'seen', now)
 redis.call('HSETNX', KEYS[2], 'started', now)
 local slot = math.floor(now / tonumber(ARGV[7]))
 redis.call('HSETNX', KEYS[2], 'at:' .. slot, redis.call('HGET', KEYS[2], 'served') or '0')
@@ -97,8 +98,9 @@ def identity(config, hostname):
     return Identity(config.replica_id or where.get("pod") or hostname, hostname, where, config.version)
 
 
-def replica_commands(me):
-    """This replica's Redis commands, encoded once: a visit (and n of them), a heartbeat, the view."""
+def replica_commands(me, faults=""):
+    """This replica's Redis commands, encoded once: a visit (and n of them), a heartbeat (with
+    the ``faults`` on, in words), the view."""
     key = REPLICA_PREFIX + me.replica_id
     encode = resp_client.encode_command
     visits = functools.lru_cache(maxsize=None)(  # n is at most MAX_PIPELINE
@@ -107,7 +109,7 @@ def replica_commands(me):
         visit=visits(1), visits=visits,
         heartbeat=encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
                           me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id, me.version,
-                          SLOT_SECONDS)),
+                          SLOT_SECONDS, faults)),
         view=encode(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL, REPLICA_PREFIX, VIEW_LIMIT)))
 
 
@@ -128,12 +130,12 @@ def _natural(text):
 
 def read_record(replica_id, fields, now):
     """One replica's row; ``problem`` says what in its record could not be read (else "")."""
-    row = {"id": _text(replica_id), "hostname": "", "pod": "", "node": "", "version": "", "served": 0,
-           "last_minute": 0, "seconds_since_seen": 0, "problem": ""}
+    row = {"id": _text(replica_id), "hostname": "", "pod": "", "node": "", "version": "", "faults": "",
+           "served": 0, "last_minute": 0, "seconds_since_seen": 0, "problem": ""}
     if isinstance(fields, resp_client.ResponseError) or not isinstance(fields, list) or len(fields) % 2:
         return {**row, "problem": "its record is not a hash"}
     record = {_text(k): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
-    row.update({key: _text(record.get(key, b"")) for key in ("hostname", "pod", "node", "version")})
+    row.update({key: _text(record.get(key, b"")) for key in ("hostname", "pod", "node", "version", "faults")})
     served, seen = _count(record.get("served", b"0")), _count(record.get("seen", b"%d" % now))
     if served is None:
         row["problem"] = "its visit count is not a whole number"
@@ -230,6 +232,7 @@ class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live rea
         for r in self.replicas:
             share = min(self._share(r), 1.0)
             flag = f' <span class="bad">(skipped: {html.escape(r["problem"])})</span>' if r["problem"] else ""
+            flag += f' <span class="bad">(faults on: {html.escape(r["faults"])})</span>' if r["faults"] else ""
             rows.append(REPLICA_ROW.format(**{k: html.escape(str(v)) for k, v in r.items()}, flag=flag,
                                            share=f"{share:.0%}", bar=round(share * 200)))
         versions = [VERSION_ROW.format(version=html.escape(name), replicas=v["replicas"], visits=v["visits"],

@@ -24,12 +24,14 @@ class Response(collections.namedtuple("Response", "status content_type body head
     __slots__ = ()
 
 
-class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe")):
+class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe gate", defaults=(None,))):
     """One path: ``answer(request, reply)`` makes its Response from a PageRequest.
 
     ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
     ``reply`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
     that counts visits sends nothing). A ``probe`` is left out of the access log by default.
+    A ``gate(request)``, when set, is asked first: a Response from it is the answer, and
+    nothing is sent to Redis.
     """
 
     __slots__ = ()

@@ -12,6 +12,7 @@ import re
 
 import resp_client
 
+from .faults import error_rate, latency_range
 from .proxies import PROXY_MODES, Trusted, trusted_networks
 
 
@@ -195,6 +196,15 @@ SETTINGS = [
             "X-Forwarded-For, Forwarded and PROXY headers are believed, comma-separated (default: none)"),
     Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES), "v1, v2 or any: every connection must begin with "
             "a PROXY header (HAProxy's PROXY protocol) from one of TRUSTED_PROXIES; off: none is read"),
+    # Faults to break it on purpose (see faults.py); all off by default.
+    Setting("FAULT_ERRORS", "0", error_rate, "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS "
+            "and counting no visit"),
+    Setting("FAULT_ERROR_STATUS", 500, _whole(400, 599), "the status those pages get"),
+    Setting("FAULT_LATENCY", "0", latency_range, "seconds added to each page, or a range such as 0.1-0.5 "
+            "(each page a random delay in it), at most 30"),
+    Setting("FAULT_READY", "ok", _choice("ok", "fail"), "fail: /readyz answers 503 from the start"),
+    Setting("FAULT_LIVE", "ok", _choice("ok", "fail"), "fail: /healthz and /livez answer 503 from the start, "
+            "and so the image's HEALTHCHECK"),
     Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "
             "else the host name; replicas that share it count as one)"),
 ]
@@ -229,8 +239,8 @@ def load_config(argv=None, environ=None, args=None):
     for s in SETTINGS:
         source = s.flag if args[s.field] is not None else next(
             (name for name in (s.env, *s.aliases) if name in environ), None)
-        if source is None:
-            values[s.field] = s.default
+        if source is None:  # a default given as text is read as a value would be
+            values[s.field] = s.parse(s.default) if isinstance(s.default, str) else s.default
             continue
         raw = args[s.field] if source == s.flag else environ[source]
         given.add(s.env)

@@ -15,7 +15,7 @@ from .logs import printable, request_target
 from .proxies import conclude, forwarded_elements, x_forwarded_for
 from .redis_pipeline import visit_words
 from .replicas import ReplicaView
-from .responses import HTML, JSON, TEXT, Response
+from .responses import HTML, JSON, TEXT, Response, error_response
 
 PAGE = "<h3>Hello {name}!</h3><b>Hostname:</b> {hostname}<br/><b>Visits:</b> {visits}"
 COUNTER_DISABLED = "<i>cannot connect to Redis, counter disabled</i>"
@@ -26,6 +26,8 @@ _PHRASES = {s.value for s in http.HTTPStatus}
 _VARY_ACCEPT = (("Vary", "Accept"),)
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 _LIVE = Response(200, TEXT, "ok\n")
+_LIVE_FAULT = Response(503, TEXT, "not live: FAULT_LIVE=fail\n", (("Friendlyhello-Fault", "live"),))
+_READY_FAULT = Response(503, TEXT, "not ready: FAULT_READY=fail\n", (("Friendlyhello-Fault", "ready"),))
 
 
 class Lifecycle:
@@ -47,8 +49,8 @@ class Site:
     """The answers: ``page``, the probes, ``metrics_page`` and ``replicas``. Each takes a
     PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
 
-    def __init__(self, config, me, redis_status, metrics, lifecycle):
-        self.name, self.me, self.trusted = config.name, me, config.trusted_proxies
+    def __init__(self, config, me, redis_status, metrics, lifecycle, faults):
+        self.name, self.me, self.trusted, self.faults = config.name, me, config.trusted_proxies, faults
         self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -66,12 +68,21 @@ class Site:
                     error = exc
             if visits is not None:
                 self.metrics.visits += 1
+        delay = self.faults.page_delay()
         if request.wants_json:
             body = json.dumps({"name": self.name, "hostname": self.me.hostname, **self.me.placement,
-                               "version": self.me.version, "visits": visits, "redis": visit_words(error)})
-            return Response(200, JSON, body + "\n", _VARY_ACCEPT)
+                               "version": self.me.version, "visits": visits, "redis": visit_words(error),
+                               "faults": self.faults.on()})
+            return Response(200, JSON, body + "\n", _VARY_ACCEPT, delay)
         text = COUNTER_DISABLED if visits is None else str(visits)
-        return Response(200, HTML, self.page_start + text, _VARY_ACCEPT)
+        return Response(200, HTML, self.page_start + text, _VARY_ACCEPT, delay)
+
+    def page_gate(self, request):
+        """FAULT_ERRORS: this page's error instead of its visit, or None."""
+        status = self.faults.page_error()
+        if status is None:
+            return None
+        return error_response(status)._replace(headers=(("Friendlyhello-Fault", "errors"),))
 
     def livez(self, request, reply):
         """Liveness: the process serves, and the threads it needs run. Never Redis, and still
@@ -79,6 +90,8 @@ class Site:
         dead = self.lifecycle.dead_threads()
         if dead:
             return Response(503, TEXT, f"not live: the {', '.join(dead)} thread stopped\n")
+        if self.faults.live_fails:
+            return _LIVE_FAULT
         return _LIVE
 
     def readyz(self, request, reply):
@@ -87,6 +100,8 @@ class Site:
         It says up or down, never an address or an error's text: anyone may ask."""
         if self.lifecycle.shutting_down:
             return _SHUTTING_DOWN
+        if self.faults.ready_fails:
+            return _READY_FAULT
         if reply is None:
             return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
         if reply.error is not None:
@@ -94,7 +109,7 @@ class Site:
         return Response(200, TEXT, "ready\n")
 
     def metrics_page(self, request, reply):
-        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up))
+        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up, self.faults.gauges()))
 
     def replicas(self, request, reply):
         """Who served how many: the live replicas, from Redis, as a table or JSON."""

@@ -69,7 +69,8 @@ def test_client_asking_for_json_gets_the_same_visit_as_json(fake_redis):
     with serving(redis_env(fake_redis), hostname="h1") as server:
         reply = server.get("/", headers={"Accept": "application/json"})
     assert reply.headers["Content-Type"] == "application/json"
-    assert json.loads(reply.body) == {"name": "world", "hostname": "h1", "version": "1", "visits": 1, "redis": "ok"}
+    assert json.loads(reply.body) == {"name": "world", "hostname": "h1", "version": "1", "visits": 1, "redis": "ok",
+                                      "faults": {}}
 
 
 def test_json_says_why_the_counter_is_disabled():

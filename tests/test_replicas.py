@@ -144,8 +144,8 @@ def test_malformed_records_are_shown_flagged_and_the_rest_as_they_are(redis_serv
     assert rows["good"]["served"] == 1 and rows["good"]["problem"] == ""
     assert rows["bytes"]["served"] == 3 and rows["bytes"]["problem"] == ""
     assert rows["abc"]["problem"] == rows["negative"]["problem"] == "its visit count is not a whole number"
-    assert rows["string"] == {"id": "string", "hostname": "", "pod": "", "node": "", "version": "", "served": 0,
-                              "last_minute": 0,
+    assert rows["string"] == {"id": "string", "hostname": "", "pod": "", "node": "", "version": "", "faults": "",
+                              "served": 0, "last_minute": 0,
                               "seconds_since_seen": 0, "problem": "its record is not a hash", "share": 0.0}
     assert rows["huge"]["problem"] == "its visit count is not a whole number"  # past 18 digits: not believed
     assert (rows["bare"]["hostname"], rows["bare"]["served"], rows["bare"]["problem"]) == ("h", 0, "")

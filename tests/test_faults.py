@@ -1,0 +1,116 @@
+"""Break it on purpose, from the settings: pages failing at a rate (counting no visit), added
+latency, readiness or liveness failing; each fault that is on is visible in the JSON answer,
+/metrics, /replicas and a log line."""
+
+import json
+import re
+import time
+
+import pytest
+
+import hello_server
+from helpers import Process, redis_env, refused_env, run_to_exit, serving
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"FAULT_ERRORS": "1.5"}, "FAULT_ERRORS='1.5' is not valid: expected a rate from 0 to 1, such as 0.1"),
+    ({"FAULT_ERRORS": "often"}, "FAULT_ERRORS='often'"),
+    ({"FAULT_ERROR_STATUS": "200"}, "FAULT_ERROR_STATUS='200' is not valid: expected a whole number from 400 to 599"),
+    ({"FAULT_LATENCY": "0.5-0.1"}, "FAULT_LATENCY='0.5-0.1' is not valid: expected seconds from 0 to 30, or a range"),
+    ({"FAULT_LATENCY": "31"}, "FAULT_LATENCY='31'"),
+    ({"FAULT_LATENCY": "-1"}, "FAULT_LATENCY='-1'"),
+    ({"FAULT_READY": "broken"}, "FAULT_READY='broken' is not valid: expected one of ok, fail"),
+    ({"FAULT_LIVE": "no"}, "FAULT_LIVE='no' is not valid: expected one of ok, fail"),
+])
+def test_a_bad_fault_setting_stops_the_start_with_one_line(capsys, env, named):
+    assert hello_server.main([], environ=env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+
+
+def test_pages_fail_at_the_rate_asked_each_failed_page_counting_nothing(fake_redis):
+    with serving({**redis_env(fake_redis), "FAULT_ERRORS": "0.5", "FAULT_ERROR_STATUS": "503"}) as server:
+        pages = [server.get("/") for _ in range(200)]
+        probes = [server.get("/healthz").status, server.get("/readyz").status]
+        scraped = server.get("/metrics").text
+        said = server.error_lines()
+    failed = [p for p in pages if p.status == 503]
+    assert 50 < len(failed) < 150  # half of 200, give or take what chance gives
+    assert all(p.headers["Friendlyhello-Fault"] == "errors" and p.text == "503 Service Unavailable\n" for p in failed)
+    assert fake_redis.visits == 200 - len(failed)  # exactly the pages that said 200
+    assert sorted(int(p.text.rsplit(" ", 1)[1]) for p in pages if p.status == 200) == list(
+        range(1, fake_redis.visits + 1))
+    assert probes == [200, 200]
+    assert 'friendlyhello_fault{kind="errors"} 0.5' in scraped
+    assert "friendlyhello: faults: on from the start: errors 50% (503)" in said
+
+
+def test_every_page_fails_at_rate_1_and_none_at_rate_0(fake_redis):
+    with serving({**redis_env(fake_redis), "FAULT_ERRORS": "1"}) as server:
+        assert {server.get("/").status for _ in range(20)} == {500}
+        head = server.get("/", method="HEAD")
+    with serving({**redis_env(fake_redis), "FAULT_ERRORS": "0"}) as server:
+        assert {server.get("/").status for _ in range(20)} == {200}
+    assert head.status == 500 and fake_redis.visits == 20
+
+
+@pytest.mark.slow  # waits out the latency
+def test_latency_holds_each_page_for_its_delay_but_not_the_probes(fake_redis):
+    with serving({**redis_env(fake_redis), "FAULT_LATENCY": "0.05-0.15"}) as server:
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            assert server.get("/").status == 200
+            took.append(time.monotonic() - started)
+        started = time.monotonic()
+        server.get("/healthz")
+        probe = time.monotonic() - started
+        page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        scraped = server.get("/metrics").text
+    assert all(0.05 <= t < 0.15 + 0.2 for t in took), took
+    assert probe < 0.05
+    assert page["faults"] == {"latency": {"seconds": [0.05, 0.15]}} and page["visits"] == 4
+    assert 'friendlyhello_fault{kind="latency"} 0.15' in scraped
+
+
+def test_readiness_fails_while_pages_and_liveness_answer():
+    with serving(refused_env(FAULT_READY="fail")) as server:
+        ready, page, live = server.get("/readyz"), server.get("/"), server.get("/healthz")
+        json_page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        scraped = server.get("/metrics").text
+    assert (ready.status, ready.text, ready.headers["Friendlyhello-Fault"]) == (503, "not ready: FAULT_READY=fail\n",
+                                                                                "ready")
+    assert page.status == 200 and live.status == 200 and json_page["faults"] == {"ready": "fail"}
+    assert re.search(r'^friendlyhello_fault\{kind="ready"\} 1$', scraped, re.M)
+    assert re.search(r'^friendlyhello_fault\{kind="live"\} 0$', scraped, re.M)
+
+
+@pytest.mark.slow  # a process and its health check
+def test_liveness_fails_and_so_the_image_s_health_check_while_pages_answer():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1", "FAULT_LIVE": "fail"})
+    try:
+        proc.wait_listening()
+        checked, _, err = run_to_exit({"PORT": str(proc.port)}, ["--healthcheck"])
+    finally:
+        proc.signal()
+        proc.finish()
+    with serving(refused_env(FAULT_LIVE="fail")) as server:
+        live, livez, page = server.get("/healthz"), server.get("/livez"), server.get("/")
+    assert checked == 1 and err == "friendlyhello: unhealthy: /healthz answered 503\n"
+    assert (live.status, live.text) == (503, "not live: FAULT_LIVE=fail\n") and livez.status == 503
+    assert page.status == 200
+
+
+def test_a_replica_with_faults_on_is_flagged_in_the_replica_view(redis_server):
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "REPLICA_ID": "broken",
+           "FAULT_READY": "fail", "FAULT_LATENCY": "0.01"}
+    with serving(env) as server:
+        server.get("/")
+        deadline = time.monotonic() + 5
+        while not (view := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
+                "replicas"] or not view["replicas"][0]["faults"]:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.05)
+        html = server.get("/replicas").text
+    assert view["replicas"][0]["faults"] == "latency 0.01 s, readiness fails"
+    assert '<span class="bad">(faults on: latency 0.01 s, readiness fails)</span>' in html
