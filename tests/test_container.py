@@ -235,6 +235,27 @@ def test_health_check_reports_healthy(engine, image, containers):
     assert state == "healthy"
 
 
+def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_failing_readiness_still_serves(
+        engine, image, containers):
+    live_port, ready_port = free_port(), free_port()
+    failing = containers("-e", "FAULT_LIVE=fail", "-p", f"127.0.0.1:{live_port}:80", image)
+    containers("-e", "FAULT_READY=fail", "-p", f"127.0.0.1:{ready_port}:80", image)
+    wait_for_200(live_port, "/")
+    wait_for_200(ready_port, "/")
+    if engine.endswith("podman"):
+        for _ in range(3):  # the image's HEALTHCHECK retries 3 times before it says unhealthy
+            run(engine, "healthcheck", "run", failing, check=False)
+        state = run(engine, "inspect", "--format", "{{.State.Health.Status}}", failing)
+    else:
+        deadline = time.monotonic() + 60
+        while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", failing)) != "unhealthy":
+            assert time.monotonic() < deadline, state
+            time.sleep(1)
+    assert state == "unhealthy"
+    assert get(live_port, "/healthz")[0] == 503 and get(live_port)[0] == 200
+    assert get(ready_port, "/readyz") == (503, "not ready: FAULT_READY=fail\n") and get(ready_port)[0] == 200
+
+
 def test_stop_is_prompt_and_exits_0(engine, image, containers):
     port = free_port()
     container = containers("-p", f"127.0.0.1:{port}:80", image)

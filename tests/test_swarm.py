@@ -187,6 +187,33 @@ def test_a_rolling_update_from_one_version_to_the_next_fails_no_request_watched_
     assert shown["shown"] <= rise <= shown["shown"] + shown["no_reply"] + seen["retried"]
 
 
+def test_a_release_whose_liveness_fails_is_rolled_back_by_the_stack_s_own_update_config(stack):
+    """stack.yaml's update_config (start-first, failure_action: rollback, monitor 5s): a new
+    task that never becomes healthy fails the update, and Swarm puts the old spec back."""
+    docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
+    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    before = stack.counter()
+    client = stack.watch("--new-connection")
+    started = time.monotonic()
+    docker("service", "update", "--detach=false", "--env-add", "FAULT_LIVE=fail", stack.web, check=False,
+           timeout=600)
+    took = time.monotonic() - started
+    wait_until(lambda: docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", stack.web)
+               in ("rollback_completed", "rollback_paused"), 180, "the rollback")
+    wait_until(lambda: stack.healthy(5), 120, "five healthy replicas again")
+    seen = stack.finish(client)
+    rise = stack.counter() - before
+    state = docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", stack.web)
+    env = docker("service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}", stack.web)
+    print(f"\nFAULT_LIVE=fail release: update gave up and rolled back in {took:.1f}s ({state}); "
+          f"{seen['requests']} requests, {seen['failed']} failed {seen['failures']}, p99 {seen['p99_ms']} ms")
+    assert state == "rollback_completed" and "FAULT_LIVE" not in env
+    assert seen["failed"] == 0, seen["failures"]
+    shown = seen["visits"]
+    assert shown["distinct"] == shown["shown"] == seen["requests"]
+    assert shown["shown"] <= rise <= shown["shown"] + shown["no_reply"] + seen["retried"]
+
+
 def test_redis_killed_is_replaced_and_the_count_goes_on_from_its_volume(stack):
     (redis, _), = stack.tasks(stack.redis)
     before = stack.counter()
