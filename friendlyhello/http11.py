@@ -133,6 +133,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     probe = False            # a health probe: left out of the access log by default
     route_label = "other"    # the route table's path, for metrics: a bounded label
     page_request = None
+    route_path = ""          # the target's path, without its query
     client_closes = False    # the client asked to close after this response
     command = path = headers = None
     requestline = ""
@@ -181,7 +182,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.client_closes = "close" in options or (
             self.request_version == "HTTP/1.0" and "keep-alive" not in options)
         self.close_connection = self.client_closes or self.close_connection
-        path = self.path_only()
+        path = self.route_path = self.path_only()
         if path in self.routes:
             self.route_label = path
         else:  # a route taking the rest of the path: "/status/" for /status/418
@@ -244,7 +245,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.probe = route.probe
             query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
-            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query, self.path_only(),
+            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query, self.route_path,
                                             self.raw_requestline, self.headers, self.client_address, self.connection)
             if route.gate is not None:
                 self.response = route.gate(self.page_request)
