@@ -4,7 +4,9 @@ Standard library only. Each visit to ``/`` counts in Redis (through ``resp_clien
 shows the number; when Redis cannot be reached the page says the counter is disabled, at
 once, instead of hanging. Also serves ``/healthz`` and ``/livez`` (liveness), ``/readyz``
 (readiness: "send me traffic"), ``/metrics`` (Prometheus), ``/replicas`` (who served how
-many) and JSON for clients that ask for it.
+many, by version), ``/echo`` (what arrived, and from whom), ``/status/CODE`` and
+``/delay/SECONDS`` (to test clients and proxies), and JSON for clients that ask for it.
+``python3 hello_server.py watch URL`` is a client that counts a rolling update.
 
 It is built on ``http.server``'s request handler, which parses each request head, with one
 change to how connections are served: one thread serves all connections, non-blocking, with
