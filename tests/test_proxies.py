@@ -341,7 +341,8 @@ def test_echo_shows_the_request_as_received_and_believes_only_trusted_proxies(fa
     assert (direct["client"], direct["peer"]["address"]) == ("127.0.0.2", "127.0.0.2")  # forged: not believed
     assert (proxied["client"], proxied["forwarded_from"]) == ("7.7.7.7", "Forwarded")
     assert proxied["forwarded"] == [{"for": "7.7.7.7"}]
-    assert [hop["trusted"] for hop in proxied["x_forwarded_for"]] == [False, False]
+    assert [(hop["address"], hop["trusted"]) for hop in proxied["x_forwarded_for"]] == [("6.6.6.6", False),
+                                                                                        ("10.0.0.1", False)]
     assert (proxied["x_real_ip"], proxied["x_forwarded_proto"], proxied["x_forwarded_host"]) == ("8.8.8.8", "https",
                                                                                                  None)
     assert (proxied["replica"], proxied["version"], proxied["proxy_protocol"]) == (socket.gethostname(), "3", None)

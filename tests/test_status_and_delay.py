@@ -78,6 +78,13 @@ def test_a_delayed_answer_comes_after_its_delay_and_holds_no_thread_while_others
     assert fake_redis.visits == 2
 
 
+def test_a_delay_of_nothing_answers_at_once():
+    with serving(refused_env()) as server:
+        started = time.monotonic()
+        answer = server.get("/delay/0")
+    assert (answer.status, answer.text) == (200, "waited 0 s\n") and time.monotonic() - started < 0.2
+
+
 def test_a_request_pipelined_behind_a_delayed_one_is_answered_after_it_in_order():
     with serving(refused_env()) as server, socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         started = time.monotonic()
