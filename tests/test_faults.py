@@ -9,6 +9,7 @@ import time
 import pytest
 
 import hello_server
+from friendlyhello.faults import Faults
 from helpers import Process, redis_env, refused_env, run_to_exit, serving
 
 
@@ -114,3 +115,25 @@ def test_a_replica_with_faults_on_is_flagged_in_the_replica_view(redis_server):
         html = server.get("/replicas").text
     assert view["replicas"][0]["faults"] == "latency 0.01 s, readiness fails"
     assert '<span class="bad">(faults on: latency 0.01 s, readiness fails)</span>' in html
+
+
+class Settings:
+    """The five settings Faults reads, as load_config makes them."""
+
+    def __init__(self, errors=0.0, status=500, latency=(0.0, 0.0), ready="ok", live="ok"):
+        self.fault_errors, self.fault_error_status, self.fault_latency = errors, status, latency
+        self.fault_ready, self.fault_live = ready, live
+
+
+def test_what_each_fault_decides_and_how_it_is_shown():
+    faults = Faults(Settings(0.25, 503, (0.1, 0.5), "fail", "fail"), chance=lambda: 0.25)
+    assert faults.page_error() is None  # a draw of exactly the rate is not below it
+    assert Faults(Settings(0.25, 503), chance=lambda: 0.2499).page_error() == 503
+    assert faults.page_delay() == pytest.approx(0.2)  # a quarter of the way from 0.1 to 0.5
+    assert Faults(Settings(latency=(0.3, 0.3)), chance=lambda: 0.9).page_delay() == 0.3
+    assert Faults(Settings(), chance=lambda: 0.0).page_delay() == 0.0 and Faults(Settings()).page_error() is None
+    assert faults.on() == {"errors": {"rate": 0.25, "status": 503}, "latency": {"seconds": [0.1, 0.5]},
+                           "ready": "fail", "live": "fail"}
+    assert faults.words() == "errors 25% (503), latency 0.1-0.5 s, readiness fails, liveness fails"
+    assert faults.gauges() == {"errors": 0.25, "latency": 0.5, "ready": 1, "live": 1}
+    assert Faults(Settings()).on() == {} and Faults(Settings()).words() == ""
