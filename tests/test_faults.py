@@ -8,25 +8,8 @@ import time
 
 import pytest
 
-import hello_server
 from friendlyhello.faults import Faults
 from helpers import Process, redis_env, refused_env, run_to_exit, serving
-
-
-@pytest.mark.parametrize("env, named", [
-    ({"FAULT_ERRORS": "1.5"}, "FAULT_ERRORS='1.5' is not valid: expected a rate from 0 to 1, such as 0.1"),
-    ({"FAULT_ERRORS": "often"}, "FAULT_ERRORS='often'"),
-    ({"FAULT_ERROR_STATUS": "200"}, "FAULT_ERROR_STATUS='200' is not valid: expected a whole number from 400 to 599"),
-    ({"FAULT_LATENCY": "0.5-0.1"}, "FAULT_LATENCY='0.5-0.1' is not valid: expected seconds from 0 to 30, or a range"),
-    ({"FAULT_LATENCY": "31"}, "FAULT_LATENCY='31'"),
-    ({"FAULT_LATENCY": "-1"}, "FAULT_LATENCY='-1'"),
-    ({"FAULT_READY": "broken"}, "FAULT_READY='broken' is not valid: expected one of ok, fail"),
-    ({"FAULT_LIVE": "no"}, "FAULT_LIVE='no' is not valid: expected one of ok, fail"),
-])
-def test_a_bad_fault_setting_stops_the_start_with_one_line(capsys, env, named):
-    assert hello_server.main([], environ=env) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and named in err, err
 
 
 def test_pages_fail_at_the_rate_asked_each_failed_page_counting_nothing(fake_redis):

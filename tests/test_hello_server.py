@@ -355,6 +355,21 @@ def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
     ({"VERSION": "v\u00e9"}, (), "VERSION='v\\xe9'"),
     ({"VERSION": "a\r\nSet-Cookie: x"}, (), "VERSION='a\\r\\nSet-Cookie: x'"),
     ({"VERSION": "9" * 65}, (), "VERSION="),
+    ({"TRUSTED_PROXIES": "10.0.0.0/33"}, (), "TRUSTED_PROXIES='10.0.0.0/33' is not valid: expected addresses or CIDR"),
+    ({"TRUSTED_PROXIES": "10.0.0.1, proxy.local"}, (), "TRUSTED_PROXIES='10.0.0.1, proxy.local' is not valid: "
+                                                    "expected addresses or CIDR blocks separated by commas "
+                                                    "('proxy.local' is neither)"),
+    ({"TRUSTED_PROXIES": "x" * 70}, (), "(" + repr("x" * 60) + " is neither)"),
+    ({"PROXY_PROTOCOL": "v3"}, (), "PROXY_PROTOCOL='v3' is not valid: expected one of off, v1, v2, any"),
+    ({"PROXY_PROTOCOL": "v2"}, (), "PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it"),
+    ({"FAULT_ERRORS": "1.5"}, (), "FAULT_ERRORS='1.5' is not valid: expected a rate from 0 to 1, such as 0.1"),
+    ({"FAULT_ERRORS": "often"}, (), "FAULT_ERRORS='often'"),
+    ({"FAULT_ERROR_STATUS": "200"}, (), "FAULT_ERROR_STATUS='200' is not valid: expected a whole number from 400"),
+    ({"FAULT_LATENCY": "0.5-0.1"}, (), "FAULT_LATENCY='0.5-0.1' is not valid: expected seconds from 0 to 30, or a"),
+    ({"FAULT_LATENCY": "31"}, (), "FAULT_LATENCY='31'"),
+    ({"FAULT_LATENCY": "-1"}, (), "FAULT_LATENCY='-1'"),
+    ({"FAULT_READY": "broken"}, (), "FAULT_READY='broken' is not valid: expected one of ok, fail"),
+    ({"FAULT_LIVE": "no"}, (), "FAULT_LIVE='no' is not valid: expected one of ok, fail"),
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
     ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
 ])
