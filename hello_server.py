@@ -62,26 +62,38 @@ def route_table(config, site, commands):
     }
 
 
-def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=None):
+def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):
     """One serving process, built from the settings: its identity and Redis commands, Redis
-    client and state, metrics (a slot of ``shared``, in a worker), the site and its routes,
-    the Redis thread and the server loop. Used by main, by each worker and by the tests."""
+    client and state, metrics (a slot of ``shared``, in a worker), faults (in a worker, the
+    supervisor's, shared), the site and its routes, the Redis thread and the server loop. Used
+    by main, by each worker and by the tests."""
     me = identity(config, hostname)
-    faults = Faults(config)
-    if faults.words():
-        log.warning("faults", f"on from the start: {faults.words()}")
-    commands = replica_commands(me, faults.words())
+    faults = faults or Faults(config)
+    if faults.state.words():
+        log.warning("faults", f"on from the start: {faults.state.words()}")
+    commands = replica_commands(me)
     client = redis_client(config)
     status = RedisStatus(client.address, log)
     metrics = Metrics(shared, slot, log, config.version)
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
-    pipeline = RedisPipeline(client, status, metrics, commands.heartbeat, waker.wake, log,
-                             (commands.visit, commands.visits))
+    pipeline = RedisPipeline(client, status, metrics, lambda: commands.heartbeat(faults.state.words()),
+                             waker.wake, log, (commands.visit, commands.visits))
     lifecycle.needs("redis", pipeline.is_alive)
     return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
-                       listener, log, CommonHeaders(me.replica_id, config.version), supervisor_pid)
+                       listener, log, CommonHeaders(me.replica_id, config.version), faults, supervisor_pid)
+
+
+def open_admin(config, listener, faults, log, changed=lambda: None, crash=os._exit):
+    """The admin port, on ``listener``: a thread of its own that sets ``faults`` (then calls
+    ``changed``, to wake the serving loop) and, asked to crash, calls ``crash(code)``: in a
+    single process, the process exits; with workers, the supervisor ends them all and exits."""
+    from friendlyhello.admin import AdminPort  # hashlib, hmac: only where there is an admin port
+
+    admin = AdminPort(listener, config.admin_token, faults, log, changed, crash)
+    admin.start()
+    return admin
 
 
 def serve(server, log, started=None, worker=False):
@@ -123,6 +135,7 @@ def main(argv=None, environ=None):
     workers = config.workers > 1
     try:
         listener = listen(config, shared_port=workers, only_bind=workers)
+        admin = None if config.admin_port is None else listen(config._replace(port=config.admin_port), "ADMIN_PORT")
     except ListenError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
@@ -133,24 +146,35 @@ def main(argv=None, environ=None):
     port = listener.getsockname()[1]
     started = (f"friendlyhello listening on http://{host}:{port} (redis {describe_redis(config)}"
                + "".join(f", {key} {printable(value)}" for key, value in where.items())
-               + (f", {config.workers} workers)" if workers else ")"))
+               + (f", {config.workers} workers" if workers else "")
+               + ("" if admin is None else f", admin port {admin.getsockname()[1]}") + ")")
     if not workers:
-        return serve(wire(config, listener, log, hostname), log, started)
+        server = wire(config, listener, log, hostname)
+        if admin is not None:
+            open_admin(config, admin, server.faults, log, server.waker.wake)
+        return serve(server, log, started)
     from friendlyhello.shared_memory import SharedSlots  # mmap: only where there are workers
 
     shared, supervisor_pid = SharedSlots(config.workers), os.getpid()
+    faults = Faults(config, shared=SharedSlots(1))  # the supervisor's: it writes, the workers read
+    faults.set(faults.state)
 
     def start_worker(slot):
         listener.close()  # the supervisor's: this worker listens on a socket of its own
+        if admin is not None:
+            admin.close()  # the supervisor serves it
         try:
             own = listen(config._replace(port=port), shared_port=True)
         except ListenError as exc:
             log.error("worker", str(exc))
             return 1
         supervisor.listening()
-        return serve(wire(config, own, log, hostname, shared, slot, supervisor_pid), log, worker=True)
+        return serve(wire(config, own, log, hostname, shared, slot, supervisor_pid,
+                          Faults(config, shared=faults.shared)), log, worker=True)
 
     supervisor = Supervisor(config, log, start_worker)
+    if admin is not None:
+        open_admin(config, admin, faults, log, crash=supervisor.crash)
     code = supervisor.run(started)
     log.close()
     return code

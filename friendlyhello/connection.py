@@ -198,6 +198,10 @@ class Connections:
     def expired(self, now):
         return [c for c in self._open if c.deadline < now]
 
+    def with_requests(self):
+        """The connections reading, with bytes of requests not yet served."""
+        return [c for c in self._open if c.state is Connection.READING and c.buffer]
+
     def stop_accepting(self):
         """Close the port, and every connection that is not answering a request."""
         self.accept(False)

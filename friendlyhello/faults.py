@@ -1,10 +1,16 @@
 """Faults a learner or a platform tester turns on, to see what an orchestrator does about them:
-page errors at a rate, added latency, readiness or liveness failing. Set at start-up
-(FAULT_ERRORS, FAULT_ERROR_STATUS, FAULT_LATENCY, FAULT_READY, FAULT_LIVE); each process holds
-its own, and every fault that is on shows: in the JSON answer, in /replicas, as
-friendlyhello_fault in /metrics, and in a log line at start-up.
+page errors at a rate, added latency, readiness or liveness failing, and (from the admin port
+only) a hang: the port accepts and reads but answers nothing.
+
+They are set at start-up (FAULT_ERRORS, FAULT_ERROR_STATUS, FAULT_LATENCY, FAULT_READY,
+FAULT_LIVE) and changed at run time on the admin port (admin.py). The state is one immutable
+FaultState, replaced whole, so the serving thread never sees half a change. With WORKERS the
+supervisor holds the admin port and writes the state to memory the workers share; each worker
+reads it every sweep of its loop. Every fault that is on shows: in the JSON answer, in
+/replicas, as friendlyhello_fault in /metrics, and in a log line when it is turned on or off.
 """
 
+import collections
 import random
 
 MAX_LATENCY = 30.0  # seconds a page may be held at most
@@ -33,25 +39,27 @@ def error_rate(text):
     return rate
 
 
-class Faults:
-    """The faults on in this process, and the decisions they make per request."""
+class FaultState(collections.namedtuple("FaultState", "error_rate error_status latency ready_fails live_fails "
+                                                      "hangs")):
+    """Every fault at one moment: a share of pages failing and their status, (low, high)
+    seconds of latency, readiness failing, liveness failing, the port hanging."""
 
-    def __init__(self, config, chance=random.random):
-        self.error_rate, self.error_status = config.fault_errors, config.fault_error_status
-        self.latency = config.fault_latency
-        self.ready_fails, self.live_fails = config.fault_ready == "fail", config.fault_live == "fail"
-        self._chance = chance
+    __slots__ = ()
 
-    def page_error(self):
-        """The status to answer a page with instead of counting it, or None."""
-        if self.error_rate and self._chance() < self.error_rate:
-            return self.error_status
-        return None
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.fault_errors, config.fault_error_status, tuple(config.fault_latency),
+                   config.fault_ready == "fail", config.fault_live == "fail", False)
 
-    def page_delay(self):
-        """Seconds to hold a page's answer (0: none)."""
-        low, high = self.latency
-        return low + (high - low) * self._chance() if high else 0.0
+    def cleared(self):
+        """Every fault off (the error status kept, for the next rate)."""
+        return FaultState(0.0, self.error_status, (0.0, 0.0), False, False, False)
+
+    def as_json(self):
+        """The whole state, for the admin port: each fault, on or off."""
+        return {"errors": {"rate": self.error_rate, "status": self.error_status},
+                "latency": {"seconds": list(self.latency)}, "ready": "fail" if self.ready_fails else "ok",
+                "live": "fail" if self.live_fails else "ok", "hang": "on" if self.hangs else "off"}
 
     def on(self):
         """The faults that are on, as {name: what}: {} when none."""
@@ -64,6 +72,8 @@ class Faults:
             on["ready"] = "fail"
         if self.live_fails:
             on["live"] = "fail"
+        if self.hangs:
+            on["hang"] = "on"
         return on
 
     def words(self):
@@ -78,9 +88,47 @@ class Faults:
             parts.append("readiness fails")
         if self.live_fails:
             parts.append("liveness fails")
+        if self.hangs:
+            parts.append("hangs")
         return ", ".join(parts)
 
     def gauges(self):
         """friendlyhello_fault's samples: kind -> value (a rate, seconds, or 1 for on)."""
         return {"errors": self.error_rate, "latency": self.latency[1], "ready": int(self.ready_fails),
-                "live": int(self.live_fails)}
+                "live": int(self.live_fails), "hang": int(self.hangs)}
+
+
+class Faults:
+    """The faults on in this process (``state``, a FaultState), and the decisions they make per
+    request. ``shared``: with workers, memory that the supervisor's Faults writes each new
+    state to (``set``) and each worker's reads (``refresh``)."""
+
+    def __init__(self, config, chance=random.random, shared=None):
+        self.state = FaultState.from_config(config)
+        self._chance, self.shared = chance, shared
+
+    def set(self, state):
+        """Take a new state whole (from the admin port's thread: one assignment)."""
+        self.state = state
+        if self.shared is not None:
+            self.shared.write(0, tuple(state))
+
+    def refresh(self):
+        """In a worker: take the state the supervisor last wrote. True when it changed."""
+        written = self.shared.read(0) if self.shared is not None else None
+        if written is None or tuple(self.state) == written:
+            return False
+        self.state = FaultState(*written)
+        return True
+
+    def page_error(self):
+        """The status to answer a page with instead of counting it, or None."""
+        state = self.state
+        if state.error_rate and self._chance() < state.error_rate:
+            return state.error_status
+        return None
+
+    def page_delay(self):
+        """Seconds to hold a page's answer (0: none)."""
+        low, high = self.state.latency
+        return low + (high - low) * self._chance() if high else 0.0

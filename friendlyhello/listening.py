@@ -10,8 +10,9 @@ class ListenError(Exception):
     """The port cannot be listened on; the message says how to fix it, in one line."""
 
 
-def listen(config, shared_port=False, only_bind=False):
-    """Bind and listen, non-blocking, or raise ListenError.
+def listen(config, setting="PORT", shared_port=False, only_bind=False):
+    """Bind and listen (on ``config.port``, which ``setting`` names), non-blocking, or raise
+    ListenError.
 
     ``shared_port``: with SO_REUSEPORT, so that each worker listens on a socket of its own and
     the kernel spreads new connections over them (a socket inherited by all spread them badly
@@ -32,11 +33,11 @@ def listen(config, shared_port=False, only_bind=False):
         if isinstance(exc, PermissionError):
             raise ListenError(
                 f"not allowed to listen on {where} as user {os.getuid()}: "
-                f"set PORT=8080 (publish with -p 4000:8080), or give the container "
+                f"set {setting}=8080 (publish with -p 4000:8080), or give the container "
                 f"--sysctl net.ipv4.ip_unprivileged_port_start=0") from None
         if exc.errno == errno.EADDRINUSE:
             raise ListenError(f"{where} is already in use: stop the other "
-                              f"program or choose another port, e.g. PORT=8080") from None
+                              f"program or choose another port, e.g. {setting}=8080") from None
         raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock

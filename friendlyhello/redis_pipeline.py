@@ -133,7 +133,8 @@ class RedisPipeline:
     """One thread sends the commands of all waiting requests to Redis in one pipeline (one
     round trip for many pages) and hands each reply back to the serving thread, which it
     wakes with ``wake()``. Redis's timeout bounds each trip. Every HEARTBEAT_INTERVAL it
-    sends this replica's ``heartbeat`` too (with a batch, or alone). It notes Redis's state
+    sends this replica's heartbeat too (with a batch, or alone): the command ``heartbeat()``
+    gives then. It notes Redis's state
     in ``status``, and counts replies by outcome and batch sizes in ``metrics``.
 
     The visits of a batch go as one command: ``visits`` is (the command of one visit, a
@@ -192,7 +193,7 @@ class RedisPipeline:
             heartbeat = []
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
-                heartbeat = [self._heartbeat]
+                heartbeat = [self._heartbeat()]
             try:
                 self._send(heartbeat, batch)
             except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log it, go on

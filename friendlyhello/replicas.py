@@ -80,8 +80,9 @@ Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, w
 VERSION it was started with."""
 
 class Commands(collections.namedtuple("Commands", "visit heartbeat view visits")):
-    """A replica's Redis commands, encoded: one visit, the heartbeat, the view, and
-    ``visits(n)``: n visits in one command (made once for each n, when first asked)."""
+    """A replica's Redis commands, encoded: one visit, ``heartbeat(faults)`` (the faults on, in
+    words: made again only when they change), the view, and ``visits(n)``: n visits in one
+    command (made once for each n, when first asked)."""
 
     __slots__ = ()
 
@@ -98,18 +99,19 @@ def identity(config, hostname):
     return Identity(config.replica_id or where.get("pod") or hostname, hostname, where, config.version)
 
 
-def replica_commands(me, faults=""):
-    """This replica's Redis commands, encoded once: a visit (and n of them), a heartbeat (with
-    the ``faults`` on, in words), the view."""
+def replica_commands(me):
+    """This replica's Redis commands, encoded once: a visit (and n of them), a heartbeat (for
+    the faults on, in words), the view."""
     key = REPLICA_PREFIX + me.replica_id
     encode = resp_client.encode_command
     visits = functools.lru_cache(maxsize=None)(  # n is at most MAX_PIPELINE
         lambda n: encode(("EVAL", VISIT_SCRIPT, 2, COUNTER_KEY, key, REPLICA_TTL, n)))
+    heartbeat = functools.lru_cache(maxsize=4)(
+        lambda faults: encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
+                               me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id,
+                               me.version, SLOT_SECONDS, faults)))
     return Commands(
-        visit=visits(1), visits=visits,
-        heartbeat=encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
-                          me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id, me.version,
-                          SLOT_SECONDS, faults)),
+        visit=visits(1), visits=visits, heartbeat=heartbeat,
         view=encode(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL, REPLICA_PREFIX, VIEW_LIMIT)))
 
 

@@ -20,9 +20,10 @@ from .http11 import RequestHandler
 from .proxies import ProxyRefused, conclude, read_proxy_header
 from .responses import error_response, response_bytes
 
-SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry
+SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry (and faults read)
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
 WAIT_MARGIN = 0.5      # beyond Redis's own timeouts, how long a request may wait for its reply
+HUNG_INPUT = 64 * 1024  # while hanging, what a connection may send unanswered before it is closed
 
 
 class Waker:
@@ -64,9 +65,12 @@ class HelloServer:
     handler) turns readiness to 503 at once (``lifecycle``), goes on serving for
     SHUTDOWN_DELAY, then closes the port and lets the requests in flight finish within
     DRAIN_TIMEOUT. Accepting and closing connections is the Connections table's job.
+
+    While the hang fault is on (``faults``), it accepts and reads but answers nothing, probes
+    included, and lets no connection expire: what is asked meanwhile is answered when it ends.
     """
 
-    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, headers,
+    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, headers, faults,
                  supervisor_pid=None):
         self.config, self.routes, self.pipeline, self.waker = config, routes, pipeline, waker
         self.metrics, self.lifecycle, self.listener, self.log = metrics, lifecycle, listener, log
@@ -83,6 +87,9 @@ class HelloServer:
         self._ready = []  # connections in state READY, served next turn
         self._holding = []  # (when, n, connection): answers held until then, a heap
         self._held_count = itertools.count()
+        self.faults = faults
+        self._hanging = False  # the hang fault, as this loop last read it
+        self._hung = []  # connections whose answers wait for the hang to end
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
@@ -124,6 +131,7 @@ class HelloServer:
         elif data is _WAKE:
             self.waker.clear()
             self._take_replies()
+            self._follow_hang()
         else:
             try:
                 if events & selectors.EVENT_WRITE:
@@ -141,8 +149,24 @@ class HelloServer:
         self.lifecycle.shutting_down = True
         self.waker.wake()
 
+    def _follow_hang(self):
+        """Start or end hanging as the faults say; at its end, answer what was asked meanwhile."""
+        if self.faults.state.hangs == self._hanging:
+            return
+        self._hanging = self.faults.state.hangs
+        if self._hanging:
+            return
+        hung, self._hung = self._hung, []
+        for conn in hung:
+            self._release(conn)
+        for conn in self.connections.with_requests():
+            conn.enter(Connection.READY, None)
+            self._ready.append(conn)
+
     def _sweep(self, now):
-        for conn in self.connections.expired(now):
+        self.faults.refresh()  # with workers: what the supervisor's admin port set
+        self._follow_hang()
+        for conn in [] if self._hanging else self.connections.expired(now):
             if conn.proxy is Connection.PROXY_PENDING:
                 self.metrics.proxy_refused("timeout")  # its PROXY header never came whole
                 self.connections.close(conn)
@@ -173,7 +197,9 @@ class HelloServer:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
-            if conn.proxy is not Connection.PROXY_PENDING or self._take_proxy_header(conn):
+            if self._hanging and len(conn.buffer) > HUNG_INPUT:
+                self.connections.close(conn)
+            elif conn.proxy is not Connection.PROXY_PENDING or self._take_proxy_header(conn):
                 self._serve_requests(conn)
         # LINGERING: what comes after our last answer is dropped
 
@@ -207,7 +233,7 @@ class HelloServer:
         """Answer the complete requests the connection has sent, until one has to wait or
         this turn's share is served."""
         for _ in range(REQUESTS_PER_TURN):
-            if conn.state is not Connection.READING:
+            if conn.state is not Connection.READING or self._hanging:
                 return
             try:
                 head = conn.take_head()
@@ -257,6 +283,11 @@ class HelloServer:
     def _respond(self, conn, response):
         """Send the handler's response (or hold it, for its ``delay``: no thread waits); True when
         the connection may go on to its next request."""
+        if self._hanging:  # answered when the hang ends
+            conn.held = response
+            conn.enter(Connection.WAITING, None)
+            self._hung.append(conn)
+            return False
         if response.delay:
             conn.held = response._replace(delay=0.0)
             conn.enter(Connection.WAITING, response.delay)

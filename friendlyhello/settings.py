@@ -87,6 +87,13 @@ def _secret(text):
     return text
 
 
+def _token(text):
+    """ADMIN_TOKEN: what a Bearer header carries (RFC 6750's token68), long enough not to guess."""
+    if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}=*", text):
+        raise ValueError("16 to 256 letters, digits or -._~+/ (make one with: openssl rand -hex 16)")
+    return text
+
+
 def _host(text):
     if not resp_client.valid_host(text):
         raise ValueError("a host name or IP address, such as 0.0.0.0, :: or redis")
@@ -205,6 +212,10 @@ SETTINGS = [
     Setting("FAULT_READY", "ok", _choice("ok", "fail"), "fail: /readyz answers 503 from the start"),
     Setting("FAULT_LIVE", "ok", _choice("ok", "fail"), "fail: /healthz and /livez answer 503 from the start, "
             "and so the image's HEALTHCHECK"),
+    Setting("ADMIN_PORT", None, _whole(0, 65535), "a second port, for turning faults on and off at run time "
+            "(GET /faults, POST /faults/...; see the README); needs ADMIN_TOKEN (default: off)"),
+    Setting("ADMIN_TOKEN", None, _token, "what admin requests must carry as Authorization: Bearer TOKEN",
+            secret=True),
     Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "
             "else the host name; replicas that share it count as one)"),
 ]
@@ -253,4 +264,8 @@ def load_config(argv=None, environ=None, args=None):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
     if values["proxy_protocol"] != "off" and not values["trusted_proxies"]:
         raise ConfigError("PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it")
+    if (values["admin_port"] is None) != (values["admin_token"] is None):
+        raise ConfigError("ADMIN_PORT needs ADMIN_TOKEN, and ADMIN_TOKEN needs ADMIN_PORT: set both, or neither")
+    if values["admin_port"] and values["admin_port"] == values["port"]:
+        raise ConfigError(f"ADMIN_PORT={values['admin_port']} is PORT too: the admin port must be another")
     return Config(**values)

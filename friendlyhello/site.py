@@ -26,8 +26,8 @@ _PHRASES = {s.value for s in http.HTTPStatus}
 _VARY_ACCEPT = (("Vary", "Accept"),)
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 _LIVE = Response(200, TEXT, "ok\n")
-_LIVE_FAULT = Response(503, TEXT, "not live: FAULT_LIVE=fail\n", (("Friendlyhello-Fault", "live"),))
-_READY_FAULT = Response(503, TEXT, "not ready: FAULT_READY=fail\n", (("Friendlyhello-Fault", "ready"),))
+_LIVE_FAULT = Response(503, TEXT, "not live: the live fault is on\n", (("Friendlyhello-Fault", "live"),))
+_READY_FAULT = Response(503, TEXT, "not ready: the ready fault is on\n", (("Friendlyhello-Fault", "ready"),))
 
 
 class Lifecycle:
@@ -72,7 +72,7 @@ class Site:
         if request.wants_json:
             body = json.dumps({"name": self.name, "hostname": self.me.hostname, **self.me.placement,
                                "version": self.me.version, "visits": visits, "redis": visit_words(error),
-                               "faults": self.faults.on()})
+                               "faults": self.faults.state.on()})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT, delay)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT, delay)
@@ -90,7 +90,7 @@ class Site:
         dead = self.lifecycle.dead_threads()
         if dead:
             return Response(503, TEXT, f"not live: the {', '.join(dead)} thread stopped\n")
-        if self.faults.live_fails:
+        if self.faults.state.live_fails:
             return _LIVE_FAULT
         return _LIVE
 
@@ -100,7 +100,7 @@ class Site:
         It says up or down, never an address or an error's text: anyone may ask."""
         if self.lifecycle.shutting_down:
             return _SHUTTING_DOWN
-        if self.faults.ready_fails:
+        if self.faults.state.ready_fails:
             return _READY_FAULT
         if reply is None:
             return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
@@ -109,7 +109,7 @@ class Site:
         return Response(200, TEXT, "ready\n")
 
     def metrics_page(self, request, reply):
-        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up, self.faults.gauges()))
+        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up, self.faults.state.gauges()))
 
     def replicas(self, request, reply):
         """Who served how many: the live replicas, from Redis, as a table or JSON."""

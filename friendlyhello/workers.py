@@ -77,6 +77,14 @@ class Supervisor:
         self.started[slot] = time.monotonic()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
+    def crash(self, code):
+        """The admin port's crash: every worker ends at once and the supervisor exits with
+        ``code``, replacing none (the container exits, for its restart policy to act on)."""
+        self.stopping = True
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGKILL)
+        os._exit(code)
+
     def _on_signal(self, signum, frame):
         if self.stopping:  # asked twice: end everything now
             for pid in self.workers:

@@ -250,7 +250,7 @@ def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_faili
         time.sleep(1)
     assert state == "unhealthy"
     assert get(live_port, "/healthz")[0] == 503 and get(live_port)[0] == 200
-    assert get(ready_port, "/readyz") == (503, "not ready: FAULT_READY=fail\n") and get(ready_port)[0] == 200
+    assert get(ready_port, "/readyz") == (503, "not ready: the ready fault is on\n") and get(ready_port)[0] == 200
 
 
 def test_stop_is_prompt_and_exits_0(engine, image, containers):

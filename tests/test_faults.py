@@ -62,8 +62,8 @@ def test_readiness_fails_while_pages_and_liveness_answer():
         ready, page, live = server.get("/readyz"), server.get("/"), server.get("/healthz")
         json_page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
         scraped = server.get("/metrics").text
-    assert (ready.status, ready.text, ready.headers["Friendlyhello-Fault"]) == (503, "not ready: FAULT_READY=fail\n",
-                                                                                "ready")
+    assert (ready.status, ready.text) == (503, "not ready: the ready fault is on\n")
+    assert ready.headers["Friendlyhello-Fault"] == "ready"
     assert page.status == 200 and live.status == 200 and json_page["faults"] == {"ready": "fail"}
     assert re.search(r'^friendlyhello_fault\{kind="ready"\} 1$', scraped, re.M)
     assert re.search(r'^friendlyhello_fault\{kind="live"\} 0$', scraped, re.M)
@@ -81,7 +81,7 @@ def test_liveness_fails_and_so_the_image_s_health_check_while_pages_answer():
     with serving(refused_env(FAULT_LIVE="fail")) as server:
         live, livez, page = server.get("/healthz"), server.get("/livez"), server.get("/")
     assert checked == 1 and err == "friendlyhello: unhealthy: /healthz answered 503\n"
-    assert (live.status, live.text) == (503, "not live: FAULT_LIVE=fail\n") and livez.status == 503
+    assert (live.status, live.text) == (503, "not live: the live fault is on\n") and livez.status == 503
     assert page.status == 200
 
 
@@ -115,8 +115,40 @@ def test_what_each_fault_decides_and_how_it_is_shown():
     assert faults.page_delay() == pytest.approx(0.2)  # a quarter of the way from 0.1 to 0.5
     assert Faults(Settings(latency=(0.3, 0.3)), chance=lambda: 0.9).page_delay() == 0.3
     assert Faults(Settings(), chance=lambda: 0.0).page_delay() == 0.0 and Faults(Settings()).page_error() is None
-    assert faults.on() == {"errors": {"rate": 0.25, "status": 503}, "latency": {"seconds": [0.1, 0.5]},
-                           "ready": "fail", "live": "fail"}
-    assert faults.words() == "errors 25% (503), latency 0.1-0.5 s, readiness fails, liveness fails"
-    assert faults.gauges() == {"errors": 0.25, "latency": 0.5, "ready": 1, "live": 1}
-    assert Faults(Settings()).on() == {} and Faults(Settings()).words() == ""
+    state = faults.state
+    assert state.on() == {"errors": {"rate": 0.25, "status": 503}, "latency": {"seconds": [0.1, 0.5]},
+                          "ready": "fail", "live": "fail"}
+    assert state.words() == "errors 25% (503), latency 0.1-0.5 s, readiness fails, liveness fails"
+    assert state.gauges() == {"errors": 0.25, "latency": 0.5, "ready": 1, "live": 1, "hang": 0}
+    assert state.as_json() == {"errors": {"rate": 0.25, "status": 503}, "latency": {"seconds": [0.1, 0.5]},
+                               "ready": "fail", "live": "fail", "hang": "off"}
+    hanging = state._replace(hangs=True)
+    assert hanging.on()["hang"] == "on" and hanging.words().endswith(", hangs") and hanging.gauges()["hang"] == 1
+    assert hanging.as_json()["hang"] == "on"
+    cleared = hanging.cleared()
+    assert cleared.on() == {} and cleared.words() == "" and cleared.error_status == 503  # kept for the next rate
+    assert Faults(Settings()).state.on() == {} and Faults(Settings()).state.words() == ""
+
+
+class Board:
+    """SharedSlots' one slot, as the supervisor's and a worker's Faults use it."""
+
+    def __init__(self):
+        self.written = None
+
+    def write(self, slot, data):
+        assert slot == 0
+        self.written = data
+
+    def read(self, slot):
+        return self.written
+
+
+def test_a_worker_takes_the_faults_its_supervisor_writes_whole():
+    board = Board()
+    supervisor, worker = Faults(Settings(), shared=board), Faults(Settings(), shared=board)
+    assert worker.refresh() is False  # nothing written yet
+    supervisor.set(supervisor.state._replace(hangs=True, latency=(0.1, 0.2)))
+    assert worker.refresh() is True and worker.state == supervisor.state
+    assert worker.refresh() is False  # the same again: no change
+    assert Faults(Settings()).refresh() is False  # a single process: nothing shared

@@ -370,6 +370,13 @@ def test_a_wrong_password_is_the_reason_for_as_long_as_it_lasts():
     ({"FAULT_LATENCY": "-1"}, (), "FAULT_LATENCY='-1'"),
     ({"FAULT_READY": "broken"}, (), "FAULT_READY='broken' is not valid: expected one of ok, fail"),
     ({"FAULT_LIVE": "no"}, (), "FAULT_LIVE='no' is not valid: expected one of ok, fail"),
+    ({"ADMIN_PORT": "9090"}, (), "ADMIN_PORT needs ADMIN_TOKEN, and ADMIN_TOKEN needs ADMIN_PORT: set both"),
+    ({"ADMIN_TOKEN": "secret-secret-secret"}, (), "ADMIN_PORT needs ADMIN_TOKEN"),
+    ({"ADMIN_PORT": "9090", "ADMIN_TOKEN": "secret"}, (), "ADMIN_TOKEN is not valid: 16 to 256 letters, digits"),
+    ({"ADMIN_PORT": "9090", "ADMIN_TOKEN": "secret secret secret"}, (), "ADMIN_TOKEN is not valid"),
+    ({"ADMIN_PORT": "99999", "ADMIN_TOKEN": "secret-secret-secret"}, (), "ADMIN_PORT='99999' is not valid"),
+    ({"ADMIN_PORT": "8080", "PORT": "8080", "ADMIN_TOKEN": "secret-secret-secret"}, (),
+     "ADMIN_PORT=8080 is PORT too: the admin port must be another"),
     ({"REDIS_URL": "http://:secret@h"}, (), "REDIS_URL is not valid"),
     ({"REDIS_URL": "redis://h", "REDIS_HOST": "h"}, (), "not both"),
 ])
@@ -553,6 +560,7 @@ def test_a_second_signal_ends_the_delay_at_once():
     assert code == 1 and time.monotonic() - started < 5
 
 
+@pytest.mark.slow  # processes
 def test_healthcheck_mode_exits_0_for_a_serving_server_and_1_otherwise():
     proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1"})
     try:

@@ -108,6 +108,7 @@ def test_during_the_drain_the_port_is_closed_while_a_request_in_flight_finishes(
     assert replies[0].status == 200 and replies[0].text.endswith("</b> 1")
 
 
+@pytest.mark.slow  # a process, waiting out its drain
 def test_the_drain_timeout_ends_a_request_that_never_finishes_and_the_process_exits_at_once(fake_redis):
     fake_redis.script(Silence())
     proc = Process({**redis_env(fake_redis), "PORT": "0", "BIND": "127.0.0.1", "REDIS_TIMEOUT": "5",

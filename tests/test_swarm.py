@@ -1,5 +1,6 @@
 """stack.yaml on a real single-node Swarm (Docker Engine): replicas, scaling and rolling
-updates under steady load with no failed request, and a Redis that Swarm replaces.
+updates under steady load with no failed request, a bad release rolled back, replicas broken at
+run time (the admin port) replaced, and a Redis that Swarm replaces.
 
 Deployed as a user would (`docker stack deploy`), with tests/stack.test.yaml on top (read it:
 this kernel has no IPVS, so the test client reaches the replicas by DNS round robin from a
@@ -212,6 +213,53 @@ def test_a_release_whose_liveness_fails_is_rolled_back_by_the_stack_s_own_update
     shown = seen["visits"]
     assert shown["distinct"] == shown["shown"] == seen["requests"]
     assert shown["shown"] <= rise <= shown["shown"] + shown["no_reply"] + seen["retried"]
+
+
+ADMIN = ("import http.client, sys; c = http.client.HTTPConnection('127.0.0.1', 8081, timeout=5); "
+         "c.request('POST', sys.argv[1], headers={'Authorization': 'Bearer swarm-test-token-0123456789'}); "
+         "r = c.getresponse(); print(r.status, r.read().decode().strip())")
+
+
+def admin(container, path):
+    """POST to a replica's own admin port, from inside its container (the tiny image's Python)."""
+    return docker("exec", container, "/usr/local/bin/python3", "-S", "-c", ADMIN, path)
+
+
+def test_a_replica_whose_liveness_fails_or_that_hangs_at_run_time_is_replaced_by_swarm(stack):
+    """The admin port at run time: one replica's liveness turned to fail, another's port hung.
+    The HEALTHCHECK catches both (the hang only by its timeout), Swarm kills and replaces each."""
+    docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
+    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    (failing, _), (hung, _), *_ = stack.tasks(stack.web)
+    client = stack.watch("--new-connection")
+    time.sleep(2)
+    started = time.monotonic()
+    answers = admin(failing, "/faults/live?state=fail"), admin(hung, "/faults/hang?state=on")
+    caught = {}
+
+    def both_caught():
+        for victim in (failing, hung):
+            health = docker("inspect", "--format", "{{.State.Health.Status}}", victim, check=False)
+            if victim not in caught and health != "healthy":  # unhealthy, or already gone
+                caught[victim] = (time.monotonic() - started, health or "gone")
+        return len(caught) == 2
+
+    wait_until(both_caught, 60, "both replicas unhealthy")
+    wait_until(lambda: stack.healthy(5) and not {failing, hung} & {c for c, _ in stack.tasks(stack.web)}, 120,
+               "both replaced by healthy tasks")
+    replaced = time.monotonic() - started
+    time.sleep(2)
+    seen = stack.finish(client)
+    ended = docker("service", "ps", "--no-trunc", "--format", "{{.Error}}", stack.web)
+    print(f"\nat run time: liveness fail on one replica, unhealthy at {caught[failing][0]:.1f}s; hang on another, "
+          f"unhealthy at {caught[hung][0]:.1f}s; both replaced, five healthy, at {replaced:.1f}s; "
+          f"{seen['requests']} requests, {seen['failed']} failed {seen['failures']}, p99 {seen['p99_ms']} ms")
+    assert [a.split(" ", 1)[0] for a in answers] == ["200", "200"], answers
+    assert '"live": "fail"' in answers[0] and '"hang": "on"' in answers[1]
+    assert ended.count("unhealthy container") >= 2, ended  # Swarm's own reason for ending them
+    # Only requests that reached the hung replica before Swarm ended it fail, and they time out.
+    assert {kind for kind, n in seen["failures"].items() if n} <= {"timeout"}, seen["failures"]
+    assert seen["requests"] - seen["failed"] > 0 and set(seen["statuses"]) == {"200"}
 
 
 def test_redis_killed_is_replaced_and_the_count_goes_on_from_its_volume(stack):

@@ -1,0 +1,284 @@
+"""The admin port: faults turned on and off at run time by whoever holds the token, each change
+taking effect at once on the main port, logged, and visible; the hang; the crash."""
+
+import contextlib
+import json
+import re
+import socket
+import time
+
+import pytest
+
+import hello_server
+from friendlyhello import admin, listening, settings
+from helpers import Process, redis_env, refused_env, request, serving
+
+TOKEN = "test-token-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def with_admin(env):
+    """A server in this process with its admin port, as main wires one; crashes are recorded."""
+    with serving(env) as server:
+        config = settings.load_config(["--port", "0", "--bind", "127.0.0.1", "--admin-port", "0",
+                                       "--admin-token", TOKEN], {})
+        crashes = []
+        port = hello_server.open_admin(config, listening.listen(config, "ADMIN_PORT"), server.server.faults,
+                                       server.server.log, server.server.waker.wake, crashes.append)
+        server.admin, server.crashes = port.port, crashes
+        try:
+            yield server
+        finally:
+            port.listener.close()
+
+
+def ask(server, method, path, headers=BEARER, body=None):
+    """An admin request: (status, the JSON answer, the headers)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers={**headers, **(
+            {"Content-Type": "application/x-www-form-urlencoded"} if body else {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.headers
+    finally:
+        conn.close()
+
+
+def test_without_the_token_nothing_is_said_and_nothing_changes():
+    with with_admin(refused_env()) as server:
+        answers = [ask(server, "POST", "/faults/live?state=fail", headers) for headers in (
+            {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN})]
+        missing = ask(server, "GET", "/nothing-here", {})
+        live = server.get("/healthz").status
+        said = server.error_lines()
+    assert {status for status, _, _ in answers} == {401} and missing[0] == 401  # not even whether a path exists
+    assert answers[0][1] == {"error": "an Authorization: Bearer header with the admin token is needed"}
+    assert answers[0][2]["WWW-Authenticate"] == 'Bearer realm="friendlyhello admin"'
+    assert live == 200
+    assert said.count("friendlyhello: admin: refused 127.0.0.1: no valid Authorization: Bearer token") == 6
+    assert not any(TOKEN in line for line in said)
+
+
+def test_each_change_takes_effect_at_once_and_is_logged_and_shown(fake_redis):
+    with with_admin(redis_env(fake_redis)) as server:
+        start = ask(server, "GET", "/faults")
+        ready = ask(server, "POST", "/faults/ready?state=fail")
+        readyz = server.get("/readyz")
+        live = ask(server, "POST", "/faults/live", body="state=fail")  # a form body does too
+        healthz = server.get("/healthz")
+        errors = ask(server, "POST", "/faults/errors?rate=1&status=503")
+        page = server.get("/")
+        ask(server, "POST", "/faults/errors?rate=0")
+        shown = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        scraped = server.get("/metrics").text
+        cleared = ask(server, "POST", "/faults/clear")
+        after = [server.get(path).status for path in ("/readyz", "/healthz", "/")]
+        said = server.error_lines()
+    assert start == (200, {"errors": {"rate": 0.0, "status": 500}, "latency": {"seconds": [0.0, 0.0]},
+                           "ready": "ok", "live": "ok", "hang": "off"}, start[2])
+    assert ready[1]["ready"] == "fail" and (readyz.status, readyz.text) == (503, "not ready: the ready fault is on\n")
+    assert live[1]["live"] == "fail" and (healthz.status, healthz.text) == (503, "not live: the live fault is on\n")
+    assert errors[1]["errors"] == {"rate": 1.0, "status": 503} and page.status == 503
+    assert page.headers["Friendlyhello-Fault"] == "errors"
+    assert shown["faults"] == {"ready": "fail", "live": "fail"} and shown["visits"] == 1
+    assert 'friendlyhello_fault{kind="live"} 1' in scraped and 'friendlyhello_fault{kind="ready"} 1' in scraped
+    assert cleared[1] == {**start[1], "errors": {"rate": 0.0, "status": 503}} and after == [200, 200, 200]
+    assert [line for line in said if "admin port" in line] == [
+        "friendlyhello: faults: readiness fails (set on the admin port by 127.0.0.1)",
+        "friendlyhello: faults: readiness fails, liveness fails (set on the admin port by 127.0.0.1)",
+        "friendlyhello: faults: errors 100% (503), readiness fails, liveness fails "
+        "(set on the admin port by 127.0.0.1)",
+        "friendlyhello: faults: readiness fails, liveness fails (set on the admin port by 127.0.0.1)",
+        "friendlyhello: faults: none on (set on the admin port by 127.0.0.1)"]
+    assert fake_redis.visits == 2  # the failed page counted nothing
+
+
+REFUSED = [  # method, path, body, status, the error's start
+    ("POST", "/faults/ready?state=maybe", None, 400, "state must be fail or ok"),
+    ("POST", "/faults/hang?state=fail", None, 400, "state must be on or off"),
+    ("POST", "/faults/live", None, 400, "state must be fail or ok"),
+    ("POST", "/faults/errors?rate=2", None, 400, "rate: a rate from 0 to 1, such as 0.1 for one page in ten"),
+    ("POST", "/faults/errors?rate=0.1&status=200", None, 400, "status must be a whole number from 400 to 599"),
+    ("POST", "/faults/errors?rate=0.1&status=%D9%A5%D9%A0%D9%A0", None, 400, "status must be a whole number"),
+    ("POST", "/faults/latency?seconds=31", None, 400, "seconds: seconds from 0 to 30, or a range such as 0.1-0.5"),
+    ("POST", "/faults/latency?seconds=0.5-0.1", None, 400, "seconds: seconds from 0 to 30"),
+    ("POST", "/faults/crash?code=256", None, 400, "code must be a whole number from 0 to 255"),
+    ("POST", "/faults/crash?code=-1", None, 400, "code must be a whole number from 0 to 255"),
+    ("GET", "/faults/ready?state=fail", None, 405, "/faults/ready takes POST"),
+    ("POST", "/faults", None, 405, "/faults takes GET"),
+    ("POST", "/faults/everything", None, 404, "no such path; try GET /faults, or POST one of"),
+    ("POST", "/faults/ready", "state=" + "x" * 5000, 413, "a body of at most 4096 bytes"),
+    ("OPTIONS", "/faults", None, 501, "Unsupported method ('OPTIONS')"),
+]
+
+
+def test_a_request_it_cannot_take_gets_a_4xx_saying_what_is_allowed_and_changes_nothing():
+    with with_admin(refused_env()) as server:
+        answered = [ask(server, method, path, body=body) for method, path, body, _, _ in REFUSED]
+        now = ask(server, "GET", "/faults")[1]
+    for (method, path, _, status, error), (got, body, headers) in zip(REFUSED, answered, strict=True):
+        assert got == status and body["error"].startswith(error), (method, path, got, body)
+        assert headers.get("Allow") == ({"GET": "POST", "POST": "GET"}[method] if status == 405 else None)
+    assert now == {"errors": {"rate": 0.0, "status": 500}, "latency": {"seconds": [0.0, 0.0]}, "ready": "ok",
+                   "live": "ok", "hang": "off"}
+    assert server.crashes == []
+
+
+@pytest.mark.slow  # waits out the latency
+def test_latency_set_at_run_time_holds_the_pages(fake_redis):
+    with with_admin(redis_env(fake_redis)) as server:
+        assert ask(server, "POST", "/faults/latency?seconds=0.2")[1]["latency"] == {"seconds": [0.2, 0.2]}
+        started = time.monotonic()
+        page = server.get("/")
+        took = time.monotonic() - started
+        ask(server, "POST", "/faults/latency?seconds=0")
+        started = time.monotonic()
+        server.get("/")
+        then = time.monotonic() - started
+    assert page.status == 200 and 0.2 <= took < 0.5 and then < 0.1
+
+
+def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_was_asked(fake_redis):
+    with with_admin({**redis_env(fake_redis), "IDLE_TIMEOUT": "0.1"}) as server:
+        assert ask(server, "POST", "/faults/hang?state=on")[1]["hang"] == "on"
+        waiting = []
+        for path in ("/healthz", "/", "/readyz"):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # accepted, as ever
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            waiting.append(sock)
+        time.sleep(0.35)  # past the idle timeout, and a sweep or more: still no 408, no close
+        silent = [_silent(sock) for sock in waiting]
+        state = ask(server, "GET", "/faults")[1]  # the admin port answers all along
+        ended = ask(server, "POST", "/faults/hang?state=off")
+        answers = [sock.recv(4096) for sock in waiting]
+        for sock in waiting:
+            sock.close()
+        after = server.get("/healthz").status
+        said = server.error_lines()
+    assert all(silent) and state["hang"] == "on" and ended[1]["hang"] == "off"
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
+    assert answers[1].endswith(b"</b> 1") and after == 200
+    assert "friendlyhello: faults: hangs (set on the admin port by 127.0.0.1)" in said
+
+
+def test_a_crash_is_answered_then_asked_of_the_process_with_its_code():
+    with with_admin(refused_env()) as server:
+        answered = ask(server, "POST", "/faults/crash?code=3")
+        default = ask(server, "POST", "/faults/crash")
+        said = server.error_lines()
+    assert answered[:2] == (200, {"crash": {"code": 3}}) and default[1] == {"crash": {"code": 1}}
+    assert server.crashes == [3, 1]
+    assert "friendlyhello: admin: crash asked for by 127.0.0.1: exiting with code 3" in said
+
+
+@pytest.mark.slow  # waits out the admin timeout
+def test_a_client_that_sends_nothing_holds_the_admin_port_no_longer_than_its_timeout():
+    with with_admin(refused_env()) as server:
+        idle = socket.create_connection(("127.0.0.1", server.admin), timeout=5)
+        started = time.monotonic()
+        answered = ask(server, "GET", "/faults")  # waits behind the idle one
+        took = time.monotonic() - started
+        idle.close()
+    assert answered[0] == 200 and admin.ADMIN_TIMEOUT - 0.1 < took < admin.ADMIN_TIMEOUT + 1
+
+
+@pytest.mark.slow  # processes
+def test_a_process_crashes_with_the_code_asked_and_its_admin_port_is_in_its_start_line():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1", "ADMIN_PORT": "0", "ADMIN_TOKEN": TOKEN})
+    try:
+        line = proc.wait_listening()
+        port = int(re.search(r"admin port (\d+)\)", line).group(1))
+        answered = request(port, "/faults/crash?code=7", method="POST", headers=BEARER)
+        code = proc.wait(5)
+    finally:
+        _, err = proc.finish()
+    assert answered.status == 200 and code == 7
+    assert "friendlyhello: admin: crash asked for by 127.0.0.1: exiting with code 7" in err
+    assert TOKEN not in line + err
+
+
+@pytest.mark.slow  # processes
+def test_with_workers_the_supervisor_s_admin_port_reaches_every_worker_and_a_crash_ends_them_all(redis_server):
+    proc = Process({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "PORT": "0",
+                    "BIND": "127.0.0.1", "WORKERS": "2", "ACCESS_LOG": "off", "ADMIN_PORT": "0",
+                    "ADMIN_TOKEN": TOKEN})
+    try:
+        line = proc.wait_listening()
+        port = int(re.search(r"admin port (\d+)\)", line).group(1))
+        request(port, "/faults/ready?state=fail", method="POST", headers=BEARER)
+        deadline = time.monotonic() + 2
+        while {request(proc.port, "/readyz").status for _ in range(8)} != {503}:  # each worker, within a sweep
+            assert time.monotonic() < deadline, "a worker did not take the fault"
+        scraped = request(proc.port, "/metrics").text
+        request(port, "/faults/ready?state=ok", method="POST", headers=BEARER)
+        deadline = time.monotonic() + 2
+        while {request(proc.port, "/readyz").status for _ in range(8)} != {200}:
+            assert time.monotonic() < deadline, "a worker did not let the fault go"
+        request(port, "/faults/hang?state=on", method="POST", headers=BEARER)
+        time.sleep(0.6)  # two sweeps of each worker
+        waiting = [socket.create_connection(("127.0.0.1", proc.port), timeout=3) for _ in range(6)]
+        for sock in waiting:  # new connections: the kernel spreads them over both workers
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        silent = [_silent(sock) for sock in waiting]
+        request(port, "/faults/hang?state=off", method="POST", headers=BEARER)
+        answers = [sock.recv(100).split(b"\r\n", 1)[0] for sock in waiting]
+        for sock in waiting:
+            sock.close()
+        with open(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children") as listing:
+            workers = [int(p) for p in listing.read().split()]
+        answered = request(port, "/faults/crash?code=9", method="POST", headers=BEARER)
+        code = proc.wait(5)
+        deadline = time.monotonic() + 2  # SIGKILL is sent, then the supervisor exits: they end a moment later
+        while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        _, err = proc.finish()
+    assert 'friendlyhello_fault{kind="ready"} 1' in scraped
+    assert all(silent) and answers == [b"HTTP/1.1 200 OK"] * 6
+    assert answered.status == 200 and code == 9 and len(workers) == 2
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived the crash"
+    assert "starting another" not in err  # nothing was replaced
+
+
+def _silent(sock):
+    """True when nothing came on the socket, neither bytes nor its end."""
+    sock.setblocking(False)
+    try:
+        sock.recv(100)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow  # waits for a heartbeat
+def test_a_fault_set_at_run_time_flags_the_replica_in_the_view_with_its_next_heartbeat(redis_server):
+    env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "REPLICA_ID": "turned"}
+    with with_admin(env) as server:
+        server.get("/")
+        ask(server, "POST", "/faults/errors?rate=0.25&status=502")
+        deadline = time.monotonic() + 5
+        while not (view := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
+                "replicas"] or not view["replicas"][0]["faults"]:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.1)
+        ask(server, "POST", "/faults/clear")
+        deadline = time.monotonic() + 5
+        while (cleared := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
+                "replicas"][0]["faults"]:
+            assert time.monotonic() < deadline, cleared
+            time.sleep(0.1)
+    assert view["replicas"][0]["faults"] == "errors 25% (502)"
