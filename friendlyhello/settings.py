@@ -213,7 +213,7 @@ SETTINGS = [
     Setting("FAULT_LIVE", "ok", _choice("ok", "fail"), "fail: /healthz and /livez answer 503 from the start, "
             "and so the image's HEALTHCHECK"),
     Setting("ADMIN_PORT", None, _whole(0, 65535), "a second port, for turning faults on and off at run time "
-            "(GET /faults, POST /faults/...; see the README); needs ADMIN_TOKEN (default: off)"),
+            "(GET /faults, POST /faults/...; see the README); needs ADMIN_TOKEN; unset: no admin port"),
     Setting("ADMIN_TOKEN", None, _token, "what admin requests must carry as Authorization: Bearer TOKEN",
             secret=True),
     Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "

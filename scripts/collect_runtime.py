@@ -88,6 +88,33 @@ def serve_every_page(port):
         ask(port, raw + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
+ADMIN_TOKEN = "collect-token-0123456789"
+
+
+def administer(admin_port):
+    """Every kind of admin request: a read, changes (a hang among them), a refusal, a bad one."""
+    bearer = f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+    for raw in (b"GET /faults HTTP/1.1\r\n" + bearer + b"\r\n",
+                b"POST /faults/hang?state=on HTTP/1.1\r\n" + bearer + b"\r\n",
+                b"POST /faults/hang?state=off HTTP/1.1\r\n" + bearer + b"\r\n",
+                b"POST /faults/latency HTTP/1.1\r\n" + bearer + b"Content-Length: 15\r\n\r\nseconds=0.1-0.2",
+                b"POST /faults/clear HTTP/1.1\r\n" + bearer + b"\r\n",
+                b"POST /faults/errors?rate=2 HTTP/1.1\r\n" + bearer + b"\r\n",
+                b"GET /faults HTTP/1.1\r\n\r\n",
+                b"BREW /faults HTTP/1.1\r\n\r\n"):
+        ask(admin_port, raw)
+
+
+def with_admin(env):
+    """Settings with the admin port on, and what serves it and every page."""
+    admin_port = free_port()
+
+    def serve(port):
+        serve_every_page(port)
+        administer(admin_port)
+    return {**env, "ADMIN_PORT": str(admin_port), "ADMIN_TOKEN": ADMIN_TOKEN}, serve
+
+
 def imported_modules(app):
     """Every module any path of the server imports, by name."""
     fake_redis = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a timeout path
@@ -103,6 +130,8 @@ def imported_modules(app):
             run_module(app, env={**base, "REDIS_URL": f"unix://{scratch}/redis.sock"}, serve=serve_every_page),
             run_module(app, env={**base, "WORKERS": "2", "LOG_FORMAT": "json", "REDIS_HOST": "127.0.0.1",
                                  "REDIS_PORT": str(fake_redis.getsockname()[1])}, serve=serve_every_page),
+            run_module(app, env=(admin := with_admin(base))[0], serve=admin[1]),
+            run_module(app, env=(admin := with_admin({**base, "WORKERS": "2"}))[0], serve=admin[1]),
             run_module(app, ["--help"]),
             run_module(app, env={"PORT": "eighty"}),
             run_module(app, ["--healthcheck"], env={"PORT": str(free_port())}),

@@ -253,6 +253,38 @@ def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_faili
     assert get(ready_port, "/readyz") == (503, "not ready: the ready fault is on\n") and get(ready_port)[0] == 200
 
 
+def admin(port, path, token="container-test-token-0123"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", path, headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_admin_port_turns_a_running_container_unhealthy_and_crashes_it_with_the_code_asked(
+        engine, image, containers):
+    port, admin_port = free_port(), free_port()
+    container = containers("-e", "ADMIN_PORT=8081", "-e", "ADMIN_TOKEN=container-test-token-0123",
+                           "-p", f"127.0.0.1:{port}:80", "-p", f"127.0.0.1:{admin_port}:8081", image)
+    wait_for_200(port)
+    turned = admin(admin_port, "/faults/live?state=fail")
+    deadline = time.monotonic() + 60  # past the image's start period (5 s), three failures in a row
+    while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)) != "unhealthy":
+        assert time.monotonic() < deadline, state
+        if engine.endswith("podman"):  # without systemd, podman runs the check when asked
+            run(engine, "healthcheck", "run", container, check=False)
+        time.sleep(1)
+    crashed = admin(admin_port, "/faults/crash?code=3")
+    code = run(engine, "wait", container)
+    logs = subprocess.run([engine, "logs", container], capture_output=True, text=True, timeout=30).stderr
+    assert turned[0] == 200 and '"live": "fail"' in turned[1]
+    assert crashed == (200, '{"crash": {"code": 3}}\n') and code == "3"
+    assert "friendlyhello: faults: liveness fails (set on the admin port by" in logs
+    assert "container-test-token" not in logs
+
+
 def test_stop_is_prompt_and_exits_0(engine, image, containers):
     port = free_port()
     container = containers("-p", f"127.0.0.1:{port}:80", image)
