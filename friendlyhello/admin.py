@@ -177,8 +177,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """One admin request: http.server reads its head; AdminPort decides the answer."""
 
     protocol_version = "HTTP/1.1"
-    server_version = "friendlyhello-admin"
     timeout = ADMIN_TIMEOUT
+
+    def version_string(self):  # the Server field: no Python version
+        return "friendlyhello-admin"
 
     def do_GET(self):
         self._respond()

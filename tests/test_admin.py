@@ -57,6 +57,7 @@ def test_without_the_token_nothing_is_said_and_nothing_changes():
     assert {status for status, _, _ in answers} == {401} and missing[0] == 401  # not even whether a path exists
     assert answers[0][1] == {"error": "an Authorization: Bearer header with the admin token is needed"}
     assert answers[0][2]["WWW-Authenticate"] == 'Bearer realm="friendlyhello admin"'
+    assert answers[0][2]["Server"] == "friendlyhello-admin"  # no Python version, as on the main port
     assert live == 200
     assert said.count("friendlyhello: admin: refused 127.0.0.1: no valid Authorization: Bearer token") == 6
     assert not any(TOKEN in line for line in said)
