@@ -27,6 +27,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import urllib.parse
 
 from .faults import error_rate, latency_range
@@ -99,6 +100,8 @@ class AdminPort:
         self.listener, self.faults, self.log = listener, faults, log
         self.changed, self.crash = changed, crash
         self._token = hashlib.sha256(token.encode()).digest()
+        self._closed = False
+        # A daemon: a process that is done serving exits without waiting for the admin port.
         self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
 
     @property
@@ -109,13 +112,21 @@ class AdminPort:
         self.listener.setblocking(True)
         self._thread.start()
 
+    def close(self):
+        """Stop serving: the thread waiting in accept() is woken, and ends."""
+        self._closed = True
+        _cut(self.listener)
+        self.listener.close()
+        self._thread.join(1)
+
     def _serve(self):
         while True:
             try:
                 sock, address = self.listener.accept()
-            except OSError:  # closed, or out of file descriptors: try again
-                if self.listener.fileno() == -1:
+            except OSError:  # closed, or out of file descriptors: try again in a moment
+                if self._closed:
                     return
+                time.sleep(0.1)
                 continue
             guard = threading.Timer(ADMIN_TIMEOUT, _cut, (sock,))  # a slow client holds the port no longer
             guard.start()
@@ -134,7 +145,7 @@ class AdminPort:
         constant time, so neither its length nor its bytes leak by timing."""
         scheme, _, given = (header or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest(), self._token)
+            hashlib.sha256(given.strip().encode()).digest(), self._token)
 
     def answer(self, method, path, params, header, who):
         """The status and JSON object for one request, and the code to exit with after it (or None)."""

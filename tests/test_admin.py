@@ -2,6 +2,8 @@
 taking effect at once on the main port, logged, and visible; the hang; the crash."""
 
 import contextlib
+import http.client
+import io
 import json
 import re
 import socket
@@ -10,7 +12,7 @@ import time
 import pytest
 
 import hello_server
-from friendlyhello import admin, listening, settings
+from friendlyhello import admin, listening, logs, settings
 from helpers import Process, redis_env, refused_env, request, serving
 
 TOKEN = "test-token-0123456789abcdef"
@@ -30,12 +32,11 @@ def with_admin(env):
         try:
             yield server
         finally:
-            port.listener.close()
+            port.close()
 
 
 def ask(server, method, path, headers=BEARER, body=None):
     """An admin request: (status, the JSON answer, the headers)."""
-    import http.client
     conn = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=5)
     try:
         conn.request(method, path, body=body, headers={**headers, **(
@@ -80,6 +81,7 @@ def test_each_change_takes_effect_at_once_and_is_logged_and_shown(fake_redis):
         said = server.error_lines()
     assert start == (200, {"errors": {"rate": 0.0, "status": 500}, "latency": {"seconds": [0.0, 0.0]},
                            "ready": "ok", "live": "ok", "hang": "off"}, start[2])
+    assert [a[0] for a in (ready, live, errors, cleared)] == [200] * 4
     assert ready[1]["ready"] == "fail" and (readyz.status, readyz.text) == (503, "not ready: the ready fault is on\n")
     assert live[1]["live"] == "fail" and (healthz.status, healthz.text) == (503, "not live: the live fault is on\n")
     assert errors[1]["errors"] == {"rate": 1.0, "status": 503} and page.status == 503
@@ -102,6 +104,11 @@ REFUSED = [  # method, path, body, status, the error's start
     ("POST", "/faults/hang?state=fail", None, 400, "state must be on or off"),
     ("POST", "/faults/live", None, 400, "state must be fail or ok"),
     ("POST", "/faults/errors?rate=2", None, 400, "rate: a rate from 0 to 1, such as 0.1 for one page in ten"),
+    ("POST", "/faults/errors", None, 400, "rate: a rate from 0 to 1"),
+    ("POST", "/faults/errors?rate=0.1&status=", None, 400, "status must be a whole number from 400 to 599"),
+    ("POST", "/faults/errors?rate=0.1&status=399", None, 400, "status must be a whole number from 400 to 599"),
+    ("POST", "/faults/errors?rate=0.1&status=600", None, 400, "status must be a whole number from 400 to 599"),
+    ("POST", "/faults/latency", None, 400, "seconds: seconds from 0 to 30"),
     ("POST", "/faults/errors?rate=0.1&status=200", None, 400, "status must be a whole number from 400 to 599"),
     ("POST", "/faults/errors?rate=0.1&status=%D9%A5%D9%A0%D9%A0", None, 400, "status must be a whole number"),
     ("POST", "/faults/latency?seconds=31", None, 400, "seconds: seconds from 0 to 30, or a range such as 0.1-0.5"),
@@ -110,7 +117,8 @@ REFUSED = [  # method, path, body, status, the error's start
     ("POST", "/faults/crash?code=-1", None, 400, "code must be a whole number from 0 to 255"),
     ("GET", "/faults/ready?state=fail", None, 405, "/faults/ready takes POST"),
     ("POST", "/faults", None, 405, "/faults takes GET"),
-    ("POST", "/faults/everything", None, 404, "no such path; try GET /faults, or POST one of"),
+    ("POST", "/faults/everything", None, 404, "no such path; try GET /faults, or POST one of /faults/clear, "
+     "/faults/errors, /faults/hang, /faults/latency, /faults/live, /faults/ready, /faults/crash"),
     ("POST", "/faults/ready", "state=" + "x" * 5000, 413, "a body of at most 4096 bytes"),
     ("OPTIONS", "/faults", None, 501, "Unsupported method ('OPTIONS')"),
 ]
@@ -126,6 +134,97 @@ def test_a_request_it_cannot_take_gets_a_4xx_saying_what_is_allowed_and_changes_
     assert now == {"errors": {"rate": 0.0, "status": 500}, "latency": {"seconds": [0.0, 0.0]}, "ready": "ok",
                    "live": "ok", "hang": "off"}
     assert server.crashes == []
+
+
+def raw(port, data):
+    """Bytes to the admin port; its answer's status line and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode(), json.loads(body)
+
+
+def test_what_http_server_refuses_itself_and_bodies_it_cannot_take_are_answered_as_json():
+    with with_admin(refused_env()) as server:
+        bearer = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        chunked = raw(server.admin, b"POST /faults/clear HTTP/1.1\r\n" + bearer + b"Transfer-Encoding: chunked\r\n\r\n")
+        length = raw(server.admin, b"POST /faults/clear HTTP/1.1\r\n" + bearer + b"Content-Length: ten\r\n\r\n")
+        too_long = raw(server.admin, b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n\r\n")
+        full = ask(server, "POST", "/faults/ready", body="state=fail&pad=" + "x" * (admin.MAX_BODY - 15))
+    assert chunked == ("HTTP/1.1 400 Bad Request",
+                       {"error": "send parameters in the query, or a body with a Content-Length"})
+    assert length == ("HTTP/1.1 400 Bad Request", {"error": "Content-Length must be a whole number"})
+    assert too_long == ("HTTP/1.1 414 Request-URI Too Long", {"error": "Request-URI Too Long"})
+    assert full[0] == 200 and full[1]["ready"] == "fail"  # a body of exactly MAX_BODY bytes is taken
+
+
+def test_every_answer_is_json_never_cached_and_closes_and_a_head_gets_no_body():
+    with with_admin(refused_env()) as server:
+        answers = [ask(server, "GET", "/faults"), ask(server, "POST", "/faults/hang?state=off"),
+                   ask(server, "GET", "/faults", {})]
+        conn = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=5)
+        conn.request("HEAD", "/faults", headers=BEARER)
+        head = conn.getresponse()
+        head_body = head.read()
+        conn.close()
+    assert [status for status, _, _ in answers] == [200, 200, 401]
+    for _, body, headers in answers:
+        assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
+        assert headers["Connection"] == "close" and int(headers["Content-Length"]) == len(json.dumps(body)) + 1
+    assert head.status == 405 and head.headers["Allow"] == "GET" and head_body == b""
+
+
+def test_the_token_goes_in_a_bearer_header_of_any_case_with_any_spaces_and_bounds_are_taken():
+    with with_admin(refused_env()) as server:
+        taken = [ask(server, "POST", "/faults/errors?rate=0.5&status=400", {"Authorization": f"bearer {TOKEN}"}),
+                 ask(server, "POST", "/faults/errors?rate=0.5&status=599", {"Authorization": f"BEARER   {TOKEN}"}),
+                 ask(server, "POST", "/faults/crash?code=255"), ask(server, "POST", "/faults/crash?code=0")]
+    assert [status for status, _, _ in taken] == [200] * 4
+    assert taken[0][1]["errors"] == {"rate": 0.5, "status": 400} and taken[1][1]["errors"]["status"] == 599
+    assert server.crashes == [255, 0]
+
+
+def test_a_change_is_a_warning_while_a_fault_is_on_and_news_when_none_is():
+    with with_admin(refused_env(LOG_FORMAT="json")) as server:
+        ask(server, "POST", "/faults/ready?state=fail")
+        ask(server, "POST", "/faults/ready?state=fail")  # no change: no line
+        ask(server, "POST", "/faults/ready?state=ok")
+        lines = [json.loads(line) for line in server.error_lines()]
+    changes = [(line["level"], line["message"]) for line in lines if line["where"] == "faults"]
+    assert changes == [("warning", "readiness fails (set on the admin port by 127.0.0.1)"),
+                       ("info", "none on (set on the admin port by 127.0.0.1)")]
+
+
+def test_a_client_that_dribbles_its_request_holds_the_admin_port_no_longer_than_the_timeout(monkeypatch):
+    monkeypatch.setattr(admin, "ADMIN_TIMEOUT", 0.2)  # the whole request's time
+    monkeypatch.setattr(admin._Handler, "timeout", 0.2)  # each read's: a byte every 0.05 s never meets it
+    with with_admin(refused_env()) as server:
+        slow = socket.create_connection(("127.0.0.1", server.admin), timeout=5)
+        started = time.monotonic()
+        for byte in b"GET /faults HTTP/1.1\r\n":
+            try:
+                slow.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)
+            if time.monotonic() - started > 1:
+                break
+        cut = time.monotonic() - started
+        slow.close()
+        answered = ask(server, "GET", "/faults")
+    assert cut < 0.6 and answered[0] == 200
+
+
+def test_closing_the_admin_port_ends_its_thread():
+    config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], {})
+    port = admin.AdminPort(listening.listen(config), TOKEN, None, logs.Log("off", out=io.StringIO(),
+                                                                            err=io.StringIO()))
+    port.start()
+    port.close()
+    assert not port._thread.is_alive()
 
 
 @pytest.mark.slow  # waits out the latency
@@ -199,6 +298,20 @@ def test_a_process_crashes_with_the_code_asked_and_its_admin_port_is_in_its_star
     assert answered.status == 200 and code == 7
     assert "friendlyhello: admin: crash asked for by 127.0.0.1: exiting with code 7" in err
     assert TOKEN not in line + err
+
+
+@pytest.mark.slow  # a process
+def test_a_process_with_an_admin_port_still_stops_at_once_on_sigterm():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1", "ADMIN_PORT": "0", "ADMIN_TOKEN": TOKEN})
+    try:
+        proc.wait_listening()
+        started = time.monotonic()
+        proc.signal()
+        code = proc.wait(5)
+        took = time.monotonic() - started
+    finally:
+        proc.finish()
+    assert code == 0 and took < 1  # the admin thread, waiting in accept(), holds nothing up
 
 
 @pytest.mark.slow  # processes

@@ -127,6 +127,9 @@ def test_what_each_fault_decides_and_how_it_is_shown():
     assert hanging.as_json()["hang"] == "on"
     cleared = hanging.cleared()
     assert cleared.on() == {} and cleared.words() == "" and cleared.error_status == 503  # kept for the next rate
+    assert cleared.gauges() == dict.fromkeys(("errors", "latency", "ready", "live", "hang"), 0)
+    assert cleared.as_json() == {"errors": {"rate": 0.0, "status": 503}, "latency": {"seconds": [0.0, 0.0]},
+                                 "ready": "ok", "live": "ok", "hang": "off"}
     assert Faults(Settings()).state.on() == {} and Faults(Settings()).state.words() == ""
 
 
@@ -141,6 +144,7 @@ class Board:
         self.written = data
 
     def read(self, slot):
+        assert slot == 0
         return self.written
 
 
