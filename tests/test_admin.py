@@ -154,11 +154,17 @@ def test_what_http_server_refuses_itself_and_bodies_it_cannot_take_are_answered_
         length = raw(server.admin, b"POST /faults/clear HTTP/1.1\r\n" + bearer + b"Content-Length: ten\r\n\r\n")
         too_long = raw(server.admin, b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n\r\n")
         full = ask(server, "POST", "/faults/ready", body="state=fail&pad=" + "x" * (admin.MAX_BODY - 15))
+        with socket.create_connection(("127.0.0.1", server.admin), timeout=5) as sock:
+            sock.sendall(b"HEAD /faults HTTP/1.1\r\n" + bearer + b"\r\n")
+            head = b""
+            while chunk := sock.recv(65536):
+                head += chunk
     assert chunked == ("HTTP/1.1 400 Bad Request",
                        {"error": "send parameters in the query, or a body with a Content-Length"})
     assert length == ("HTTP/1.1 400 Bad Request", {"error": "Content-Length must be a whole number"})
     assert too_long == ("HTTP/1.1 414 Request-URI Too Long", {"error": "Request-URI Too Long"})
     assert full[0] == 200 and full[1]["ready"] == "fail"  # a body of exactly MAX_BODY bytes is taken
+    assert head.startswith(b"HTTP/1.1 405 ") and head.endswith(b"\r\n\r\n")  # a head, and no body after it
 
 
 def test_every_answer_is_json_never_cached_and_closes_and_a_head_gets_no_body():
@@ -181,8 +187,10 @@ def test_the_token_goes_in_a_bearer_header_of_any_case_with_any_spaces_and_bound
     with with_admin(refused_env()) as server:
         taken = [ask(server, "POST", "/faults/errors?rate=0.5&status=400", {"Authorization": f"bearer {TOKEN}"}),
                  ask(server, "POST", "/faults/errors?rate=0.5&status=599", {"Authorization": f"BEARER   {TOKEN}"}),
-                 ask(server, "POST", "/faults/crash?code=255"), ask(server, "POST", "/faults/crash?code=0")]
-    assert [status for status, _, _ in taken] == [200] * 4
+                 ask(server, "POST", "/faults/crash?code=255"), ask(server, "POST", "/faults/crash?code=0"),
+                 ask(server, "POST", "/faults/latency?seconds=0-0.001")]
+    assert [status for status, _, _ in taken] == [200] * 5
+    assert taken[4][1]["latency"] == {"seconds": [0.0, 0.001]}
     assert taken[0][1]["errors"] == {"rate": 0.5, "status": 400} and taken[1][1]["errors"]["status"] == 599
     assert server.crashes == [255, 0]
 
@@ -216,6 +224,52 @@ def test_a_client_that_dribbles_its_request_holds_the_admin_port_no_longer_than_
         slow.close()
         answered = ask(server, "GET", "/faults")
     assert cut < 0.6 and answered[0] == 200
+
+
+class FlakyListener:
+    """A listening socket whose first accept() fails, as one does when file descriptors run out."""
+
+    def __init__(self, sock):
+        self.sock, self.failed = sock, False
+
+    def accept(self):
+        if not self.failed:
+            self.failed = True
+            raise OSError(24, "Too many open files")
+        return self.sock.accept()
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class BrokenFaults:
+    """Faults whose state cannot be read once: a bug of ours."""
+
+    def __init__(self, faults):
+        self.faults, self.broken = faults, True
+
+    @property
+    def state(self):
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("a bug")
+        return self.faults.state
+
+
+def test_a_failed_accept_or_a_bug_fails_one_request_and_the_admin_port_goes_on():
+    config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], {})
+    err = io.StringIO()
+    with serving(refused_env()) as server:
+        port = admin.AdminPort(FlakyListener(listening.listen(config)), TOKEN, BrokenFaults(server.server.faults),
+                               logs.Log("off", out=io.StringIO(), err=err))
+        port.start()
+        server.admin = port.port
+        with pytest.raises(http.client.RemoteDisconnected):
+            ask(server, "GET", "/faults")  # the bug: closed unanswered
+        answered = ask(server, "GET", "/faults")
+        port.close()
+    assert port.listener.failed and answered[0] == 200
+    assert err.getvalue() == "friendlyhello: admin: internal error: RuntimeError('a bug')\n"
 
 
 def test_closing_the_admin_port_ends_its_thread():
