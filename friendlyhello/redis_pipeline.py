@@ -134,8 +134,8 @@ class RedisPipeline:
     round trip for many pages) and hands each reply back to the serving thread, which it
     wakes with ``wake()``. Redis's timeout bounds each trip. Every HEARTBEAT_INTERVAL it
     sends this replica's heartbeat too (with a batch, or alone): the command ``heartbeat()``
-    gives then. It notes Redis's state
-    in ``status``, and counts replies by outcome and batch sizes in ``metrics``.
+    gives then. It notes Redis's state in ``status``, and counts replies by outcome and batch
+    sizes in ``metrics``.
 
     The visits of a batch go as one command: ``visits`` is (the command of one visit, a
     function making the command of n); Redis answers with the counter's new value V, and the

@@ -13,6 +13,7 @@ import pytest
 
 import hello_server
 from friendlyhello import admin, listening, logs, settings
+from friendlyhello import server as server_module
 from helpers import Process, redis_env, refused_env, request, serving
 
 TOKEN = "test-token-0123456789abcdef"
@@ -303,8 +304,15 @@ def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # accepted, as ever
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             waiting.append(sock)
+        flood = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with contextlib.suppress(OSError):
+            flood.sendall(b"x" * (server_module.HUNG_INPUT + 1))  # more than a hung port holds for anyone
         time.sleep(0.35)  # past the idle timeout, and a sweep or more: still no 408, no close
         silent = [_silent(sock) for sock in waiting]
+        flooded = b""  # a reset is as good as a close
+        with contextlib.suppress(ConnectionResetError):
+            flooded = flood.recv(100)
+        flood.close()
         state = ask(server, "GET", "/faults")[1]  # the admin port answers all along
         ended = ask(server, "POST", "/faults/hang?state=off")
         answers = [sock.recv(4096) for sock in waiting]
@@ -313,6 +321,7 @@ def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_
         after = server.get("/healthz").status
         said = server.error_lines()
     assert all(silent) and state["hang"] == "on" and ended[1]["hang"] == "off"
+    assert flooded == b""  # closed, unanswered
     assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
     assert answers[1].endswith(b"</b> 1") and after == 200
     assert "friendlyhello: faults: hangs (set on the admin port by 127.0.0.1)" in said
