@@ -224,7 +224,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                             ("Cache-Control", "no-store"), ("Connection", "close"), *headers):
             self.send_header(name, value)
         self.end_headers()
-        if getattr(self, "command", None) != "HEAD":
+        if self.command != "HEAD":  # parse_request sets it first thing, None until the line is read
             self.wfile.write(data)
         self.wfile.flush()
         self.close_connection = True
