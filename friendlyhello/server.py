@@ -131,7 +131,8 @@ class HelloServer:
         elif data is _WAKE:
             self.waker.clear()
             self._take_replies()
-            self._follow_hang()
+            if self.faults.state.hangs != self._hanging:  # the admin port woke us
+                self._follow_hang()
         else:
             try:
                 if events & selectors.EVENT_WRITE:
