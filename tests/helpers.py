@@ -84,6 +84,21 @@ def redis_counter(port, key=replicas.COUNTER_KEY, field=None):
     return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
 
 
+def children(pid):
+    """The process's children (a supervisor's workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(p) for p in listing.read().split()]
+
+
+def process_alive(pid):
+    """True while the process runs: neither gone nor a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class Running:
     """A server serving in a thread of this process."""
 

@@ -14,7 +14,7 @@ import pytest
 import hello_server
 from friendlyhello import admin, listening, logs, settings
 from friendlyhello import server as server_module
-from helpers import Process, redis_env, refused_env, request, serving
+from helpers import Process, children, process_alive, redis_env, refused_env, request, serving
 
 TOKEN = "test-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -405,19 +405,18 @@ def test_with_workers_the_supervisor_s_admin_port_reaches_every_worker_and_a_cra
         answers = [sock.recv(100).split(b"\r\n", 1)[0] for sock in waiting]
         for sock in waiting:
             sock.close()
-        with open(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children") as listing:
-            workers = [int(p) for p in listing.read().split()]
+        workers = children(proc.process.pid)
         answered = request(port, "/faults/crash?code=9", method="POST", headers=BEARER)
         code = proc.wait(5)
         deadline = time.monotonic() + 2  # SIGKILL is sent, then the supervisor exits: they end a moment later
-        while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        while [pid for pid in workers if process_alive(pid)] and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         _, err = proc.finish()
     assert 'friendlyhello_fault{kind="ready"} 1' in scraped
     assert all(silent) and answers == [b"HTTP/1.1 200 OK"] * 6
     assert answered.status == 200 and code == 9 and len(workers) == 2
-    assert not [pid for pid in workers if _alive(pid)], "a worker outlived the crash"
+    assert not [pid for pid in workers if process_alive(pid)], "a worker outlived the crash"
     assert "starting another" not in err  # nothing was replaced
 
 
@@ -431,14 +430,6 @@ def _silent(sock):
         return True
     finally:
         sock.setblocking(True)
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.slow  # waits for a heartbeat

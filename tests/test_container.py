@@ -235,6 +235,17 @@ def test_health_check_reports_healthy(engine, image, containers):
     assert state == "healthy"
 
 
+def wait_unhealthy(engine, container, within=60):
+    """Until the engine says the container is unhealthy: past the image's start period (5 s),
+    three failed checks in a row."""
+    deadline = time.monotonic() + within
+    while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)) != "unhealthy":
+        assert time.monotonic() < deadline, state
+        if engine.endswith("podman"):  # without systemd, podman runs the check when asked
+            run(engine, "healthcheck", "run", container, check=False)
+        time.sleep(1)
+
+
 def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_failing_readiness_still_serves(
         engine, image, containers):
     live_port, ready_port = free_port(), free_port()
@@ -242,13 +253,7 @@ def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_faili
     containers("-e", "FAULT_READY=fail", "-p", f"127.0.0.1:{ready_port}:80", image)
     wait_for_200(live_port, "/")
     wait_for_200(ready_port, "/")
-    deadline = time.monotonic() + 60  # past the image's start period (5 s), three failures in a row
-    while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", failing)) != "unhealthy":
-        assert time.monotonic() < deadline, state
-        if engine.endswith("podman"):  # without systemd, podman runs the check when asked
-            run(engine, "healthcheck", "run", failing, check=False)
-        time.sleep(1)
-    assert state == "unhealthy"
+    wait_unhealthy(engine, failing)
     assert get(live_port, "/healthz")[0] == 503 and get(live_port)[0] == 200
     assert get(ready_port, "/readyz") == (503, "not ready: the ready fault is on\n") and get(ready_port)[0] == 200
 
@@ -270,12 +275,7 @@ def test_the_admin_port_turns_a_running_container_unhealthy_and_crashes_it_with_
                            "-p", f"127.0.0.1:{port}:80", "-p", f"127.0.0.1:{admin_port}:8081", image)
     wait_for_200(port)
     turned = admin(admin_port, "/faults/live?state=fail")
-    deadline = time.monotonic() + 60  # past the image's start period (5 s), three failures in a row
-    while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)) != "unhealthy":
-        assert time.monotonic() < deadline, state
-        if engine.endswith("podman"):  # without systemd, podman runs the check when asked
-            run(engine, "healthcheck", "run", container, check=False)
-        time.sleep(1)
+    wait_unhealthy(engine, container)
     crashed = admin(admin_port, "/faults/crash?code=3")
     code = run(engine, "wait", container)
     logs = subprocess.run([engine, "logs", container], capture_output=True, text=True, timeout=30).stderr

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from friendlyhello import settings
-from helpers import SERVER, Process, redis_counter, request
+from helpers import SERVER, Process, children, process_alive, redis_counter, request
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,6 @@ def start(redis, **env):
                     "ACCESS_LOG": "off", "WORKERS": "2", **{k: str(v) for k, v in env.items()}})
     proc.wait_listening()
     return proc
-
-
-def children(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as listing:
-        return [int(p) for p in listing.read().split()]
 
 
 def cpu_ticks(pid):
@@ -163,14 +158,6 @@ def test_workers_end_when_their_supervisor_is_killed(redis_server):
                              "two workers")
         proc.process.kill()
         proc.wait(5)
-        wait_until(lambda: not [p for p in workers if _alive(p)], 5, "the workers' exit")
+        wait_until(lambda: not [p for p in workers if process_alive(p)], 5, "the workers' exit")
     finally:
         proc.finish()
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
