@@ -106,6 +106,7 @@ class Faults:
     def __init__(self, config, chance=random.random, shared=None):
         self.state = FaultState.from_config(config)
         self._chance, self.shared = chance, shared
+        self.refresh()  # a worker started (or replaced) later takes what is on now
 
     def set(self, state):
         """Take a new state whole (from the admin port's thread: one assignment)."""

@@ -156,3 +156,4 @@ def test_a_worker_takes_the_faults_its_supervisor_writes_whole():
     assert worker.refresh() is True and worker.state == supervisor.state
     assert worker.refresh() is False  # the same again: no change
     assert Faults(Settings()).refresh() is False  # a single process: nothing shared
+    assert Faults(Settings(), shared=board).state.hangs  # a worker started now (a replacement) hangs at once
