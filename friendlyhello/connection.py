@@ -9,6 +9,7 @@ import time
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
 LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
+READ_AHEAD = 64 * 1024       # what a client may send while its request waits; more waits in the kernel
 
 
 class HeadRefused(Exception):
@@ -33,7 +34,7 @@ class Connection:
     READING   waiting for (the rest of) a request head; the head must arrive by the deadline
     READY     more requests are buffered than one turn of the loop serves: the rest wait for
               the next turn, so a client that pipelines thousands cannot hold up the others
-    WAITING   a request waits for Redis; the socket is not watched
+    WAITING   a request waits for Redis (or its delay)
     SENDING   a response is going out; the client must take it by the deadline
     LINGERING our side is shut after a response: what the client still sends is read and
               dropped until it closes or the deadline, so it can read our answer (RFC 9112 9.6)
@@ -42,9 +43,11 @@ class Connection:
 
     READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
         "reading", "ready", "waiting", "sending", "lingering", "closed")
-    # What the selector watches the socket for in each state.
-    EVENTS = {READING: selectors.EVENT_READ, READY: 0, WAITING: 0, SENDING: selectors.EVENT_WRITE,
-              LINGERING: selectors.EVENT_READ, CLOSED: 0}
+    # What the selector watches the socket for in each state. READY and WAITING go on reading
+    # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
+    # costs no change to the selector, where unwatching and watching again cost two syscalls.
+    EVENTS = {READING: selectors.EVENT_READ, READY: selectors.EVENT_READ, WAITING: selectors.EVENT_READ,
+              SENDING: selectors.EVENT_WRITE, LINGERING: selectors.EVENT_READ, CLOSED: 0}
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline", "buffer",
                  "outgoing", "handler", "started", "close_after", "linger", "held")
@@ -70,7 +73,20 @@ class Connection:
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
         the selector then watches the socket for what that state waits for."""
-        events = self.EVENTS[state]
+        self._watch(self.EVENTS[state])
+        self.state = state
+        self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
+
+    def read_ahead(self, data):
+        """Keep what the client sent while an earlier request is being answered (READY,
+        WAITING); at its end (``data`` empty: closed or reset) or at READ_AHEAD bytes, stop
+        watching until the answer is sent: the next state watches again, and reading sees
+        the end again, or the rest."""
+        self.buffer += data
+        if not data or len(self.buffer) >= READ_AHEAD:
+            self._watch(0)
+
+    def _watch(self, events):
         if events != self.events:
             if not self.events:
                 self.selector.register(self.sock, events, self)
@@ -79,8 +95,6 @@ class Connection:
             else:
                 self.selector.modify(self.sock, events, self)
             self.events = events
-        self.state = state
-        self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
 
     def send(self):
         """Send what is waiting to go: True when all of it went, False when some is left for

@@ -194,7 +194,9 @@ class HelloServer:
             return
         except OSError:
             data = b""
-        if not data:
+        if conn.state is Connection.READY or conn.state is Connection.WAITING:
+            conn.read_ahead(data)  # served after the answer under way
+        elif not data:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data

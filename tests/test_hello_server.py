@@ -204,6 +204,45 @@ def test_pipelined_requests_are_all_answered_in_order(fake_redis):
     assert answer.index(b"Visits:</b> 1") < answer.index(b"Visits:</b> 2") < answer.index(b"Visits:</b> 3")
 
 
+def test_what_a_client_sends_while_its_request_waits_on_redis_is_read_and_answered_after_it(fake_redis):
+    fake_redis.script(Delay(0.3, b":1\r\n"))
+    with serving(redis_env(fake_redis)) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        fake_redis.wait_for_commands(1)  # the page waits on Redis now
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # and sends nothing more: a half-close still gets its answers
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes: it saw the end only after answering
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert answer.index(b"Visits:</b> 1") < answer.index(b"\r\n\r\nok\n")
+
+
+def test_a_client_flooding_while_its_request_waits_is_read_no_further_than_the_read_ahead(fake_redis):
+    from friendlyhello.connection import READ_AHEAD
+    fake_redis.script(Delay(0.5, b":1\r\n"))
+    with serving(redis_env(fake_redis)) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        fake_redis.wait_for_commands(1)
+        sock.setblocking(False)
+        flood = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 100_000  # 3.6 MB, far more than the kernel holds
+        sent = 0
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(flood[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        (conn,) = server.server.connections._open
+        buffered = len(conn.buffer)
+        sock.setblocking(True)
+        first = sock.recv(65536)
+    assert READ_AHEAD <= buffered < READ_AHEAD + 65536 < sent  # the rest waits in the kernel, unread
+    assert first.startswith(b"HTTP/1.1 200 OK")
+
+
 def test_http_1_0_request_is_answered_and_closed(fake_redis):
     with serving(redis_env(fake_redis)) as server:
         answer = raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n")
