@@ -73,15 +73,18 @@ class Connection:
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
         the selector then watches the socket for what that state waits for."""
-        self._watch(self.EVENTS[state])
+        events = self.EVENTS[state]
+        if (state is self.READY or state is self.WAITING) and len(self.buffer) >= READ_AHEAD:
+            events = 0  # enough is read ahead: the rest waits in the kernel
+        self._watch(events)
         self.state = state
         self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
 
     def read_ahead(self, data):
         """Keep what the client sent while an earlier request is being answered (READY,
         WAITING); at its end (``data`` empty: closed or reset) or at READ_AHEAD bytes, stop
-        watching until the answer is sent: the next state watches again, and reading sees
-        the end again, or the rest."""
+        watching until the answer is sent: the next state watches again (READING; READY and
+        WAITING only below READ_AHEAD), and reading sees the end again, or the rest."""
         self.buffer += data
         if not data or len(self.buffer) >= READ_AHEAD:
             self._watch(0)
