@@ -205,7 +205,7 @@ def test_pipelined_requests_are_all_answered_in_order(fake_redis):
 
 
 def test_what_a_client_sends_while_its_request_waits_on_redis_is_read_and_answered_after_it(fake_redis):
-    fake_redis.script(Delay(0.3, b":1\r\n"))
+    fake_redis.script(Delay(0.15, b":1\r\n"))
     with serving(redis_env(fake_redis)) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -222,7 +222,7 @@ def test_what_a_client_sends_while_its_request_waits_on_redis_is_read_and_answer
 @pytest.mark.parametrize("first", ["/", "/healthz"], ids=["waiting-on-redis", "pipelining"])
 def test_a_client_flooding_while_its_requests_are_answered_is_read_no_further_than_the_read_ahead(fake_redis, first):
     from friendlyhello.connection import READ_AHEAD
-    fake_redis.script(Delay(0.5, b":1\r\n"))
+    fake_redis.script(Delay(0.3, b":1\r\n"))
     with serving(redis_env(fake_redis)) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(f"GET {first} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -231,7 +231,7 @@ def test_a_client_flooding_while_its_requests_are_answered_is_read_no_further_th
         sock.setblocking(False)
         flood = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 100_000  # 3.6 MB, far more than the kernel holds
         sent = 0
-        deadline = time.monotonic() + 0.3
+        deadline = time.monotonic() + 0.15
         while time.monotonic() < deadline:
             try:
                 sent += sock.send(flood[sent:sent + 65536])
