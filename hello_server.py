@@ -79,7 +79,7 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
     pipeline = RedisPipeline(client, status, metrics, lambda: commands.heartbeat(faults.state.words()),
-                             waker.wake, log, (commands.visit, commands.visits))
+                             waker.wake, log, commands.visits)
     lifecycle.needs("redis", pipeline.is_alive)
     return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
                        listener, log, CommonHeaders(me.replica_id, config.version), faults, supervisor_pid)

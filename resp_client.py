@@ -24,6 +24,7 @@ back-off, the client (pool and calls), connecting, URL parsing.
 
 import collections
 import ipaddress
+import itertools
 import re
 import select
 import socket
@@ -34,7 +35,7 @@ import time
 import urllib.parse
 
 __all__ = [
-    "RespClient", "encode_command", "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
+    "RespClient", "encode_command", "encode_transaction", "Transaction", "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
     "RedisError", "RedisConnectionError", "RedisTimeoutError",
     "ResponseError", "AuthenticationError", "ProtocolError",
 ]
@@ -147,6 +148,31 @@ def encode_command(args):
                 f"cannot send {type(arg).__name__} to Redis: use str, bytes, int or float")
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+class Transaction(bytes):
+    """Commands encoded once as one MULTI ... EXEC block (``encode_transaction()``). In a
+    pipeline it takes one place, and its reply is EXEC's: the list of its commands' replies
+    (an error reply in its place; Redis runs them all), or the error that refused the whole
+    block. Redis runs it whole or not at all: a connection lost before EXEC runs none of it."""
+
+    replies = 2  # what Redis sends back for it: MULTI's +OK, a +QUEUED per command, EXEC's
+
+
+def _exec_reply(replies):
+    """A transaction's reply, from all of Redis's replies to it: EXEC's; but where Redis
+    refused the block (EXECABORT), the refusal that made it (OOM, READONLY, NOAUTH...)."""
+    executed = replies[-1]
+    if isinstance(executed, ResponseError) and executed.code == "EXECABORT":
+        return next((r for r in replies[:-1] if isinstance(r, ResponseError)), executed)
+    return executed
+
+
+def encode_transaction(commands):
+    commands = [encode_command(tuple(c)) for c in commands]
+    block = Transaction(b"".join([encode_command(("MULTI",)), *commands, encode_command(("EXEC",))]))
+    block.replies = len(commands) + 2
+    return block
 
 
 # -- the reply reader --------------------------------------------------------------------------
@@ -528,14 +554,19 @@ class RespClient:
         """Send several commands in one write; return their replies in order.
 
         Each command is a sequence of arguments, or the bytes ``encode_command()`` made of
-        one (encode a constant command once). Error replies are returned in place as
-        ``ResponseError`` values, not raised.
+        one (encode a constant command once), or a ``Transaction``. Error replies are
+        returned in place as ``ResponseError`` values, not raised.
         """
         commands = list(commands)
         if not commands:
             return []
         payload = b"".join(c if isinstance(c, bytes) else encode_command(tuple(c)) for c in commands)
-        return self._call(payload, len(commands))
+        counts = [c.replies if isinstance(c, Transaction) else 1 for c in commands]
+        replies = self._call(payload, sum(counts))
+        if len(replies) == len(commands):
+            return replies
+        return [_exec_reply(replies[end - count:end]) if count > 1 else replies[end - 1]
+                for count, end in zip(counts, itertools.accumulate(counts))]
 
     def incr(self, key):
         return expect_integer(self.execute("INCR", key), "INCR")

@@ -137,15 +137,16 @@ class RedisPipeline:
     gives then. It notes Redis's state in ``status``, and counts replies by outcome and batch
     sizes in ``metrics``.
 
-    The visits of a batch go as one command: ``visits`` is (the command of one visit, a
-    function making the command of n); Redis answers with the counter's new value V, and the
-    n pages take the numbers V-n+1 ... V in the order they came. One script, one write to the
+    The visits of a batch go as one command: ``visits`` (a replicas.Visits) makes the command
+    of one visit and of n, and reads its reply: the counter's new value V, and the n pages
+    take the numbers V-n+1 ... V in the order they came. One transaction, one write to the
     append-only file and one reply for them all: Redis's work per visit falls as load rises."""
 
-    def __init__(self, client, status, metrics, heartbeat, wake, log, visits=(None, None)):
+    def __init__(self, client, status, metrics, heartbeat, wake, log, visits=None):
         self.client, self.status, self.metrics = client, status, metrics
         self._heartbeat, self._wake, self._log = heartbeat, wake, log
-        self._visit, self._visits = visits
+        self._visits = visits
+        self._visit = visits.one if visits is not None else None
         self._waiting = []                   # (request, command) to send
         self._changed = threading.Condition()
         self._replies = collections.deque()  # (request, reply, error) to hand back
@@ -222,16 +223,32 @@ class RedisPipeline:
         visits = sum(1 for _, command in batch if command is self._visit) if self._visit is not None else 0
         if visits < 2:
             return [command for _, command in batch], 0
-        return [self._visits(visits), *(command for _, command in batch if command is not self._visit)], visits
+        return [self._visits.of(visits), *(command for _, command in batch if command is not self._visit)], visits
 
     def _per_request(self, batch, replies, visits):
-        """The replies in the batch's order, the merged visits' spread over their pages."""
+        """The replies in the batch's order, a visit's as the counter's value (or why it has
+        none), the merged visits' spread over their pages."""
         if not visits:
-            return replies
-        total, rest = replies[0], iter(replies[1:])
+            return [self._counted(reply, 1) if command is self._visit else reply
+                    for (_, command), reply in zip(batch, replies, strict=True)]
+        total, rest = self._counted(replies[0], visits), iter(replies[1:])
         numbers = iter(range(total - visits + 1, total + 1)) if type(total) is int else None
         return [(total if numbers is None else next(numbers)) if command is self._visit else next(rest)
                 for _, command in batch]
+
+    def _counted(self, reply, visits):
+        """The counter's value after these visits, or why it has none; where only the replica's
+        count rose, it is taken back at once (one more round trip, only then)."""
+        counter, take_back = self._visits.read(reply, visits)
+        if take_back is not None:
+            try:
+                answer = self.client.pipeline([take_back])[0]
+                if isinstance(answer, resp_client.ResponseError):
+                    raise answer
+            except resp_client.RedisError as exc:
+                self._log.warning("redis", f"this replica's count stays {visits} too high: the counter refused "
+                                           f"its visits, and taking them back failed: {exc}")
+        return counter
 
     def _hand_back(self, batch, replies, errors):
         if batch:

@@ -1,12 +1,18 @@
 """A Redis stand-in for tests: a real TCP server on 127.0.0.1, scriptable per test.
 
-By default it answers like a very small Redis (PING, ECHO, GET, SET, DEL, INCR, AUTH,
-SELECT, HELLO, FLUSHALL, and friendlyhello's visit script, which it answers as INCRBY of the
-counter by the script's number of visits). The replica view's script is left to the real Redis of test_replicas.py.
-A test can queue scripted answers that take the place of the next replies, in order: raw
-bytes, or one of the actions below. Every byte received is recorded, so tests can assert
-the exact wire format. A replica's heartbeat is answered at once and only counted
-(``heartbeats``): it is neither a command a page sent nor does it take a scripted answer.
+By default it answers like a very small Redis (PING, ECHO, GET, SET, DEL, INCR, INCRBY,
+HINCRBY, EXPIRE, AUTH, SELECT, HELLO, FLUSHALL, MULTI and EXEC). The replica view's script is
+left to the real Redis of test_replicas.py. A test can queue scripted answers that take the
+place of the next replies, in order: raw bytes, or one of the actions below. Every byte
+received is recorded, so tests can assert the exact wire format. A replica's heartbeat is
+answered at once and only counted (``heartbeats``): it is neither a command a page sent nor
+does it take a scripted answer.
+
+A MULTI ... EXEC block (friendlyhello's visits) is one command: recorded as
+``[b"MULTI", command, ...]`` when its EXEC arrives, its +OK and +QUEUED answered at once, and
+a scripted answer takes the place of EXEC's. An integer in it (``b":7\r\n"``) stands for
+the counter's value after the visits, the rest of EXEC's reply made up around it; anything
+else is EXEC's whole reply.
 """
 
 import collections
@@ -117,6 +123,7 @@ class FakeRedis:
     def _serve(self, sock):
         buffer = bytearray()
         silent = False
+        queued = None  # the commands of a MULTI block, until its EXEC
         try:
             while True:
                 chunk = sock.recv(65536)
@@ -138,11 +145,21 @@ class FakeRedis:
                         if not silent:
                             sock.sendall(b":%d\r\n" % time.time())
                         continue
+                    name = command[0].upper()
+                    if name == b"MULTI" or (queued is not None and name != b"EXEC"):
+                        queued = [] if name == b"MULTI" else [*queued, command]
+                        if not silent:
+                            sock.sendall(b"+OK\r\n" if name == b"MULTI" else b"+QUEUED\r\n")
+                        continue
+                    if name == b"EXEC" and queued is not None:
+                        command, queued = [b"MULTI", *queued], None
                     with self._changed:
                         self.commands.append(command)
                         action = self._script.popleft() if self._script else None
                         if action is None and not silent:
                             action = self._answer(command)
+                        elif command[0] == b"MULTI":
+                            action = _as_exec(action)
                         self._changed.notify_all()
                     if silent:
                         continue
@@ -183,22 +200,30 @@ class FakeRedis:
         return True
 
     @property
-    def visits(self):
-        """Visits that pages asked to count (friendlyhello's visit script)."""
-        return sum(int(c[6]) for c in self.commands if c[:2] == [b"EVAL", _VISIT])
+    def visit_counts(self):
+        """The visits each of friendlyhello's visit commands asked to count, in order."""
+        return [int(c[2][2]) for c in self.commands if c[0] == b"MULTI" and c[2][:2] == [b"INCRBY", b"counter"]]
 
-    def _evaluate(self, script, keys, argv):
-        if script == _VISIT:  # ARGV: the record's expiry, the number of visits
-            return self._answer([b"INCRBY", keys[0], argv[1]])
-        return b"-NOSCRIPT not one of the scripts this fake Redis knows\r\n"
+    @property
+    def visits(self):
+        """Visits that pages asked to count."""
+        return sum(self.visit_counts)
 
     def _answer(self, command):
         """A tiny Redis: enough for the client and the server under test."""
         name = command[0].upper()
         args = command[1:]
-        if name == b"EVAL":
-            keys = int(args[1])
-            return self._evaluate(args[0], args[2:2 + keys], args[2 + keys:])
+        if name == b"MULTI":  # the block, whole: EXEC's answer
+            answers = [self._answer(c) for c in args]
+            return b"*%d\r\n" % len(answers) + b"".join(answers)
+        if name == b"EXEC":
+            return b"-ERR EXEC without MULTI\r\n"
+        if name == b"HINCRBY":
+            key = (args[0], args[1])
+            self.store[key] = b"%d" % (int(self.store.get(key, b"0")) + int(args[2]))
+            return b":%s\r\n" % self.store[key]
+        if name == b"EXPIRE":
+            return b":1\r\n"
         if name == b"AUTH":
             if self.password is None:
                 return b"-ERR AUTH <password> called without any password configured\r\n"
@@ -229,7 +254,24 @@ class FakeRedis:
         return b"-ERR unknown command '%s'\r\n" % name
 
 
-_VISIT, _HEARTBEAT = replicas.VISIT_SCRIPT.encode(), replicas.HEARTBEAT_SCRIPT.encode()
+_HEARTBEAT = replicas.HEARTBEAT_SCRIPT.encode()
+
+
+def _as_exec(action):
+    """A scripted answer to a MULTI block, as EXEC's reply: an integer stands for the counter's
+    value (the replica's count and the expiry answered around it); the rest is EXEC's reply."""
+    def wrapped(data):
+        return b"*3\r\n:1\r\n" + data + b":1\r\n" if data.startswith(b":") else data
+
+    if isinstance(action, bytes):
+        return wrapped(action)
+    if isinstance(action, Delay):
+        return Delay(action.seconds, wrapped(action.data))
+    if isinstance(action, Dribble):
+        return Dribble(wrapped(action.data), action.pause)
+    if isinstance(action, Hangup):
+        return Hangup(wrapped(action.data), action.reset)
+    return action
 
 
 def _bulk(value):

@@ -60,6 +60,19 @@ def test_redis_refusing_the_visit_or_answering_no_number_shows_the_counter_disab
     assert sample(scraped, "friendlyhello_visits_total") == 1
 
 
+def test_a_counter_refusing_the_visit_takes_the_replicas_count_back_and_says_so_when_that_fails(fake_redis):
+    exec_reply = b"*3\r\n:1\r\n-ERR value is not an integer or out of range\r\n:1\r\n"
+    fake_redis.script(exec_reply, b":0\r\n", exec_reply, Hangup())  # the second take-back is lost
+    with serving(redis_env(fake_redis)) as server:
+        taken_back = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        stuck = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+    assert taken_back["visits"] is None and taken_back["redis"] == stuck["redis"] == "error ERR"
+    assert [c[0] for c in fake_redis.commands] == [b"MULTI", b"HINCRBY", b"MULTI", b"HINCRBY"]
+    assert fake_redis.commands[1][-1] == b"-1"  # the replica's count, taken back by the visit that failed
+    assert server.error_log.getvalue().count("too high") == 1
+    assert "this replica's count stays 1 too high: the counter refused its visits" in server.error_log.getvalue()
+
+
 def test_a_reply_lost_after_the_visit_left_says_it_may_have_counted(fake_redis):
     fake_redis.script(Hangup())
     with serving(redis_env(fake_redis)) as server:
@@ -179,7 +192,7 @@ def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
     assert sample(scraped, "friendlyhello_redis_pipeline_size_count") == 2  # one trip, then one for five
     assert sample(scraped, "friendlyhello_redis_pipeline_size_sum") == 6
     assert sample(scraped, "friendlyhello_visits_total") == 6
-    assert [c[-1] for c in fake_redis.commands] == [b"1", b"5"]  # the five visits in one command, counting five
+    assert fake_redis.visit_counts == [1, 5]  # the five visits in one command, counting five
     assert sorted(int(page.rsplit(" ", 1)[1]) for page in pages) == [1, 2, 3, 4, 5, 6]  # each a number of its own
 
 

@@ -100,15 +100,29 @@ def test_replicas_that_come_and_go_by_the_thousand_leave_redis_bounded(redis_ser
 
 # -- records another writer changed: Redis is shared, and people poke at it with redis-cli ------
 
-def test_a_visit_whose_record_is_not_a_hash_counts_nothing_and_says_so(redis_server):
+def test_a_visit_whose_record_is_not_a_hash_still_counts_and_the_view_flags_the_record(redis_server):
     with serving(replica_env(redis_server, "a")) as server:
         server.get("/")
         redis_command(redis_server.port, b"SET", b"friendlyhello:replica:a", b"not a hash")
         page = server.get("/", headers={"Accept": "application/json"})
         html = server.get("/")
-    assert redis_counter(redis_server.port) == 1  # the page said it could not count: it did not
-    assert json.loads(page.body)["visits"] is None and json.loads(page.body)["redis"] == "error WRONGTYPE"
-    assert html.text.endswith("<i>cannot connect to Redis, counter disabled</i>")
+        seen = view(server)
+    assert redis_counter(redis_server.port) == 3  # the counter is the page's: it counts on
+    assert (json.loads(page.body)["visits"], json.loads(page.body)["redis"]) == (2, "ok")
+    assert html.text.endswith("<b>Visits:</b> 3")
+    assert seen["total"] == 3 and seen["replicas"][0]["problem"] == "its record is not a hash"
+
+
+def test_a_redis_out_of_memory_refuses_the_visit_whole_and_the_page_names_why(redis_server):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"1")
+        refused = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"0")
+        counted = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        seen = view(server)
+    assert (refused["visits"], refused["redis"]) == (None, "error OOM")  # not EXECABORT: what made it
+    assert counted["visits"] == 2 and (seen["replicas"][0]["served"], seen["total"]) == (2, 2)
 
 
 def test_a_counter_that_is_not_a_number_counts_no_visit_for_the_replica_either(redis_server):

@@ -171,6 +171,19 @@ def test_pipeline_takes_commands_encoded_once(fake_redis):
     assert bytes(fake_redis.received) == incr * 3
 
 
+def test_a_transaction_takes_one_place_in_a_pipeline_runs_whole_and_keeps_errors_in_place(redis_server):
+    block = resp_client.encode_transaction([("INCR", "n"), ("HINCRBY", "n", "f", 1), ("INCR", "n")])
+    refused = resp_client.encode_transaction([("INCR", "n"), ("INCR",)])  # a wrong arity: refused whole
+    with resp_client.RespClient("127.0.0.1", redis_server.port) as client:
+        replies = client.pipeline([("SET", "n", 5), block, refused, ("GET", "n")])
+        again = client.pipeline([block])  # encoded once, sent as often as needed
+    assert replies[0] == "OK" and len(replies) == 4
+    assert replies[1][0] == 6 and replies[1][2] == 7 and replies[1][1].code == "WRONGTYPE"  # Redis ran them all
+    assert isinstance(replies[2], ResponseError) and replies[2].code == "ERR"  # none of these: the refusal is named
+    assert "wrong number of arguments" in replies[2].message
+    assert replies[3] == b"7" and again[0][2] == 9
+
+
 def test_incr_refuses_a_reply_that_is_not_an_integer(fake_redis):
     fake_redis.script(b"$1\r\n7\r\n")
     with client_for(fake_redis) as client, pytest.raises(ProtocolError):
