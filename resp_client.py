@@ -35,7 +35,8 @@ import time
 import urllib.parse
 
 __all__ = [
-    "RespClient", "encode_command", "encode_transaction", "Transaction", "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
+    "RespClient", "encode_command", "encode_transaction", "Transaction",
+    "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
     "RedisError", "RedisConnectionError", "RedisTimeoutError",
     "ResponseError", "AuthenticationError", "ProtocolError",
 ]
@@ -566,7 +567,7 @@ class RespClient:
         if len(replies) == len(commands):
             return replies
         return [_exec_reply(replies[end - count:end]) if count > 1 else replies[end - 1]
-                for count, end in zip(counts, itertools.accumulate(counts))]
+                for count, end in zip(counts, itertools.accumulate(counts), strict=True)]
 
     def incr(self, key):
         return expect_integer(self.execute("INCR", key), "INCR")
