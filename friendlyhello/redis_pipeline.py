@@ -2,8 +2,9 @@
 ended, Redis's state (logged once per change), and the thread that sends the commands of all
 waiting requests in one pipeline.
 
-The serving thread never talks to Redis: it submits a command with the request waiting for
-it, and takes the replies back when this thread wakes it. This thread must outlive any
+The serving thread never talks to Redis: it submits the commands of each turn of its loop
+together, each with the request waiting for it, and takes the replies back when this thread
+wakes it. This thread must outlive any
 error, ours included: a request waiting on it has a deadline of its own in the server, and
 liveness reports a dead thread.
 """
@@ -159,10 +160,12 @@ class RedisPipeline:
     def is_alive(self):
         return self._thread.is_alive()
 
-    def submit(self, request, command):
-        """Send ``command`` for ``request`` (any object: it comes back with the reply)."""
+    def submit(self, requests):
+        """Send the commands of these ``(request, command)`` pairs (a request is any object:
+        it comes back with its reply). The serving thread submits a turn's requests at once:
+        one wake-up of this thread for them all, and they share a round trip."""
         with self._changed:
-            self._waiting.append((request, command))
+            self._waiting += requests
             self._changed.notify()
 
     def replies(self):

@@ -3,7 +3,8 @@
 Idle keep-alive connections and slow clients therefore cost no thread, no flood of connections
 creates threads, and threads do not take turns at the interpreter lock on every request.
 Requests that need Redis wait (holding no thread) while the RedisPipeline's thread asks it,
-each with a deadline of its own.
+each with a deadline of its own; those of one turn of the loop are handed over together, so
+the two threads take turns at the interpreter lock once a turn, not once a request.
 """
 
 import heapq
@@ -85,6 +86,7 @@ class HelloServer:
         self._headers = headers  # a CommonHeaders
         self._trusted = config.trusted_proxies or None  # None: the client is where the connection came from
         self._ready = []  # connections in state READY, served next turn
+        self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
         self._holding = []  # (when, n, connection): answers held until then, a heap
         self._held_count = itertools.count()
         self.faults = faults
@@ -113,6 +115,9 @@ class HelloServer:
                     wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
                 if self._holding:
                     wait = min(wait, max(self._holding[0][0] - time.monotonic(), 0.0))
+                if self._for_redis:  # the turn's Redis commands, together (as auto-pipelining clients do)
+                    self.pipeline.submit(self._for_redis)
+                    self._for_redis = []
                 for key, events in self._selector.select(0 if self._ready else wait):
                     self._handle(key.data, events)
                 self._serve_ready()
@@ -253,7 +258,7 @@ class HelloServer:
                 return
             if handler.route is not None:
                 conn.enter(Connection.WAITING, self.redis_wait)
-                self.pipeline.submit((conn, handler), handler.route.redis_command)
+                self._for_redis.append(((conn, handler), handler.route.redis_command))  # sent at the turn's end
                 return
             if not self._respond(conn, handler.response):
                 return

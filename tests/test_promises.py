@@ -2,6 +2,7 @@
 deterministic test: the page's words, Redis's error replies, a lost reply, the fail-fast
 back-off, shutdown's two timers, the connection limit, batching, and the metrics' numbers."""
 
+import io
 import json
 import os
 import re
@@ -11,8 +12,9 @@ import time
 
 import pytest
 
+import hello_server
 from fake_redis import Delay, Hangup, Silence
-from friendlyhello import metrics
+from friendlyhello import listening, logs, metrics, settings
 from helpers import DISABLED, ROOT, Process, raw_exchange, redis_env, refused_env, request, serving
 
 README = open(os.path.join(ROOT, "README.md")).read()  # noqa: SIM115 - read once, at import
@@ -173,6 +175,29 @@ def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes()
         third.close()
         held[1].close()
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_pages_asked_for_in_one_turn_of_the_loop_go_to_redis_together(fake_redis):
+    config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], redis_env(fake_redis))
+    log = logs.Log(config.access_log, config.log_format, {}, io.StringIO(), io.StringIO())
+    server = hello_server.wire(config, listening.listen(config), log, "h")
+    handed_over, submit = [], server.pipeline.submit
+    server.pipeline.submit = lambda requests: (handed_over.append(len(requests)), submit(requests))
+    clients = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+    for client in clients:  # all five asked before the loop's first turn
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop = threading.Thread(target=server.serve)
+    loop.start()
+    try:
+        pages = sorted(int(client.recv(65536).rsplit(b" ", 1)[1]) for client in clients)
+    finally:
+        server.stop()
+        loop.join(5)
+        for client in clients:
+            client.close()
+    assert pages == [1, 2, 3, 4, 5]
+    assert handed_over == [5]  # one wake-up of the Redis thread for the turn's five
+    assert fake_redis.visit_counts == [5]  # and one command, in one round trip
 
 
 def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
