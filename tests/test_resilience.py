@@ -40,6 +40,7 @@ def wait_until(condition, within=5.0):
 # -- a request waiting on Redis has a deadline; the Redis thread lives on -----------------------
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_a_page_whose_redis_trip_never_ends_is_answered_at_its_own_deadline(fake_redis):
     stuck = threading.Event()
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.1"}) as server:

@@ -311,6 +311,7 @@ def test_idle_connection_closed_by_the_server_is_replaced_before_use(fake_redis)
     assert fake_redis.commands == [[b"INCR", b"counter"]] * 2
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_timed_out_command_is_not_sent_again(fake_redis):
     fake_redis.script(Silence())
     with client_for(fake_redis, timeout=0.2) as client:
@@ -381,6 +382,7 @@ def test_pool_never_opens_more_than_max_connections(fake_redis):
     assert fake_redis.connections <= 2
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_callers_waiting_for_a_busy_pool_are_served_in_turn_not_starved(fake_redis):
     fake_redis.script(*[Delay(0.005, b":1\r\n")] * 160)  # every call takes a while
     errors = []
