@@ -10,9 +10,9 @@ ones are "other", Redis outcomes are redis_pipeline.OUTCOMES.
 import bisect
 import collections
 import os
-import platform
 import re
 import resource
+import sys
 
 from . import VERSION
 from .redis_pipeline import OUTCOMES
@@ -189,7 +189,7 @@ def exposition(snapshot, redis_up, version="1", faults=None):
     out.append(f"friendlyhello_redis_up {int(redis_up)}\n")
     out.append(_header("friendlyhello_build_info", "gauge",
                        "The VERSION this replica was started with, friendlyhello's release and Python's version."))
-    build = [("version", version), ("release", VERSION), ("python", platform.python_version())]
+    build = [("version", version), ("release", VERSION), ("python", sys.version.split()[0])]
     out.append(f"friendlyhello_build_info{_labels(build)} 1\n")
     if faults is not None:
         out.append(_header("friendlyhello_fault", "gauge",

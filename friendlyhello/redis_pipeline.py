@@ -4,9 +4,8 @@ waiting requests in one pipeline.
 
 The serving thread never talks to Redis: it submits the commands of each turn of its loop
 together, each with the request waiting for it, and takes the replies back when this thread
-wakes it. This thread must outlive any
-error, ours included: a request waiting on it has a deadline of its own in the server, and
-liveness reports a dead thread.
+wakes it. This thread must outlive any error, ours included: a request waiting on it has a
+deadline of its own in the server, and liveness reports a dead thread.
 """
 
 import collections

@@ -81,7 +81,7 @@ class Visits:
     a number, the replica's count rose alone: ``read()`` gives the command that takes it back.
     Should the record not be ours to count in (not a hash, a "served" that is not a number),
     the counter still rose and the pages show their numbers; the view shows the record flagged.
-    A transaction needs no script: it costs Redis about half of what the same as a Lua
+    A transaction needs no script: it costs Redis about two thirds of what the same as a Lua
     script does (bench/redis_visit.py)."""
 
     def __init__(self, key):
