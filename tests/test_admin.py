@@ -12,6 +12,7 @@ import time
 import pytest
 
 import hello_server
+from fake_redis import Delay
 from friendlyhello import admin, listening, logs, settings
 from friendlyhello import server as server_module
 from helpers import Process, children, process_alive, redis_env, refused_env, request, serving
@@ -325,6 +326,22 @@ def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_
     assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
     assert answers[1].endswith(b"</b> 1") and after == 200
     assert "friendlyhello: faults: hangs (set on the admin port by 127.0.0.1)" in said
+
+
+def test_a_hang_that_ends_while_a_page_waits_on_redis_keeps_its_connections_answers_in_order(fake_redis):
+    fake_redis.script(Delay(0.3, b":1\r\n"))
+    with with_admin(redis_env(fake_redis)) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        fake_redis.wait_for_commands(1)  # the page waits on Redis...
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # ...this, read ahead
+        ask(server, "POST", "/faults/hang?state=on")
+        ask(server, "POST", "/faults/hang?state=off")  # over before Redis answers
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert answer.index(b"</b> 1") < answer.index(b"\r\n\r\nok\n")  # the page first, then what came after it
 
 
 def test_a_crash_is_answered_then_asked_of_the_process_with_its_code():

@@ -72,7 +72,8 @@ def test_a_counter_refusing_the_visit_takes_the_replicas_count_back_and_says_so_
     assert [c[0] for c in fake_redis.commands] == [b"MULTI", b"HINCRBY", b"MULTI", b"HINCRBY"]
     assert fake_redis.commands[1][-1] == b"-1"  # the replica's count, taken back by the visit that failed
     assert server.error_log.getvalue().count("too high") == 1
-    assert "this replica's count stays 1 too high: the counter refused its visits" in server.error_log.getvalue()
+    assert "friendlyhello: redis: this replica's count stays 1 too high: the counter refused its visits" in \
+        server.error_log.getvalue()
 
 
 def test_a_reply_lost_after_the_visit_left_says_it_may_have_counted(fake_redis):
@@ -98,6 +99,7 @@ def test_after_a_silent_redis_times_out_once_the_next_pages_answer_at_once(fake_
 
 # -- shutdown: the delay, then the drain, each a timer ------------------------------------------
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_during_the_drain_the_port_is_closed_while_a_request_in_flight_finishes(fake_redis):
     fake_redis.script(Delay(0.5, b":1\r\n"))
     with serving({**redis_env(fake_redis), "DRAIN_TIMEOUT": "5"}) as server:
@@ -209,8 +211,9 @@ def test_pages_waiting_while_redis_answers_go_in_one_round_trip(fake_redis):
         first.start()
         fake_redis.wait_for_commands(1)
         others = [threading.Thread(target=lambda: pages.append(server.get("/").text)) for _ in range(5)]
-        for thread in others:
+        for thread in others:  # in turns of the loop of their own: each added to what waits
             thread.start()
+            time.sleep(0.02)
         for thread in [first, *others]:
             thread.join(5)
         scraped = server.get("/metrics").text

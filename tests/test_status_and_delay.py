@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from helpers import raw_exchange, redis_env, refused_env, serving
 
 STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 299: b"HTTP/1.1 299 \r\n", 418: b"HTTP/1.1 418 I'm a Teapot\r\n",
@@ -49,6 +51,7 @@ def test_others_paths_below_are_not_found():
         assert [server.get(p).status for p in ("/status/200/x", "/statusx/200", "/delay/1/2")] == [404, 404, 404]
 
 
+@pytest.mark.slow  # waits out real timeouts and delays
 def test_a_delayed_answer_comes_after_its_delay_and_holds_no_thread_while_others_are_served(fake_redis):
     with serving(redis_env(fake_redis)) as server:
         server.get("/")  # the log's writers are started, and Redis is known to be up
