@@ -36,7 +36,7 @@ from friendlyhello.redis_pipeline import RedisPipeline, RedisStatus, describe_re
 from friendlyhello.replicas import identity, placement, replica_commands
 from friendlyhello.responses import CommonHeaders, Route
 from friendlyhello.server import HelloServer, Waker
-from friendlyhello.settings import ConfigError, argument_parser, load_config
+from friendlyhello.settings import ConfigError, load_config, parse_arguments
 from friendlyhello.site import Lifecycle, Site
 from friendlyhello.workers import STOP_SIGNALS, Supervisor
 
@@ -123,7 +123,7 @@ def main(argv=None, environ=None):
     if argv[:1] == ["watch"]:  # the client, not the server
         from friendlyhello import watch
         return watch.main(argv[1:])
-    args = argument_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         config = load_config(environ=environ, args=args)
     except ConfigError as exc:

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -441,6 +442,14 @@ def test_a_bad_setting_stops_the_real_process_before_it_binds():
     code, out, err = run_to_exit({"PORT": "eighty"})
     assert (code, out) == (2, "")
     assert err == "friendlyhello: PORT='eighty' is not valid: expected a whole number from 0 to 65535\n"
+
+
+def test_flags_and_the_environment_give_the_same_settings_and_the_environment_alone_needs_no_flag_parser():
+    code = ("import sys; from friendlyhello import settings; env = settings.load_config([], {'PORT': '81'}); "
+            "parser = 'argparse' in sys.modules; flags = settings.load_config(['--port', '81'], {}); "
+            "print(env == flags, parser)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+    assert out == "True False\n"  # a container's start (no flags) does without argparse's import and parser
 
 
 def test_help_lists_every_setting_with_its_default():
