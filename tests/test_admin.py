@@ -328,15 +328,18 @@ def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_
     assert "friendlyhello: faults: hangs (set on the admin port by 127.0.0.1)" in said
 
 
-def test_a_hang_that_ends_while_a_page_waits_on_redis_keeps_its_connections_answers_in_order(fake_redis):
-    fake_redis.script(Delay(0.3, b":1\r\n"))
+@pytest.mark.parametrize("redis_answers", ["after the hang", "during the hang"])
+def test_a_hang_while_a_page_waits_on_redis_keeps_its_connections_answers_in_order(fake_redis, redis_answers):
+    fake_redis.script(Delay(0.3 if redis_answers == "after the hang" else 0.15, b":1\r\n"))
     with with_admin(redis_env(fake_redis)) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         fake_redis.wait_for_commands(1)  # the page waits on Redis...
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # ...this, read ahead
         ask(server, "POST", "/faults/hang?state=on")
-        ask(server, "POST", "/faults/hang?state=off")  # over before Redis answers
+        if redis_answers == "during the hang":
+            time.sleep(0.25)  # the page's answer comes due, and is held
+        ask(server, "POST", "/faults/hang?state=off")
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
