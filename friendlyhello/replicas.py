@@ -27,9 +27,11 @@ SLOT_SECONDS = 10       # the recent visit counts' slots: "the last minute" is t
 
 # Alive: the record refreshed and the index trimmed, so Redis holds only live replicas. The
 # record also keeps its visit count as it was when each 10-second slot began ("at:<slot>", the
-# last 7 slots), so the view can tell how many it served in about the last minute.
+# last 7 slots), so the view can tell how many it served in about the last minute. A record
+# someone replaced with another type is made anew (its count is lost; the view flagged it).
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'version', ARGV[6],
            'faults', ARGV[8], 'seen', now)
 redis.call('HSETNX', KEYS[2], 'started', now)
@@ -80,7 +82,8 @@ class Visits:
     Redis runs every command of a transaction even when one fails. Should the counter not be
     a number, the replica's count rose alone: ``read()`` gives the command that takes it back.
     Should the record not be ours to count in (not a hash, a "served" that is not a number),
-    the counter still rose and the pages show their numbers; the view shows the record flagged.
+    the counter still rose and the pages show their numbers; the view shows the record flagged
+    (one that is not a hash until the next heartbeat makes it anew).
     A transaction needs no script: it costs Redis about two thirds of what the same as a Lua
     script does (bench/redis_visit.py)."""
 

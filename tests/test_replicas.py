@@ -125,6 +125,20 @@ def test_a_redis_out_of_memory_refuses_the_visit_whole_and_the_page_names_why(re
     assert counted["visits"] == 2 and (seen["replicas"][0]["served"], seen["total"]) == (2, 2)
 
 
+def test_a_record_that_is_not_a_hash_is_made_anew_by_the_next_heartbeat(redis_server):
+    key = replicas.REPLICA_PREFIX.encode() + b"a"
+    redis_command(redis_server.port, b"SET", key, b"not a hash")
+    with serving(replica_env(redis_server, "a")) as server:
+        deadline = time.monotonic() + 5
+        while b"hostname" not in redis_command(redis_server.port, b"HGETALL", key):  # the start's heartbeat
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.02)
+        server.get("/")
+        seen = view(server)
+    (row,) = seen["replicas"]
+    assert (row["id"], row["served"], row["problem"], seen["total"]) == ("a", 1, "", 1)
+
+
 def test_a_counter_that_is_not_a_number_counts_no_visit_for_the_replica_either(redis_server):
     with serving(replica_env(redis_server, "a")) as server:
         server.get("/")
