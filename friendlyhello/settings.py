@@ -256,7 +256,7 @@ def load_config(argv=None, environ=None, args=None):
     """Read flags (or parse_arguments()'s ``args``) and environment once; raise
     ConfigError naming the first bad value, and never showing a secret one."""
     environ = os.environ if environ is None else environ
-    args = vars(args if args is not None else parse_arguments(argv if argv is not None else []))
+    args = vars(args if args is not None else parse_arguments(argv))
     values, given = {}, set()
     for s in SETTINGS:
         source = s.flag if args[s.field] is not None else next(
