@@ -337,8 +337,10 @@ def test_a_hang_while_a_page_waits_on_redis_keeps_its_connections_answers_in_ord
         fake_redis.wait_for_commands(1)  # the page waits on Redis...
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # ...this, read ahead
         ask(server, "POST", "/faults/hang?state=on")
-        if redis_answers == "during the hang":
-            time.sleep(0.25)  # the page's answer comes due, and is held
+        deadline = time.monotonic() + 2
+        while redis_answers == "during the hang" and not server.server._hung:  # its answer comes due, held
+            assert time.monotonic() < deadline, "the page's answer was never held"
+            time.sleep(0.005)
         ask(server, "POST", "/faults/hang?state=off")
         answer = b""
         while chunk := sock.recv(65536):
