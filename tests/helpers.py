@@ -33,6 +33,16 @@ def unavailable(message):
     pytest.skip(message)
 
 
+def wait_until(condition, within=5.0, what="the condition"):
+    """Poll until ``condition()`` is true (and return what it gave), failing the test after
+    ``within`` seconds: for state no event announces."""
+    deadline = time.monotonic() + within
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"{what} did not come true within {within}s"
+        time.sleep(0.005)
+    return found
+
+
 def shut_down(sockets):
     """Shut sockets down both ways, waking any thread blocked on them."""
     for sock in sockets:

@@ -27,15 +27,8 @@ from helpers import (
     refused_env,
     request,
     serving,
+    wait_until,
 )
-
-
-def wait_until(condition, within=5.0):
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.01)
-
 
 # -- a request waiting on Redis has a deadline; the Redis thread lives on -----------------------
 
@@ -108,7 +101,7 @@ def stop(process, within=5):
         raise AssertionError(f"SIGTERM did not stop the server within {within}s") from None
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])  # two processes more
 def test_a_gone_stdout_reader_ends_the_access_log_not_the_serving(workers):
     process, port = start_with_piped_stdout({**refused_env(), "WORKERS": workers})
     try:

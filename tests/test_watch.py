@@ -162,6 +162,7 @@ def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(
     assert fake_redis.visits == seen["visits"]["shown"] == seen["requests"]  # retried, never counted twice
 
 
+@pytest.mark.slow  # three runs of watch as processes
 def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_ctrl_c(fake_redis):
     with serving(redis_env(fake_redis)) as server:
         ignoring = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, as a shell's `&` does
