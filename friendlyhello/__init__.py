@@ -12,7 +12,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     shared_memory   the workers' metrics slots (imported with workers only)
     responses       what a route answers; the bytes of every answer
     http11          http.server's handler, held to RFC 9112              -> responses
-    connection      one client connection and its states
+    connection      one client connection and its states                 -> proxies
     replicas        what replicas keep in Redis, and /replicas           -> redis_pipeline
     site            the pages, the probes and /echo                      -> replicas, responses, proxies
     server          the selector loop                                    -> connection, http11

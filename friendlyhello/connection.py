@@ -6,6 +6,8 @@ import selectors
 import socket
 import time
 
+from .proxies import normal_address
+
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
 LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
@@ -56,8 +58,10 @@ class Connection:
 
     def __init__(self, sock, address, selector, expect_proxy=False):
         self.sock, self.selector = sock, selector
-        self.peer, self.address = address, address[0]  # the TCP peer (host, port) and the client's address,
-        # which a PROXY header's source replaces
+        # The TCP peer (host, port) and the client's address, which a PROXY header's source
+        # replaces: an IPv4 peer of a dual-stack socket (::ffff:192.0.2.1) as its IPv4 address.
+        host = normal_address(address[0])
+        self.peer, self.address = (host, address[1]), host
         self.proxy = self.PROXY_PENDING if expect_proxy else None  # then what the PROXY header said
         self.state = None
         self.events = 0            # what the selector watches the socket for

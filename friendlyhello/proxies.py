@@ -1,22 +1,30 @@
 """What proxies say about a request's client, and how much of it to believe: TRUSTED_PROXIES,
-the PROXY protocol header (v1 text and v2 binary, as HAProxy's specification defines them),
-X-Forwarded-For and RFC 7239 Forwarded.
+FORWARDED_HEADER, the PROXY protocol header (v1 text and v2 binary, as HAProxy's specification
+defines them), X-Forwarded-For, RFC 7239 Forwarded and X-Real-IP.
 
-Nothing a client sends is believed unless a trusted proxy vouches for it. The client is found
-from the TCP peer backwards: the peer, then the forwarded-for entries right to left, the first
-address that is not a trusted proxy is the client. An entry that is not an address stops the
-walk (it is shown, flagged, never believed). Nothing here touches a socket.
+Nothing a client sends is believed unless a trusted proxy vouches for it, and only in the one
+header that the trusted proxies write (FORWARDED_HEADER): a proxy passes every other header on
+untouched, so a client could write any of them itself. The client is found from the TCP peer
+backwards: the peer, then that header's entries right to left, the first address that is not
+a trusted proxy is the client. An entry that is not an address stops the walk (it is shown,
+flagged, never believed). An IPv4 address written as IPv6 (``::ffff:192.0.2.1``, as dual-stack
+sockets and proxies write it) is read as the IPv4 address, wherever it comes from. Nothing
+here touches a socket.
 """
 
 import collections
 import ipaddress
 import re
 import struct
+import typing
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107                 # the whole v1 line, CRLF included, at most (the specification's bound)
 V2_MAX_PAYLOAD = 2048        # addresses and TLVs; what load balancers send fits in a few hundred bytes
 PROXY_MODES = ("off", "v1", "v2", "any")
+# FORWARDED_HEADER's values, and the header each names (none: the peer, or the PROXY header's source).
+FORWARDED_HEADERS = {"x-forwarded-for": "X-Forwarded-For", "forwarded": "Forwarded", "x-real-ip": "X-Real-IP",
+                     "none": None}
 
 
 class ProxyRefused(Exception):
@@ -35,10 +43,30 @@ def trusted_networks(text):
         if not item:
             continue
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"addresses or CIDR blocks separated by commas ({item[:60]!r} is neither)") from None
+        networks.append(_ipv4_network(network))
     return tuple(networks)
+
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _ipv4_network(network):
+    """A block of IPv4-mapped addresses (::ffff:10.0.0.0/104) as the IPv4 block it is (10.0.0.0/8)."""
+    if network.version == 6 and network.subnet_of(_MAPPED):
+        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def normal_address(text):
+    """A socket's or a header's address text, an IPv4-mapped one as its IPv4 address; other
+    text as it is. Cheap for the common case: only text that starts as a mapped one is parsed."""
+    if text[:7].lower() == "::ffff:" and "." in text:
+        address = _address(text)
+        return text if address is None else str(address)
+    return text
 
 
 class Trusted:
@@ -58,16 +86,16 @@ class Trusted:
             address = _address(address)
         if address is None:
             return False
-        if address.version == 6 and address.ipv4_mapped:  # ::ffff:10.0.0.1 as a dual-stack socket sees it
-            address = address.ipv4_mapped
         return any(address in network for network in self.networks)
 
 
 def _address(text):
+    """The address in ``text``, an IPv4-mapped IPv6 one as its IPv4 address; None if none."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    return address.ipv4_mapped or address if address.version == 6 else address
 
 
 # -- the PROXY header ---------------------------------------------------------------------------
@@ -128,7 +156,7 @@ def _v1(line):
     if any(p > 65535 or (len(text) > 1 and text[:1] == b"0") for p, text in zip(ports, match.group(4, 5),
                                                                                 strict=True)):
         raise ProxyRefused("malformed", "a PROXY v1 line with a port out of range")
-    return ProxyHeader(1, "PROXY", family, (str(source), ports[0]), (str(destination), ports[1]), 0)
+    return ProxyHeader(1, "PROXY", family, (_shown(source), ports[0]), (_shown(destination), ports[1]), 0)
 
 
 def _v2(version_command, family_byte, payload):
@@ -152,8 +180,13 @@ def _v2(version_command, family_byte, payload):
     kind = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
     source, destination = kind(payload[:width]), kind(payload[width:2 * width])
     source_port, destination_port = struct.unpack_from("!HH", payload, 2 * width)
-    return ProxyHeader(2, command, family, (str(source), source_port), (str(destination), destination_port),
+    return ProxyHeader(2, command, family, (_shown(source), source_port), (_shown(destination), destination_port),
                        len(tlvs))
+
+
+def _shown(address):
+    """An address from a PROXY header as text: an IPv4-mapped one as its IPv4 address."""
+    return str(address.ipv4_mapped or address if address.version == 6 else address)
 
 
 # -- the client, concluded ------------------------------------------------------------------------
@@ -162,11 +195,17 @@ Hop = collections.namedtuple("Hop", "entry address trusted")
 Hop.__doc__ = """One forwarded-for entry as given, the address in it (None if it is not one),
 and whether that address is a trusted proxy."""
 
-Conclusion = collections.namedtuple("Conclusion", "client client_from chain source")
-Conclusion.__doc__ = """The client's address, in words the rule that gave it, the forwarded-for
-hops (left to right) and which header they came from ("Forwarded", "X-Forwarded-For" or None)."""
+class Conclusion(typing.NamedTuple):
+    """Who the client is, and why."""
 
-_FOR_ENTRY = re.compile(r'\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?|([0-9.]+)(?::[0-9]{1,5})?|([0-9a-fA-F:]+)')
+    client: str                 # the client's address
+    client_from: str            # in words, the rule that gave it
+    chain: list                 # the believed header's entries, left to right, as Hops
+    source: str | None          # the believed header, when it had entries; else None
+    not_believed: list          # the other forwarding headers the request carried, by name
+
+
+_FOR_ENTRY = re.compile(r'\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?|([0-9.]+)(?::[0-9]{1,5})?|([0-9a-fA-F:.]+)')
 
 
 def entry_address(entry):
@@ -225,32 +264,46 @@ def x_forwarded_for(headers, trusted):
     return hops([e.strip() for v in headers.get_all("X-Forwarded-For", ()) for e in v.split(",")], trusted)
 
 
-def conclude(peer, headers, trusted, peer_is="the TCP peer"):
+def _forwarded_for(headers, trusted):
+    """RFC 7239 Forwarded's for= entries, every element in order, as Hops."""
+    elements = forwarded_elements(headers.get_all("Forwarded", ()))
+    return hops([element.get("for", element.get("invalid", "")) for element in elements], trusted)
+
+
+def _real_ip(headers, trusted):
+    """X-Real-IP: one address a field (a proxy that adds a field of its own adds it last)."""
+    return hops([value.strip() for value in headers.get_all("X-Real-IP", ())], trusted)
+
+
+_CHAINS = {"X-Forwarded-For": x_forwarded_for, "Forwarded": _forwarded_for, "X-Real-IP": _real_ip}
+
+
+def conclude(peer, headers, trusted, believed, peer_is="the TCP peer"):
     """The client of a request from ``peer`` (the TCP peer's address, or the source a trusted
     PROXY header gave: ``peer_is`` says which), with ``headers`` (http.server's), under
-    ``trusted`` (a Trusted)."""
-    forwarded = headers.get_all("Forwarded", ())
-    if forwarded:  # the standard's, when a proxy sends it; else the common one
-        source = "Forwarded"
-        chain = hops([element.get("for", element.get("invalid", "")) for element in forwarded_elements(forwarded)],
-                     trusted)
-    else:
-        chain = x_forwarded_for(headers, trusted)
-        source = "X-Forwarded-For" if chain else None
+    ``trusted`` (a Trusted), believing only the header named ``believed`` (FORWARDED_HEADERS'
+    value: "X-Forwarded-For", "Forwarded", "X-Real-IP", or None for none)."""
+    not_believed = [name for name in _CHAINS if name != believed and headers.get_all(name)]
+    chain = _CHAINS[believed](headers, trusted) if believed else []
+    source = believed if chain else None
     if not trusted:
         return Conclusion(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are not believed)",
-                          chain, source)
+                          chain, source, not_believed)
     if not trusted.trusts(peer):
         return Conclusion(peer, f"{peer_is}, which is not a trusted proxy (its headers are not believed)",
-                          chain, source)
+                          chain, source, not_believed)
     nearest = peer
     for n, hop in enumerate(reversed(chain), 1):
         if hop.address is None:
             return Conclusion(nearest, f"the nearest trusted proxy: {source} entry {len(chain) - n + 1} "
-                                       f"({hop.entry[:60]!r}) is not an address", chain, source)
+                                       f"({hop.entry[:60]!r}) is not an address", chain, source, not_believed)
         if not hop.trusted:
             return Conclusion(str(hop.address), f"{source} entry {len(chain) - n + 1}, the first from the right "
-                                                "that is not a trusted proxy", chain, source)
+                                                "that is not a trusted proxy", chain, source, not_believed)
         nearest = str(hop.address)
-    return Conclusion(nearest, "every hop is a trusted proxy: the leftmost is the client" if chain else
-                      f"{peer_is}, a trusted proxy that forwarded no client", chain, source)
+    if chain:
+        return Conclusion(nearest, "every hop is a trusted proxy: the leftmost is the client", chain, source,
+                          not_believed)
+    forwarded = f"no {believed}" if believed else "nothing (FORWARDED_HEADER is none)"
+    return Conclusion(nearest, f"{peer_is}, a trusted proxy that forwarded {forwarded}", chain, source,
+                      not_believed)

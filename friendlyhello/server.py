@@ -317,7 +317,7 @@ class HelloServer:
         """The client, for the access log, as concluded from the trusted proxies' headers."""
         if handler.headers is None:  # a request line that never became a request
             return conn.address
-        return conclude(conn.address, handler.headers, self._trusted).client
+        return conclude(conn.address, handler.headers, self._trusted, self.config.forwarded_header).client
 
     def _release(self, conn):
         """Send an answer held until now, then go on to the connection's next requests."""

@@ -13,7 +13,7 @@ import types
 import resp_client
 
 from .faults import error_rate, latency_range
-from .proxies import PROXY_MODES, Trusted, trusted_networks
+from .proxies import FORWARDED_HEADERS, PROXY_MODES, Trusted, trusted_networks
 
 
 class ConfigError(Exception):
@@ -138,6 +138,11 @@ def _trusted(text):
     return Trusted(trusted_networks(text))
 
 
+def _forwarded_header(text):
+    """FORWARDED_HEADER: the header's name as requests spell it (None for none)."""
+    return FORWARDED_HEADERS[_choice(*FORWARDED_HEADERS)(text)]
+
+
 def _redis_url(text):
     _secret(text)
     resp_client.parse_url(text)  # a ValueError's message quotes nothing of the URL
@@ -201,6 +206,10 @@ SETTINGS = [
             aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
     Setting("TRUSTED_PROXIES", Trusted(()), _trusted, "addresses and CIDR blocks of the proxies whose "
             "X-Forwarded-For, Forwarded and PROXY headers are believed, comma-separated (default: none)"),
+    Setting("FORWARDED_HEADER", "x-forwarded-for", _forwarded_header, "the one header the trusted proxies write "
+            "the client into: x-forwarded-for (nginx, HAProxy's option forwardfor), forwarded (RFC 7239: Envoy, "
+            "Traefik, HAProxy's option forwarded), x-real-ip, or none; a proxy passes the others on as the client "
+            "wrote them, so they are shown in /echo flagged, never believed"),
     Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES), "v1, v2 or any: every connection must begin with "
             "a PROXY header (HAProxy's PROXY protocol) from one of TRUSTED_PROXIES; off: none is read"),
     # Faults to break it on purpose (see faults.py); all off by default.

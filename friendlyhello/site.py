@@ -51,6 +51,7 @@ class Site:
 
     def __init__(self, config, me, redis_status, metrics, lifecycle, faults):
         self.name, self.me, self.trusted, self.faults = config.name, me, config.trusted_proxies, faults
+        self.believed = config.forwarded_header
         self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -142,7 +143,7 @@ class Site:
         header fields as received, the TCP peer, a PROXY header's word, the client and why."""
         (peer_host, peer_port, *_), proxy = request.connection.peer, request.connection.proxy
         via_header = proxy is not None and proxy.source is not None
-        found = conclude(request.address, request.headers, self.trusted,
+        found = conclude(request.address, request.headers, self.trusted, self.believed,
                          "the PROXY header's source" if via_header else "the TCP peer")
         seen = {
             "request_line": request_target(request.requestline.decode("latin-1").rstrip("\r\n")),
@@ -153,6 +154,7 @@ class Site:
                                          "destination": proxy.destination and list(proxy.destination),
                                          "tlv_bytes": proxy.tlv_bytes},
             "client": found.client, "client_from": found.client_from, "forwarded_from": found.source,
+            "forwarded_header": self.believed, "not_believed": found.not_believed,
             "x_forwarded_for": [{"entry": hop.entry, "address": hop.address and str(hop.address),
                                  "trusted": hop.trusted} for hop in x_forwarded_for(request.headers, self.trusted)],
             "forwarded": forwarded_elements(request.headers.get_all("Forwarded", ())),
@@ -177,7 +179,9 @@ def _echo_text(seen):
                                    + (f" from {_host_port(*proxy['source'])} to {_host_port(*proxy['destination'])}"
                                       if proxy["source"] else "") + f", {proxy['tlv_bytes']} bytes of TLVs"),
              f"client: {seen['client']}", f"client_from: {_shown(seen['client_from'])}",
-             f"forwarded_from: {seen['forwarded_from'] or 'none'}", "x-forwarded-for:"]
+             f"forwarded_from: {seen['forwarded_from'] or 'none'}",
+             f"forwarded_header: {seen['forwarded_header'] or 'none'}",
+             f"not_believed: {', '.join(seen['not_believed']) or 'none'}", "x-forwarded-for:"]
     for n, hop in enumerate(seen["x_forwarded_for"], 1):
         verdict = "not an address" if hop["address"] is None else "trusted proxy" if hop["trusted"] else "not trusted"
         lines.append(f"  hop {n}: {_shown(hop['entry'])} ({verdict})")

@@ -130,10 +130,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def serving(env=None, hostname=None):
+def serving(env=None, hostname=None, bind="127.0.0.1"):
     """Serve with these settings (as environment variables) until the block ends: wired as
     main wires a process, its logs kept in memory."""
-    config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], env or {})
+    config = settings.load_config(["--port", "0", "--bind", bind], env or {})
     access_log, error_log = io.StringIO(), io.StringIO()
     log = logs.Log(config.access_log, config.log_format, {}, access_log, error_log)
     server = hello_server.wire(config, listening.listen(config), log, hostname or socket.gethostname())

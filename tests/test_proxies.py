@@ -52,45 +52,83 @@ TRUSTED = Trusted(proxies.trusted_networks("10.0.0.0/8, 127.0.0.1, 2001:db8::/32
 XFF_NOT_TRUSTED = "X-Forwarded-For entry {}, the first from the right that is not a trusted proxy"
 
 
-@pytest.mark.parametrize("peer, fields, client, because, source, chain", [
-    ("203.0.113.9", {"x_forwarded_for": ["1.2.3.4"]}, "203.0.113.9",
-     "the TCP peer, which is not a trusted proxy (its headers are not believed)", "X-Forwarded-For", "1.2.3.4 -"),
-    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, 10.0.0.3"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(1),
-     "X-Forwarded-For", "1.2.3.4 - 10.0.0.3 T"),
-    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6, 1.2.3.4", "10.0.0.3"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(2),
-     "X-Forwarded-For", "6.6.6.6 - 1.2.3.4 - 10.0.0.3 T"),
-    ("10.0.0.2", {"x_forwarded_for": ["10.0.0.9, 10.0.0.3"]}, "10.0.0.9",
-     "every hop is a trusted proxy: the leftmost is the client", "X-Forwarded-For", "10.0.0.9 T 10.0.0.3 T"),
-    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, nonsense, 10.0.0.3"]}, "10.0.0.3",
-     "the nearest trusted proxy: X-Forwarded-For entry 2 ('nonsense') is not an address", "X-Forwarded-For",
+XFF, FWD, REAL = "X-Forwarded-For", "Forwarded", "X-Real-IP"
+
+
+@pytest.mark.parametrize("peer, fields, believed, client, because, source, chain", [
+    ("203.0.113.9", {"x_forwarded_for": ["1.2.3.4"]}, XFF, "203.0.113.9",
+     "the TCP peer, which is not a trusted proxy (its headers are not believed)", XFF, "1.2.3.4 -"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, 10.0.0.3"]}, XFF, "1.2.3.4", XFF_NOT_TRUSTED.format(1),
+     XFF, "1.2.3.4 - 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6, 1.2.3.4", "10.0.0.3"]}, XFF, "1.2.3.4", XFF_NOT_TRUSTED.format(2),
+     XFF, "6.6.6.6 - 1.2.3.4 - 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["10.0.0.9, 10.0.0.3"]}, XFF, "10.0.0.9",
+     "every hop is a trusted proxy: the leftmost is the client", XFF, "10.0.0.9 T 10.0.0.3 T"),
+    ("10.0.0.2", {"x_forwarded_for": ["1.2.3.4, nonsense, 10.0.0.3"]}, XFF, "10.0.0.3",
+     "the nearest trusted proxy: X-Forwarded-For entry 2 ('nonsense') is not an address", XFF,
      "1.2.3.4 - nonsense ? 10.0.0.3 T"),
-    ("10.0.0.2", {}, "10.0.0.2", "the TCP peer, a trusted proxy that forwarded no client", None, ""),
+    ("10.0.0.2", {}, XFF, "10.0.0.2", "the TCP peer, a trusted proxy that forwarded no X-Forwarded-For", None, ""),
     ("10.0.0.2", {"forwarded": ['for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"'],
-                  "x_forwarded_for": ["6.6.6.6"]}, "192.0.2.60", "Forwarded entry 1, the first from the right "
-     "that is not a trusted proxy", "Forwarded", "192.0.2.60 - [2001:db8::1]:4711 T"),
-    ("10.0.0.2", {"forwarded": ["for=unknown", "nonsense"]}, "10.0.0.2",
-     "the nearest trusted proxy: Forwarded entry 2 ('nonsense') is not an address", "Forwarded",
+                  "x_forwarded_for": ["6.6.6.6"]}, FWD, "192.0.2.60", "Forwarded entry 1, the first from the right "
+     "that is not a trusted proxy", FWD, "192.0.2.60 - [2001:db8::1]:4711 T"),
+    ("10.0.0.2", {"forwarded": ["for=unknown", "nonsense"]}, FWD, "10.0.0.2",
+     "the nearest trusted proxy: Forwarded entry 2 ('nonsense') is not an address", FWD,
      "unknown ? nonsense ?"),
-    ("::ffff:10.0.0.2", {"x_forwarded_for": ["[2001:db8::5]:80, 1.2.3.4:5678"]}, "1.2.3.4", XFF_NOT_TRUSTED.format(2),
-     "X-Forwarded-For", "[2001:db8::5]:80 T 1.2.3.4:5678 -"),
+    ("::ffff:10.0.0.2", {"x_forwarded_for": ["[2001:db8::5]:80, 1.2.3.4:5678"]}, XFF, "1.2.3.4",
+     XFF_NOT_TRUSTED.format(2), XFF, "[2001:db8::5]:80 T 1.2.3.4:5678 -"),
+    # A header the trusted proxies do not write is the client's own words: never believed.
+    ("10.0.0.2", {"forwarded": ["for=6.6.6.6"], "x_forwarded_for": ["1.2.3.4"]}, XFF, "1.2.3.4",
+     XFF_NOT_TRUSTED.format(1), XFF, "1.2.3.4 -"),
+    ("10.0.0.2", {"forwarded": ["for=6.6.6.6"]}, XFF, "10.0.0.2",
+     "the TCP peer, a trusted proxy that forwarded no X-Forwarded-For", None, ""),
+    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6"], "forwarded": ["for=1.2.3.4"]}, FWD, "1.2.3.4",
+     "Forwarded entry 1, the first from the right that is not a trusted proxy", FWD, "1.2.3.4 -"),
+    ("10.0.0.2", {"x_real_ip": ["6.6.6.6", "1.2.3.4"], "x_forwarded_for": ["7.7.7.7"]}, REAL, "1.2.3.4",
+     "X-Real-IP entry 2, the first from the right that is not a trusted proxy", REAL, "6.6.6.6 - 1.2.3.4 -"),
+    ("10.0.0.2", {"x_forwarded_for": ["6.6.6.6"], "x_real_ip": ["6.6.6.6"]}, None, "10.0.0.2",
+     "the TCP peer, a trusted proxy that forwarded nothing (FORWARDED_HEADER is none)", None, ""),
+    # An IPv4-mapped IPv6 entry, as dual-stack proxies write it, is the IPv4 address.
+    ("10.0.0.2", {"x_forwarded_for": ["::ffff:192.0.2.1"]}, XFF, "192.0.2.1", XFF_NOT_TRUSTED.format(1), XFF,
+     "::ffff:192.0.2.1 -"),
+    ("10.0.0.2", {"x_forwarded_for": ["::ffff:192.0.2.1, [::ffff:10.1.1.1]:80"]}, XFF, "192.0.2.1",
+     XFF_NOT_TRUSTED.format(1), XFF, "::ffff:192.0.2.1 - [::ffff:10.1.1.1]:80 T"),
+    ("10.0.0.2", {"forwarded": ['for="[::ffff:192.0.2.1]:80"']}, FWD, "192.0.2.1",
+     "Forwarded entry 1, the first from the right that is not a trusted proxy", FWD, "[::ffff:192.0.2.1]:80 -"),
 ])
 def test_the_client_is_the_first_address_from_the_peer_backwards_that_is_not_a_trusted_proxy(
-        peer, fields, client, because, source, chain):
-    found = proxies.conclude(peer, Headers(**fields), TRUSTED)
+        peer, fields, believed, client, because, source, chain):
+    found = proxies.conclude(proxies.normal_address(peer), Headers(**fields), TRUSTED, believed)
     hops = " ".join(f"{hop.entry} {'?' if hop.address is None else 'T' if hop.trusted else '-'}" for hop in found.chain)
     assert (found.client, found.client_from, found.source, hops) == (client, because, source, chain)
 
 
+@pytest.mark.parametrize("believed", [XFF, FWD, REAL, None])
+def test_every_forwarding_header_but_the_one_believed_is_named_as_not_believed(believed):
+    fields = {"x_forwarded_for": ["6.6.6.6"], "forwarded": ["for=6.6.6.6"], "x_real_ip": ["6.6.6.6"]}
+    found = proxies.conclude("10.0.0.2", Headers(**fields), TRUSTED, believed)
+    assert found.not_believed == [name for name in (XFF, FWD, REAL) if name != believed]
+    assert found.client == ("10.0.0.2" if believed is None else "6.6.6.6")
+    assert proxies.conclude("10.0.0.2", Headers(), TRUSTED, believed).not_believed == []
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("::ffff:192.0.2.1", "192.0.2.1"), ("::FFFF:10.0.0.1", "10.0.0.1"), ("::ffff:c000:201", "::ffff:c000:201"),
+    ("2001:db8::1", "2001:db8::1"), ("192.0.2.1", "192.0.2.1"), ("::ffff:nonsense.1", "::ffff:nonsense.1"),
+])
+def test_a_peer_written_as_an_ipv4_mapped_ipv6_address_is_its_ipv4_address(text, shown):
+    assert proxies.normal_address(text) == shown
+
+
 def test_a_forwarded_element_without_for_or_a_long_bad_entry_stops_the_walk_and_is_quoted_short():
-    found = proxies.conclude("10.0.0.2", Headers(forwarded=["proto=https"]), TRUSTED)
+    found = proxies.conclude("10.0.0.2", Headers(forwarded=["proto=https"]), TRUSTED, FWD)
     assert found.client_from == "the nearest trusted proxy: Forwarded entry 1 ('') is not an address"
     long = "h" * 80
-    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=[long]), TRUSTED)
+    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=[long]), TRUSTED, XFF)
     assert found.client_from == f"the nearest trusted proxy: X-Forwarded-For entry 1 ({'h' * 60!r}) is not an address"
 
 
 def test_a_proxy_header_s_source_is_named_as_such():
-    found = proxies.conclude("198.51.100.7", Headers(), TRUSTED, "the PROXY header's source")
+    found = proxies.conclude("198.51.100.7", Headers(), TRUSTED, XFF, "the PROXY header's source")
     assert found.client_from == "the PROXY header's source, which is not a trusted proxy (its headers are not believed)"
 
 
@@ -111,7 +149,7 @@ def test_only_addresses_inside_the_trusted_blocks_are_trusted():
 
 
 def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_shown_not_believed():
-    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Trusted(()))
+    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Trusted(()), XFF)
     assert (found.client, found.source) == ("10.0.0.2", "X-Forwarded-For") and "TRUSTED_PROXIES is empty" in \
         found.client_from
     assert [(hop.entry, hop.address and str(hop.address), hop.trusted) for hop in found.chain] == [
@@ -135,6 +173,8 @@ def test_forwarded_is_read_as_rfc_7239_writes_it(value, elements):
 @pytest.mark.parametrize("text, networks", [
     ("", ()), ("127.0.0.1", ("127.0.0.1/32",)), ("10.0.0.0/8, ::1,fd00::/8", ("10.0.0.0/8", "::1/128", "fd00::/8")),
     ("10.1.2.3/8", ("10.0.0.0/8",)), ("10.0.0.1,,10.0.0.2, ", ("10.0.0.1/32", "10.0.0.2/32")),
+    ("::ffff:10.0.0.0/104, ::ffff:127.0.0.1", ("10.0.0.0/8", "127.0.0.1/32")),  # IPv4-mapped: the IPv4 block
+    ("::ffff:0:0/95", ("::fffe:0:0/95",)),  # wider than the mapped block: IPv6 as given
 ])
 def test_trusted_proxies_are_addresses_and_blocks(text, networks):
     assert tuple(map(str, proxies.trusted_networks(text))) == networks
@@ -318,13 +358,19 @@ def test_echo_shows_the_request_as_received_and_believes_only_trusted_proxies(fa
         proxied = echoed(exchange(server.port, forged))
         text = exchange(server.port, forged.replace(b"Accept: application/json\r\n", b""))
         head = exchange(server.port, b"HEAD /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.1", "FORWARDED_HEADER": "forwarded"}
+    with serving(env) as server:
+        by_forwarded = echoed(exchange(server.port, forged))
     assert direct["request_line"] == "GET /echo?x=1 HTTP/1.1"
     assert direct["headers"][:3] == [["Host", "h"], ["X-Forwarded-For", "6.6.6.6, 10.0.0.1"],
                                      ["Forwarded", "for=7.7.7.7"]]
     assert direct["headers"][5] == ["X-Odd", "<b>\u202eredé"]  # as received (UTF-8 read as UTF-8)
     assert (direct["client"], direct["peer"]["address"]) == ("127.0.0.2", "127.0.0.2")  # forged: not believed
-    assert (proxied["client"], proxied["forwarded_from"]) == ("7.7.7.7", "Forwarded")
+    assert (proxied["client"], proxied["forwarded_from"]) == ("10.0.0.1", "X-Forwarded-For")
+    assert (proxied["forwarded_header"], proxied["not_believed"]) == ("X-Forwarded-For", ["Forwarded", "X-Real-IP"])
     assert proxied["forwarded"] == [{"for": "7.7.7.7"}]
+    assert (by_forwarded["client"], by_forwarded["forwarded_from"]) == ("7.7.7.7", "Forwarded")
+    assert by_forwarded["not_believed"] == ["X-Forwarded-For", "X-Real-IP"]
     assert [(hop["address"], hop["trusted"]) for hop in proxied["x_forwarded_for"]] == [("6.6.6.6", False),
                                                                                         ("10.0.0.1", False)]
     assert (proxied["x_real_ip"], proxied["x_forwarded_proto"], proxied["x_forwarded_host"]) == ("8.8.8.8", "https",
@@ -333,8 +379,24 @@ def test_echo_shows_the_request_as_received_and_believes_only_trusted_proxies(fa
     body = text.split(b"\r\n\r\n", 1)[1].decode()
     assert text.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/plain; charset=utf-8" in text
     assert "X-Odd: <b>\\u202eredé\n" in body and "\u202e" not in body  # shown, never reordering what follows
-    assert "\nclient: 7.7.7.7\n" in body and "  hop 1: 6.6.6.6 (not trusted)\n" in body
+    assert "\nclient: 10.0.0.1\n" in body and "  hop 1: 6.6.6.6 (not trusted)\n" in body
+    assert "\nforwarded_header: X-Forwarded-For\nnot_believed: Forwarded, X-Real-IP\n" in body
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n") and fake_redis.visits == 0
+
+
+def test_an_ipv4_client_of_a_dual_stack_port_or_a_proxy_header_is_shown_and_logged_as_ipv4(fake_redis):
+    env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "::ffff:127.0.0.0/104", "PROXY_PROTOCOL": "any"}
+    with serving(env, bind="::") as server:
+        direct = echoed(exchange(server.port, v1("::ffff:203.0.113.7", 1, "TCP6", "::ffff:127.0.0.1", 80) + ECHO))
+        binary = echoed(exchange(server.port, v2(family=0x21, source="::ffff:198.51.100.9", destination="::1")
+                                 + ECHO.replace(b"Host: x", b"Host: x\r\nX-Forwarded-For: ::ffff:192.0.2.1")))
+        log = server.log_lines()
+    assert (direct["client"], direct["peer"]["address"]) == ("203.0.113.7", "127.0.0.1")
+    assert direct["proxy_protocol"]["source"] == ["203.0.113.7", 1]
+    assert direct["proxy_protocol"]["destination"] == ["127.0.0.1", 80]
+    assert (binary["client"], binary["proxy_protocol"]["source"]) == ("198.51.100.9", ["198.51.100.9", 5555])
+    assert binary["x_forwarded_for"] == [{"entry": "::ffff:192.0.2.1", "address": "192.0.2.1", "trusted": False}]
+    assert any(line.startswith('203.0.113.7 via 127.0.0.1 "GET /echo" 200') for line in log), log
 
 
 def test_echo_on_a_kept_alive_connection_shows_only_its_own_request():
@@ -401,33 +463,56 @@ def through(port, source, forged=b""):
     return echoed(exchange(port, request, source=source))
 
 
+# Every header a client may send to name itself: the three this server reads, and the ones
+# other servers read (Akamai's, Cloudflare's, Fastly's, older load balancers').
+FORGERIES = b"".join(b"%s: 6.6.6.6\r\n" % name for name in (
+    b"X-Forwarded-For", b"Forwarded", b"X-Real-IP", b"True-Client-IP", b"CF-Connecting-IP", b"Fastly-Client-IP",
+    b"X-Client-IP", b"Client-IP", b"X-Cluster-Client-IP", b"X-Original-Forwarded-For"))
+FORGERIES = FORGERIES.replace(b"Forwarded: 6.6.6.6", b"Forwarded: for=6.6.6.6")
+
+
 @pytest.mark.slow  # real HAProxy and nginx, started for it
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
 def test_behind_a_real_proxy_the_client_is_the_one_that_connected_to_it_and_a_forgery_is_not_believed(
         front, fake_redis, kind):
     trusted = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.1"}
-    with serving(trusted) as plain, serving({**trusted, "PROXY_PROTOCOL": "any", "ACCESS_LOG": "all"}) as proxied:
+    with serving(trusted) as plain, serving({**trusted, "PROXY_PROTOCOL": "any", "ACCESS_LOG": "all"}) as proxied, \
+            serving({**trusted, "FORWARDED_HEADER": "forwarded"}) as standard:
         ports = {"http_port": free_port(), "v1_port": free_port(), "v2_port": free_port(),
-                 "plain_port": plain.port, "proxy_port": proxied.port}
+                 "forwarded_port": free_port(), "plain_port": plain.port, "proxy_port": proxied.port,
+                 "forwarded_backend": standard.port}
         front(kind, **ports)
         by_header = through(ports["http_port"], "127.0.0.2")
-        forged = through(ports["http_port"], "127.0.0.3", b"X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n")
+        forged = through(ports["http_port"], "127.0.0.3", FORGERIES)
+        by_forwarded = through(ports["forwarded_port"], "127.0.0.6")
+        forged_forwarded = through(ports["forwarded_port"], "127.0.0.7", FORGERIES)
         by_v1 = through(ports["v1_port"], "127.0.0.4")
+        forged_v1 = through(ports["v1_port"], "127.0.0.8", FORGERIES)
         by_v2 = through(ports["v2_port"], "127.0.0.5") if kind == "haproxy" else None
         log = proxied.log_lines()
+        forged_log = plain.log_lines() + standard.log_lines()
     assert (by_header["client"], by_header["peer"]["address"]) == ("127.0.0.2", "127.0.0.1")
     assert by_header["forwarded_from"] == "X-Forwarded-For" and by_header["proxy_protocol"] is None
     assert forged["client"] == "127.0.0.3"  # the proxy's own entry, not the one the client wrote
     assert [hop["address"] for hop in forged["x_forwarded_for"]] == ["6.6.6.6", "127.0.0.3"]
     assert [hop["trusted"] for hop in forged["x_forwarded_for"]] == [False, False]
+    assert forged["not_believed"] == ["Forwarded", "X-Real-IP"]  # passed on as the client wrote them
+    assert forged["forwarded"][0] == {"for": "6.6.6.6"}
+    assert (by_forwarded["client"], by_forwarded["forwarded_from"]) == ("127.0.0.6", "Forwarded")
+    assert forged_forwarded["client"] == "127.0.0.7" and "X-Forwarded-For" in forged_forwarded["not_believed"]
+    assert [element.get("for") for element in forged_forwarded["forwarded"]] == ["6.6.6.6", "127.0.0.7"]
+    assert forged_v1["client"] == "127.0.0.8" and forged_v1["proxy_protocol"]["source"][0] == "127.0.0.8"
     assert by_v1["client"] == "127.0.0.4" and by_v1["proxy_protocol"]["version"] == 1
     assert by_v1["proxy_protocol"]["destination"] == ["127.0.0.1", ports["v1_port"]]
     if kind == "nginx":
         assert forged["x_real_ip"] == "127.0.0.3" and by_header["x_forwarded_proto"] == "http"
     else:
+        assert forged["x_real_ip"] == "6.6.6.6"  # HAProxy passes it on untouched
         assert by_v2["client"] == "127.0.0.5" and by_v2["proxy_protocol"]["version"] == 2
         assert any(line.startswith('127.0.0.1 "GET /healthz" 200') for line in log), log  # checks: v2 LOCAL
     assert any(line.startswith('127.0.0.4 via 127.0.0.1 "GET /echo" 200') for line in log), log
+    assert any(line.startswith('127.0.0.8 via 127.0.0.1 "GET /echo" 200') for line in log), log
+    assert forged_log and not [line for line in forged_log + log if "6.6.6.6" in line]
 
 
 @pytest.mark.slow  # a real HAProxy, started for it
@@ -435,7 +520,8 @@ def test_a_proxy_header_from_a_proxy_not_in_trusted_proxies_is_refused(front, fa
     env = {**redis_env(fake_redis), "TRUSTED_PROXIES": "127.0.0.9", "PROXY_PROTOCOL": "any"}
     with serving(env) as proxied, serving(redis_env(fake_redis)) as plain:
         ports = {"http_port": free_port(), "v1_port": free_port(), "v2_port": free_port(),
-                 "plain_port": plain.port, "proxy_port": proxied.port}
+                 "forwarded_port": free_port(), "plain_port": plain.port, "proxy_port": proxied.port,
+                 "forwarded_backend": plain.port}
         front("haproxy", **ports)
         answer = exchange(ports["v1_port"], ECHO, source="127.0.0.2")
         counted = proxied.server.metrics.proxy_refusals[("untrusted_peer",)]
@@ -503,6 +589,8 @@ proxy_protocol: v2 PROXY TCP6 from [2001:db8::9]:5555 to [::1]:80, 4 bytes of TL
 client: 203.0.113.5
 client_from: X-Forwarded-For entry 2, the first from the right that is not a trusted proxy
 forwarded_from: X-Forwarded-For
+forwarded_header: X-Forwarded-For
+not_believed: X-Real-IP
 x-forwarded-for:
   hop 1: junk (not an address)
   hop 2: 203.0.113.5 (not trusted)
@@ -525,6 +613,8 @@ proxy_protocol: none
 client: 127.0.0.1
 client_from: the TCP peer (TRUSTED_PROXIES is empty: forwarded headers are not believed)
 forwarded_from: none
+forwarded_header: X-Forwarded-For
+not_believed: none
 x-forwarded-for:
 forwarded: []
 x-forwarded-proto: -
@@ -575,7 +665,8 @@ def test_echo_as_json_says_the_same():
                            "destination": ["::1", 80], "tlv_bytes": 0},
         "client": "2001:db8::5",
         "client_from": "the PROXY header's source, which is not a trusted proxy (its headers are not believed)",
-        "forwarded_from": None, "x_forwarded_for": [], "forwarded": [],
+        "forwarded_from": None, "forwarded_header": "X-Forwarded-For", "not_believed": [],
+        "x_forwarded_for": [], "forwarded": [],
         "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
         "replica": "web-1", "version": "1",
     }
