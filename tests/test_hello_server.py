@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -455,6 +456,16 @@ def test_help_lists_every_setting_with_its_default():
     for name in [s.env for s in settings.SETTINGS] + ["--healthcheck"]:
         assert name in out
     assert "(default: 80)" in " ".join(out.split())
+
+
+def test_the_readme_s_settings_table_has_a_row_for_every_setting_and_none_other():
+    with open(os.path.join(ROOT, "README.md")) as file:
+        section = file.read().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0])}
+    flags = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row.split(" | ")[1])}
+    assert named == {s.env for s in settings.SETTINGS}
+    assert flags <= {s.flag for s in settings.SETTINGS}
 
 
 def test_port_in_use_exits_1_with_the_fix_and_no_traceback():
