@@ -42,20 +42,24 @@ def describe_redis(config):
 
 # -- how a Redis call for a request ended: the one vocabulary ---------------------------------
 
-# The outcomes, as friendlyhello_redis_replies_total labels them.
-OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply")
+# The outcomes, as friendlyhello_redis_replies_total labels them: "ok", "no_reply", or the words
+# of outage_reason() as a label ("error_reply" for every error reply, whatever its code).
+OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply", "authentication_failed",
+            "protocol_error")
 NO_REPLY = "no reply (the visit may have counted)"
 
 
 def outcome(error):
-    """One of OUTCOMES: how a call ended (``error`` None when it was answered)."""
+    """One of OUTCOMES: how a call ended (``error`` None when it was answered). A call refused
+    at once during an outage is named by what opened it, as the page names it."""
     if error is None:
         return "ok"
-    if isinstance(error, resp_client.ResponseError):
+    if not resp_client.means_unavailable(error):
         return "error_reply"
     if error.command_sent:
         return "no_reply"  # the command left: Redis may have run it
-    return "timeout" if isinstance(error, resp_client.RedisTimeoutError) else "cannot_connect"
+    reason = outage_reason(error)
+    return "error_reply" if reason.startswith("error ") else reason.replace(" ", "_")
 
 
 def outage_reason(error):

@@ -297,7 +297,7 @@ def test_each_way_a_visit_fails_has_its_outcome_in_metrics_and_its_words_in_json
     assert re.search(rf'^friendlyhello_redis_replies_total{{outcome="{outcome}"}} 1$', scraped, re.M)
 
 
-def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect(fake_redis):
+def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect_in_pages_probes_and_metrics(fake_redis):
     fake_redis.script(Silence(), Silence())
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.2"}) as server:
         server.get("/")  # times out: its reply is lost, and the outage begins
@@ -306,7 +306,8 @@ def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect(fake_red
         scraped = server.get("/metrics").text
     assert during["redis"] == "timeout"  # refused at once, for the reason that opened the outage
     assert re.fullmatch(r"ready\nredis: unavailable \(timeout\) for 0\.[0-9]s\n", ready)
-    assert re.search(r'^friendlyhello_redis_replies_total{outcome="cannot_connect"} 1$', scraped, re.M)
+    assert re.search(r'^friendlyhello_redis_replies_total{outcome="timeout"} 1$', scraped, re.M)
+    assert re.search(r'^friendlyhello_redis_replies_total{outcome="no_reply"} 1$', scraped, re.M)
     assert sample(scraped, "friendlyhello_redis_up") == 0
     with serving(refused_env()) as server:
         assert json.loads(server.get("/", headers={"Accept": "application/json"}).body)["redis"] == "cannot connect"
@@ -318,6 +319,25 @@ def test_a_garbled_reply_is_a_protocol_error_for_as_long_as_the_outage_lasts(fak
         server.get("/")
         during = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
     assert during["redis"] == "protocol error"
+
+
+@pytest.mark.parametrize("script, extra, words", [
+    ((Silence(), Silence()), {"REDIS_TIMEOUT": "0.2"}, "timeout"),
+    ((b"?what\r\n",), {}, "protocol error"),
+    ((b"-WRONGPASS invalid username-password pair\r\n",) * 2, {"REDIS_PASSWORD": "not-it"}, "authentication failed"),
+    ((), None, "cannot connect"),
+], ids=["silent", "garbled", "refused password", "refused connection"])
+def test_an_outage_has_one_name_in_the_page_the_probe_and_the_metric(fake_redis, script, extra, words):
+    fake_redis.script(*script)
+    env = refused_env() if extra is None else {**redis_env(fake_redis), **extra}
+    with serving(env) as server:
+        server.get("/")
+        during = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        ready = server.get("/readyz").text
+        scraped = server.get("/metrics").text
+    label = words.replace(" ", "_")
+    assert during["redis"] == words and f"redis: unavailable ({words}) for " in ready
+    assert re.search(rf"^friendlyhello_redis_replies_total{{outcome=\"{label}\"}} [1-9]", scraped, re.M), scraped
 
 
 def test_readiness_says_redis_was_not_asked_yet_before_its_first_answer():
