@@ -86,6 +86,10 @@ def visit_words(error):
     return NO_REPLY if kind == "no_reply" else outage_reason(error)
 
 
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class RedisStatus:
     """Whether Redis answers, logged once at each change: up, down with the reason, back.
 
@@ -98,6 +102,8 @@ class RedisStatus:
         self.reason = None       # why Redis is down; None while it answers (or before it is tried)
         self._down_since = None
         self._seen_up = False
+        self.counter_problem = ""     # what the counter holds when it is no count (the last heartbeat's word)
+        self._heartbeat_error = None  # the error reply the heartbeat got, while it gets one
 
     @property
     def up(self):
@@ -108,7 +114,36 @@ class RedisStatus:
         reason, since = self.reason, self._down_since
         if reason is not None and since is not None:
             return f"unavailable ({reason}) for {time.monotonic() - since:.1f}s"
-        return "up" if self._seen_up else "not asked yet"
+        if not self._seen_up:
+            return "not asked yet"
+        if self.counter_problem:
+            return f"up, but the counter holds {self.counter_problem}: no visit counts"
+        return "up"
+
+    def heartbeat(self, reply):
+        """What the heartbeat found of the keys we keep (its reply: replicas.HEARTBEAT_SCRIPT's),
+        or the error reply it got: each change logged once, each key made anew logged."""
+        if isinstance(reply, resp_client.ResponseError):
+            if str(reply) != self._heartbeat_error:
+                self._log.warning("redis", f"the heartbeat failed ({reply}): this replica may drop out of /replicas")
+            self._heartbeat_error = str(reply)
+            return
+        if self._heartbeat_error is not None:
+            self._log.info("redis", "the heartbeat works again")
+            self._heartbeat_error = None
+        if not (isinstance(reply, list) and len(reply) >= 2):
+            return
+        for repaired in reply[2:]:
+            self._log.warning("redis", f"{_text(repaired)}, not what friendlyhello keeps there: made anew")
+        problem = _text(reply[1])
+        if problem == self.counter_problem:
+            return
+        if problem:
+            self._log.warning("redis", f"the counter holds {problem}: pages say the counter is disabled until "
+                                       "it is a whole number again (or is deleted, to count from 1)")
+        else:
+            self._log.info("redis", "the counter is a whole number again: visits are counted")
+        self.counter_problem = problem
 
     def answered(self):
         if self.reason is None and self._seen_up:
@@ -210,7 +245,10 @@ class RedisPipeline:
     def _send(self, heartbeat, batch):
         commands, visits = self._commands(batch)
         try:
-            replies = self.client.pipeline(heartbeat + commands)[len(heartbeat):]  # the heartbeat's: not needed
+            replies = self.client.pipeline(heartbeat + commands)
+            if heartbeat:
+                self.status.heartbeat(replies[0])
+                replies = replies[1:]
             replies = self._per_request(batch, replies, visits)
             errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
             self.status.answered()

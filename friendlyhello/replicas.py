@@ -27,11 +27,30 @@ SLOT_SECONDS = 10       # the recent visit counts' slots: "the last minute" is t
 
 # Alive: the record refreshed and the index trimmed, so Redis holds only live replicas. The
 # record also keeps its visit count as it was when each 10-second slot began ("at:<slot>", the
-# last 7 slots), so the view can tell how many it served in about the last minute. A record
-# someone replaced with another type is made anew (its count is lost; the view flagged it).
+# last 7 slots), so the view can tell how many it served in about the last minute. A key of
+# ours that someone replaced with another type is checked first (a script's writes before an
+# error stay written): the index and the record are made anew (their counts are lost; the view
+# flagged them), and the replica says so. The counter is never replaced (its numbers were
+# shown: counting again from 1 would show them twice); what it holds instead is said.
+# Reply: Redis's clock, what the counter holds if it is no count ("" when it is one, or
+# unset), then the keys made anew.
 HEARTBEAT_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
-if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then redis.call('DEL', KEYS[2]) end
+local out = {now, ''}
+for i, wanted in ipairs({'zset', 'hash'}) do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= wanted and kind ~= 'none' then
+    redis.call('DEL', KEYS[i])
+    out[#out + 1] = KEYS[i] .. ' was a ' .. kind
+  end
+end
+local counter = redis.call('TYPE', KEYS[3]).ok
+if counter == 'string' then
+  local value = redis.call('GET', KEYS[3])
+  if not string.match(value, '^-?[0-9]+$') or #value > 19 then out[2] = 'a string that is not a whole number' end
+elseif counter ~= 'none' then
+  out[2] = 'a ' .. counter
+end
 redis.call('HSET', KEYS[2], 'hostname', ARGV[2], 'pod', ARGV[3], 'node', ARGV[4], 'version', ARGV[6],
            'faults', ARGV[8], 'seen', now)
 redis.call('HSETNX', KEYS[2], 'started', now)
@@ -41,7 +60,7 @@ for old = slot - 12, slot - 7 do redis.call('HDEL', KEYS[2], 'at:' .. old) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
-return now
+return out
 """
 # Redis's clock, the counter, how many replicas are live, and the records of the most
 # recently seen of them (at most ARGV[3]), in one round trip. pcall: a key of the wrong type
@@ -130,7 +149,7 @@ def replica_commands(me):
     encode = resp_client.encode_command
     visits = Visits(key)
     heartbeat = functools.lru_cache(maxsize=4)(
-        lambda faults: encode(("EVAL", HEARTBEAT_SCRIPT, 2, REPLICA_INDEX, key, REPLICA_TTL, me.hostname,
+        lambda faults: encode(("EVAL", HEARTBEAT_SCRIPT, 3, REPLICA_INDEX, key, COUNTER_KEY, REPLICA_TTL, me.hostname,
                                me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id,
                                me.version, SLOT_SECONDS, faults)))
     return Commands(

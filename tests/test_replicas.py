@@ -136,6 +136,75 @@ def test_a_record_that_is_not_a_hash_is_made_anew_by_the_next_heartbeat(redis_se
     assert (row["id"], row["served"], row["problem"], seen["total"]) == ("a", 1, "", 1)
 
 
+@pytest.fixture
+def quick_heartbeats(monkeypatch):
+    from friendlyhello import redis_pipeline
+    monkeypatch.setattr(redis_pipeline, "HEARTBEAT_INTERVAL", 0.1)
+
+
+@pytest.mark.parametrize("key, spoil", [
+    (INDEX, (b"SET", INDEX, b"not a sorted set")),
+    (INDEX, (b"RPUSH", INDEX, b"a", b"b")),
+    (replicas.REPLICA_PREFIX.encode() + b"a", (b"SADD", replicas.REPLICA_PREFIX.encode() + b"a", b"x")),
+], ids=["index a string", "index a list", "record a set"])
+def test_a_key_of_ours_replaced_while_serving_is_made_anew_by_the_next_heartbeat_and_logged(
+        redis_server, quick_heartbeats, key, spoil):
+    with serving(replica_env(redis_server, "a")) as server:
+        wait_until(lambda: view(server)["live"] == 1, what="the first heartbeat")
+        redis_command(redis_server.port, b"DEL", key)
+        redis_command(redis_server.port, *spoil)
+        wait_until(lambda: any(b"made anew" in line.encode() for line in server.error_lines()), what="the repair")
+        wait_until(lambda: view(server)["live"] == 1, what="the view")
+        page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        seen = view(server)
+        log = server.error_lines()
+    kind = spoil[0].decode()
+    assert (seen["redis"], [r["id"] for r in seen["replicas"]]) == ("ok", ["a"]) and page["redis"] == "ok"
+    said = [line for line in log if "made anew" in line]
+    assert said and key.decode() in said[0] and {"SET": "a string", "RPUSH": "a list", "SADD": "a set"}[kind] in said[0]
+
+
+@pytest.mark.parametrize("spoil, words", [
+    ((b"SET", b"counter", b"seven"), "a string that is not a whole number"),
+    ((b"RPUSH", b"counter", b"7"), "a list"),
+], ids=["a word", "a list"])
+def test_a_counter_that_is_no_count_is_said_in_readyz_and_the_log_and_never_replaced(
+        redis_server, quick_heartbeats, spoil, words):
+    with serving(replica_env(redis_server, "a")) as server:
+        server.get("/")
+        redis_command(redis_server.port, b"DEL", b"counter")
+        redis_command(redis_server.port, *spoil)
+        wait_until(lambda: "but the counter" in server.get("/readyz").text, what="the heartbeat's word")
+        ready = server.get("/readyz").text
+        page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        kept = redis_command(redis_server.port, b"TYPE", b"counter")
+        redis_command(redis_server.port, b"DEL", b"counter")
+        redis_command(redis_server.port, b"SET", b"counter", b"41")
+        wait_until(lambda: server.get("/readyz").text == "ready\nredis: up\n", what="the counter mended")
+        after = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
+        log = server.error_lines()
+    assert ready == f"ready\nredis: up, but the counter holds {words}: no visit counts\n"
+    assert page["visits"] is None and kept == (b"+string\r\n" if spoil[0] == b"SET" else b"+list\r\n")
+    assert after["visits"] == 42
+    assert sum(f"the counter holds {words}" in line for line in log) == 1  # said once, however many heartbeats
+    assert sum("the counter is a whole number again" in line for line in log) == 1
+
+
+def test_a_heartbeat_that_fails_is_said_once_and_its_recovery_once(redis_server, quick_heartbeats):
+    with serving(replica_env(redis_server, "a")) as server:
+        wait_until(lambda: view(server)["live"] == 1, what="the first heartbeat")
+        redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"1")  # every write refused: OOM
+        try:
+            wait_until(lambda: any("the heartbeat failed" in line for line in server.error_lines()), what="a refusal")
+            time.sleep(0.3)  # three heartbeats more, refused alike
+        finally:
+            redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"0")
+        wait_until(lambda: any("the heartbeat works again" in line for line in server.error_lines()), what="it")
+        log = server.error_lines()
+    failed = [line for line in log if "the heartbeat failed" in line]
+    assert len(failed) == 1 and "OOM" in failed[0] and "drop out of /replicas" in failed[0]
+
+
 def test_a_counter_that_is_not_a_number_counts_no_visit_for_the_replica_either(redis_server):
     with serving(replica_env(redis_server, "a")) as server:
         server.get("/")
