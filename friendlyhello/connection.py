@@ -30,6 +30,20 @@ _END_OF_HEAD = re.compile(rb"\n\r?\n")
 _BLANK_LINES = re.compile(rb"(?:\r?\n)+")
 
 
+def head_size(buffer, max_line=MAX_REQUEST_LINE, max_head=MAX_HEAD):
+    """The length of the request head at the start of ``buffer`` (its empty line included), or
+    None while it is incomplete. Raises HeadRefused as soon as it is past a limit: 414 for a
+    request line over ``max_line``, 431 for a head over ``max_head``."""
+    end = _END_OF_HEAD.search(buffer, 0, max_head + 3)
+    size = len(buffer) if end is None else end.end()
+    line_end = buffer.find(b"\n", 0, size)
+    if (size if line_end < 0 else line_end) > max_line:
+        raise HeadRefused(414)
+    if size > max_head:
+        raise HeadRefused(431)
+    return None if end is None else size
+
+
 class Connection:
     """One client connection: its bytes, its deadline and its state.
 
@@ -137,14 +151,8 @@ class Connection:
         blank = _BLANK_LINES.match(self.buffer)
         if blank:
             del self.buffer[:blank.end()]
-        end = _END_OF_HEAD.search(self.buffer, 0, MAX_HEAD + 3)
-        size = len(self.buffer) if end is None else end.end()
-        line_end = self.buffer.find(b"\n", 0, size)
-        if (size if line_end < 0 else line_end) > MAX_REQUEST_LINE:
-            raise HeadRefused(414)
-        if size > MAX_HEAD:
-            raise HeadRefused(431)
-        if end is None:
+        size = head_size(self.buffer)
+        if size is None:
             return None
         head = bytes(self.buffer[:size])
         del self.buffer[:size]

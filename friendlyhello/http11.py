@@ -168,7 +168,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self):
         self.requestline = self.raw_requestline[:200].decode("latin-1").rstrip("\r\n")
-        status = _malformed_lines(self.request)
+        status = malformed_lines(self.request)
         if status:
             self.send_error(status)
             return False
@@ -268,7 +268,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.route.answer(self.page_request, RedisReply(reply, error))
 
 
-def _malformed_lines(head):
+def malformed_lines(head):
     """400 unless every line is well formed (RFC 9112 2-5): a request line of method, target
     and HTTP/d.d with single spaces; header lines as name:value with no control characters
     (NUL and bare CR included) and no folding. A line ends in LF or CRLF, everywhere alike.
