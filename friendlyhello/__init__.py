@@ -20,7 +20,8 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes
     admin           the admin port: faults turned on and off at run time  -> faults
-    watch           `hello_server.py watch URL`: a client that counts a rollout  -> responses
+    http_client     watch's HTTP/1.1 client: each answer within one deadline, bodies dropped
+    watch           `hello_server.py watch URL`: a client that counts a rollout  -> responses, http_client
 """
 
 VERSION = "1.0"

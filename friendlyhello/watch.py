@@ -6,17 +6,20 @@ second; run it through a rolling update to see whether the update dropped anythi
 Each answer is counted for the version and the replica that its Friendlyhello-Version and
 Friendlyhello-Replica fields name ("unknown" when a server does not send them). A request
 fails by kind: refused (nothing listens), reset (the connection broke, or closed before an
-answer), timeout, non-2xx, other (a name that does not resolve, a malformed answer). On a
-connection kept alive, a request the server closed the connection under before answering
-is sent again once on a new one, as browsers do, and counted as retried.
+answer), timeout (no whole answer within --timeout, however the server dribbled it), non-2xx,
+other (a name that does not resolve, a malformed answer), in-flight (still unanswered when
+the run ended). On a connection kept alive, a request the server closed the connection under
+before answering is sent again once on a new one, as browsers do, and counted as retried.
 
-Exit status: 0 when no request failed, 1 when any did, 2 on bad usage. Standard library
-only: it runs in the tiny image (``docker run friendlyhello watch http://web/``).
+Every request started is counted, answered or not, and the run ends within its duration and
+one timeout whatever the server does (a second Ctrl-C: at once). Bodies are read and dropped
+(http_client.py). Exit status: 0 when no request failed, 1 when any did, 2 on bad usage.
+Standard library only: it runs in the tiny image (``docker run friendlyhello watch http://web/``).
 """
 
 import argparse
 import collections
-import http.client
+import itertools
 import json
 import math
 import signal
@@ -25,21 +28,21 @@ import threading
 import time
 import urllib.parse
 
+from . import http_client
 from .responses import REPLICA_HEADER, VERSION_HEADER
 
 DESCRIPTION = ("Steady requests to a URL, counted by the version and replica that answered (the "
                "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if any failed.")
-KINDS = ("refused", "reset", "timeout", "non-2xx", "other")
+KINDS = ("refused", "reset", "timeout", "non-2xx", "other", "in-flight")
 UNKNOWN = "unknown"
 NO_ANSWER = "(no answer)"  # the row of the requests that failed before any answer came
-_RETRIABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def failure_kind(error):
     """The kind of a request that got no answer, from its exception."""
     if isinstance(error, ConnectionRefusedError):
         return "refused"
-    if isinstance(error, (ConnectionError, http.client.IncompleteRead)):  # resets, broken pipes, early closes
+    if isinstance(error, ConnectionError):  # resets, broken pipes, closes before or in an answer
         return "reset"
     if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError
         return "timeout"
@@ -116,17 +119,24 @@ def summary(results, options, elapsed):
 class Watch:
     """The requests: ``connections`` threads take turns from one schedule, ``rate`` a second
     in all; a thread that is late (the server is slow) sends at once, never in a burst to
-    catch up. ``results`` grows as answers come."""
+    catch up. ``results`` grows as answers come; ``end()`` counts what is still in flight."""
 
     def __init__(self, options):
         self.options = options
         target = urllib.parse.urlsplit(options.url)
         self._https, self._host, self._port = target.scheme == "https", target.hostname, target.port
-        self._path = (target.path or "/") + (f"?{target.query}" if target.query else "")
-        self._headers = {"Host": target.netloc, "Accept": "application/json, */*;q=0.5",
-                         "User-Agent": "friendlyhello-watch"}
-        self.results, self.stop = [], threading.Event()
-        self._lock, self._next, self.started = threading.Lock(), 0, None
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        close = "Connection: close\r\n" if options.new_connection else ""
+        self._request = (f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                         "Accept: application/json, */*;q=0.5\r\nUser-Agent: friendlyhello-watch\r\n"
+                         f"{close}\r\n").encode("latin-1")
+        self.results = []
+        self.stop = threading.Event()
+        self.started = None
+        self._lock = threading.Lock()
+        self._next = 0
+        self._in_flight = {}  # a request's number -> when it was sent
+        self._numbers = itertools.count()
 
     def run(self):
         self.started = time.monotonic()
@@ -138,67 +148,72 @@ class Watch:
     def _turn(self):
         """Wait for this thread's next turn in the schedule; False once stopped."""
         with self._lock:
-            at, self._next = self.started + self._next / self.options.rate, self._next + 1
+            at = self.started + self._next / self.options.rate
             at = max(at, time.monotonic())
-            self._next = max(self._next, round((at - self.started) * self.options.rate))  # no burst after a stall
+            self._next = max(self._next + 1, round((at - self.started) * self.options.rate))  # no burst after a stall
         return not self.stop.wait(max(at - time.monotonic(), 0))
 
-    def _connect(self):
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return kind(self._host, self._port, timeout=self.options.timeout)
-
     def _client(self):
-        conn = None
+        conn = http_client.Connection(self._host, self._port, self._https)
         while self._turn():
-            sent = time.monotonic() - self.started
-            reused, retried = conn is not None, False
-            conn = conn or self._connect()
+            sent = self._now()
+            number = self._begin(sent)
+            deadline = time.monotonic() + self.options.timeout
+            reused, retried = conn.is_open, False
             try:
                 try:
-                    answer = self._exchange(conn)
-                except _RETRIABLE:
+                    answer = conn.request(self._request, deadline)
+                except http_client.ClosedBeforeAnswer:
                     if not reused:
                         raise
-                    conn.close()
-                    conn, retried = self._connect(), True  # closed under us while idle: once more, anew
-                    answer = self._exchange(conn)
-            except (OSError, http.client.HTTPException) as error:
-                conn.close()
-                conn = None
-                self._record(Result(sent, self._now(), None, None, failure_kind(error), None, retried, None, None))
+                    retried = True  # closed under us while idle: once more, anew
+                    answer = conn.request(self._request, deadline)
+            except (OSError, http_client.Malformed) as error:
+                self._end(number, Result(sent, self._now(), None, None, failure_kind(error), None, retried,
+                                         None, None))
                 continue
-            status, headers, body = answer
-            if self.options.new_connection or headers.get("Connection", "").lower() == "close":
+            if self.options.new_connection:
                 conn.close()
-                conn = None
-            self._record(self._result(sent, status, headers, body, retried))
-        if conn is not None:
-            conn.close()
+            self._end(number, self._result(sent, answer, retried))
+        conn.close()
 
-    def _exchange(self, conn):
-        conn.request("GET", self._path, headers=self._headers)
-        response = conn.getresponse()
-        return response.status, response.headers, response.read()
-
-    def _result(self, sent, status, headers, body, retried):
+    def _result(self, sent, answer, retried):
         visits = redis = None
-        if headers.get(VERSION_HEADER) is not None and headers.get_content_type() == "application/json":
+        headers = answer.headers
+        if headers.get(VERSION_HEADER.lower()) is not None and answer.body:
             try:
-                page = json.loads(body)
+                page = json.loads(answer.body)
                 visits = page.get("visits") if isinstance(page.get("visits"), int) else None
                 redis = page.get("redis") if isinstance(page.get("redis"), str) else None
             except (ValueError, AttributeError):
                 pass
-        version, replica = (headers.get(VERSION_HEADER, UNKNOWN), headers.get(REPLICA_HEADER, UNKNOWN))
-        kind = None if 200 <= status < 300 else "non-2xx"
-        return Result(sent, self._now(), version, replica, kind, status, retried, visits, redis)
+        version = headers.get(VERSION_HEADER.lower(), UNKNOWN)
+        replica = headers.get(REPLICA_HEADER.lower(), UNKNOWN)
+        kind = None if 200 <= answer.status < 300 else "non-2xx"
+        return Result(sent, self._now(), version, replica, kind, answer.status, retried, visits, redis)
+
+    def _begin(self, sent):
+        with self._lock:
+            number = next(self._numbers)
+            self._in_flight[number] = sent
+        return number
+
+    def _end(self, number, result):
+        """Count a request's result, unless end() counted it in flight already."""
+        with self._lock:
+            if self._in_flight.pop(number, None) is not None:
+                self.results.append(result)
+
+    def end(self):
+        """Count every request still unanswered as in flight; answers after this are not counted."""
+        now = self._now()
+        with self._lock:
+            for sent in self._in_flight.values():
+                self.results.append(Result(sent, now, None, None, "in-flight", None, False, None, None))
+            self._in_flight.clear()
 
     def _now(self):
         return time.monotonic() - self.started
-
-    def _record(self, result):
-        with self._lock:
-            self.results.append(result)
 
     def snapshot(self):
         with self._lock:
@@ -208,7 +223,8 @@ class Watch:
 # -- what it shows ------------------------------------------------------------------------------
 
 _COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"), ("reset", "reset"),
-            ("timeout", "timeout"), ("non-2xx", "non-2xx"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+            ("timeout", "timeout"), ("non-2xx", "non-2xx"), ("in flight", "in-flight"), ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
             ("longest gap ms", "longest_gap_ms"), ("first s", "first_s"), ("last s", "last_s"))
 
 
@@ -285,8 +301,13 @@ def parse_options(argv):
 def main(argv):
     options = parse_options(argv)
     watch = Watch(options)
+    hurry = threading.Event()  # a second Ctrl-C: no waiting for the requests in flight
+
+    def on_signal(signum, frame):
+        (hurry if watch.stop.is_set() else watch.stop).set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):  # set, not inherited: a shell's `&` ignores SIGINT
-        signal.signal(signum, lambda signum, frame: watch.stop.set())
+        signal.signal(signum, on_signal)
     live = sys.stdout.isatty() and not options.json
     threads = watch.run()
     end = watch.started + options.duration if options.duration else float("inf")
@@ -297,8 +318,10 @@ def main(argv):
             sys.stdout.flush()
     elapsed = time.monotonic() - watch.started
     watch.stop.set()
-    for thread in threads:  # requests in flight are let finish, and counted
-        thread.join(2 * options.timeout + 1)
+    finish_by = time.monotonic() + options.timeout  # requests in flight may end by their own deadline
+    while any(t.is_alive() for t in threads) and time.monotonic() < finish_by and not hurry.is_set():
+        hurry.wait(0.02)
+    watch.end()
     seen = summary(watch.snapshot(), options, elapsed)
     sys.stdout.write(json.dumps(seen) + "\n" if options.json else ("\x1b[H\x1b[2J" if live else "") + table(seen))
     sys.stdout.flush()

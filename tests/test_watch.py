@@ -129,6 +129,114 @@ def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_r
     assert seen["refused"][1]["by_version"] == {} and seen["refused"][1]["p50_ms"] is None
 
 
+def answers_then(rest):
+    """A server that reads the request, then sends ``rest``: bytes, or a callable that sends."""
+    def behave(sock):
+        sock.recv(65536)
+        try:
+            rest(sock) if callable(rest) else sock.sendall(rest)
+        except OSError:
+            pass
+    return behave
+
+
+def forever(piece, pause=0.0, first=b""):
+    """Send ``first``, then ``piece`` again and again (every ``pause`` s), until the client goes."""
+    def send(sock):
+        sock.sendall(first)
+        for _ in range(1_000_000):
+            sock.sendall(piece)
+            time.sleep(pause)
+    return send
+
+
+HEAD_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+HOSTILE = {
+    "never answers": never_answers,
+    "an endless head": answers_then(forever(b"X-More: yes\r\n", 0.005, b"HTTP/1.1 200 OK\r\n")),
+    "endless 1xx": answers_then(forever(b"HTTP/1.1 100 Continue\r\n\r\n", 0.005)),
+    "a slow body": answers_then(forever(b"x", 0.01, HEAD_200 + b"Content-Length: 100000\r\n\r\n")),
+    "an endless body": answers_then(forever(b"x" * 65536, 0, HEAD_200 + b"\r\n")),  # no length: until closed
+    "endless chunks": answers_then(forever(b"10000\r\n" + b"x" * 65536 + b"\r\n", 0,
+                                           HEAD_200 + b"Transfer-Encoding: chunked\r\n\r\n")),
+}
+
+
+@pytest.mark.slow  # runs of watch that wait out their timeouts
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_server_that_never_finishes_an_answer_fails_every_request_and_the_run_ends_within_one_timeout(name):
+    with misbehaving(HOSTILE[name]) as (port, accepted):
+        started = time.monotonic()
+        proc = start_watch(f"http://127.0.0.1:{port}/", "--duration", "0.5", "--rate", "20", "--timeout", "1",
+                           "--json")
+        code, seen = finish_watch(proc)
+        took = time.monotonic() - started
+    assert code == 1 and seen["requests"] >= 4 and seen["ok"] == 0, seen
+    assert seen["failures"]["timeout"] == seen["requests"] == len(accepted), seen["failures"]
+    assert took < 0.5 + 1 + 1.5  # its duration, one timeout, and a process's start and end
+
+
+def closes_mid_body(sock):
+    sock.recv(65536)
+    sock.sendall(HEAD_200 + b"Content-Length: 100\r\n\r\n{\"visits\": ")
+    sock.close()
+
+
+def chunked_with_trailers(sock):
+    while sock.recv(65536):
+        body = b'{"visits": 7, "redis": "ok"}'
+        sock.sendall(b"HTTP/1.1 200 OK\r\nFriendlyhello-Version: 9\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + b"%x;ext=1\r\n" % 5 + body[:5] + b"\r\n"
+                     + b"%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\nTrailer: x\r\n\r\n")
+
+
+@pytest.mark.slow  # two runs of watch
+def test_an_answer_cut_short_is_a_reset_and_a_chunked_one_with_trailers_is_read_whole():
+    with misbehaving(closes_mid_body) as (cut, _), misbehaving(chunked_with_trailers) as (chunked, accepted):
+        cut_code, cut_seen = finish_watch(start_watch(f"http://127.0.0.1:{cut}/", "--duration", "0.3", "--json"))
+        code, seen = finish_watch(start_watch(f"http://127.0.0.1:{chunked}/", "--duration", "0.3", "--rate", "40",
+                                              "--connections", "1", "--json"))
+    assert cut_code == 1 and cut_seen["failures"]["reset"] == cut_seen["requests"] >= 3
+    assert code == 0 and seen["requests"] >= 8 and list(seen["by_version"]) == ["9"]
+    assert seen["visits"]["shown"] == seen["requests"] and len(accepted) == 1  # kept alive through the chunks
+
+
+@pytest.mark.slow  # a run of watch
+def test_a_second_signal_ends_it_at_once_and_the_requests_in_flight_are_counted_as_such():
+    with misbehaving(never_answers) as (port, accepted):
+        proc = start_watch(f"http://127.0.0.1:{port}/", "--timeout", "60", "--connections", "3", "--json")
+        deadline = time.monotonic() + 10
+        while len(accepted) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        proc.signal(signal.SIGINT)  # stop sending: the three in flight have 60 s
+        proc.signal(signal.SIGTERM)  # and now: no waiting
+        code, seen = finish_watch(proc)
+        took = time.monotonic() - started
+    assert code == 1 and took < 3
+    assert seen["requests"] == seen["failed"] == seen["failures"]["in-flight"] == 3
+
+
+def test_a_body_is_read_in_pieces_and_dropped_never_held():
+    import tracemalloc
+
+    from friendlyhello import http_client
+    size = 64 * 1024 * 1024
+    with misbehaving(answers_then(lambda sock: [sock.sendall(HEAD_200 + b"Content-Length: %d\r\n\r\n" % size)]
+                                  + [sock.sendall(b"x" * 65536) for _ in range(size // 65536)])) as (port, _):
+        conn = http_client.Connection("127.0.0.1", port)
+        tracemalloc.start()
+        try:
+            answer = conn.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", time.monotonic() + 30)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            conn.close()
+    assert answer.status == 200 and len(answer.body) == http_client.KEEP_BODY  # a JSON body's first 64 KiB, kept
+    assert peak < 2 * 1024 * 1024  # of a 64 MiB body
+
+
 @pytest.mark.slow  # two runs of watch, one after the other
 def test_a_server_that_is_not_friendlyhello_is_counted_as_unknown_and_connections_are_kept_or_not():
     plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlainHandler)
@@ -182,7 +290,7 @@ def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_
         assert code == 0
         assert text.startswith(f"watch http://127.0.0.1:{server.port}/?")
         assert "connections kept alive" in text
-        assert " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other)" in text
+        assert " 0 failed (0 refused, 0 reset, 0 timeout, 0 non-2xx, 0 other, 0 in-flight)" in text
         assert "\nversion  requests  share  refused" in text and "\n1   " in text
 
 
@@ -206,13 +314,13 @@ def test_the_table_has_a_row_per_version_and_per_replica_and_one_for_requests_ne
         url, rate, connections, new_connection = "http://x/", 4.0, 1, True
     seen = watch.summary(results, Options, 2.0)
     lines = watch.table(seen).splitlines()
-    assert lines[1] == ("4 requests, 2 failed (0 refused, 0 reset, 1 timeout, 1 non-2xx, 0 other), 0 retried; "
-                        "p50 10.0 ms, p99 20.0 ms, longest gap 510.0 ms")
-    assert lines[3].split() == ["version", "requests", "share", "refused", "reset", "timeout", "non-2xx", "p50",
-                                "ms", "p99", "ms", "longest", "gap", "ms", "first", "s", "last", "s"]
-    assert lines[4].split() == ["1", "1", "25%", "0", "0", "0", "0", "10.0", "10.0", "-", "0.01", "0.01"]
-    assert lines[5].split() == ["2", "2", "50%", "0", "0", "0", "1", "20.0", "20.0", "-", "0.52", "0.9"]
-    assert lines[6].split()[:8] == ["(no", "answer)", "1", "25%", "0", "0", "1", "0"]
+    assert lines[1] == ("4 requests, 2 failed (0 refused, 0 reset, 1 timeout, 1 non-2xx, 0 other, 0 in-flight), "
+                        "0 retried; p50 10.0 ms, p99 20.0 ms, longest gap 510.0 ms")
+    assert lines[3].split() == ["version", "requests", "share", "refused", "reset", "timeout", "non-2xx", "in",
+                                "flight", "p50", "ms", "p99", "ms", "longest", "gap", "ms", "first", "s", "last", "s"]
+    assert lines[4].split() == ["1", "1", "25%", "0", "0", "0", "0", "0", "10.0", "10.0", "-", "0.01", "0.01"]
+    assert lines[5].split() == ["2", "2", "50%", "0", "0", "0", "1", "0", "20.0", "20.0", "-", "0.52", "0.9"]
+    assert lines[6].split()[:9] == ["(no", "answer)", "1", "25%", "0", "0", "1", "0", "0"]
     assert lines[10].split()[:4] == ["b", "2", "2", "50%"] and lines[8].startswith("replica  version  requests")
     assert seen["timeline"] == [{"second": 0, "answers": {"1": 1, "2": 1, "failed": 1}},
                                 {"second": 1, "answers": {"failed": 1}}]
