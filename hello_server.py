@@ -36,7 +36,7 @@ from friendlyhello.redis_pipeline import RedisPipeline, RedisStatus, describe_re
 from friendlyhello.replicas import identity, placement, replica_commands
 from friendlyhello.responses import CommonHeaders, Route
 from friendlyhello.server import HelloServer, Waker
-from friendlyhello.settings import ConfigError, load_config, parse_arguments
+from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
 from friendlyhello.site import Lifecycle, Site
 from friendlyhello.workers import STOP_SIGNALS, Supervisor
 
@@ -142,6 +142,9 @@ def main(argv=None, environ=None):
     hostname = socket.gethostname()
     where = placement(config)
     log = Log(config.access_log, config.log_format, {"hostname": hostname, **where})
+    for flag in secrets_in_flags(args):
+        env = flag[2:].upper().replace("-", "_")
+        log.warning("settings", f"{flag} is seen by every user of this machine in ps: set {env} or {env}_FILE instead")
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
     port = listener.getsockname()[1]
     started = (f"friendlyhello listening on http://{host}:{port} (redis {describe_redis(config)}"

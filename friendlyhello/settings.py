@@ -2,7 +2,10 @@
 one immutable Config, validated before anything binds.
 
 A bad value stops the program with one line that names the setting, shows the value (never a
-secret one) and says what is allowed. Nothing else in the package reads ``os.environ``.
+secret one) and says what is allowed. A secret setting may also be read from a file named by
+``NAME_FILE`` (the convention of the official database images, and how Swarm and Kubernetes
+mount secrets): a flag is seen by every user of the machine in ``ps``, an environment variable
+by anyone who may inspect the container. Nothing else in the package reads ``os.environ``.
 """
 
 import collections
@@ -163,6 +166,22 @@ class Setting(collections.namedtuple("Setting", "env default parse help secret a
     def field(self):
         return self.env.lower()
 
+    @property
+    def file_env(self):
+        """NAME_FILE: where a secret setting may be read from instead (None for others)."""
+        return self.env + "_FILE" if self.secret else None
+
+    @property
+    def file_field(self):
+        return self.file_env.lower()
+
+    @property
+    def file_flag(self):
+        return self.flag + "-file"
+
+
+MAX_SECRET_FILE = 64 * 1024  # bytes: a password, a token or a URL is far shorter
+
 
 SETTINGS = [
     Setting("NAME", "world", _text(256), "who the page greets"),
@@ -245,7 +264,13 @@ def argument_parser():
     for s in SETTINGS:
         shown = "unset" if s.default is None else s.default
         also = f"; also read as {', '.join(s.aliases)}" if s.aliases else ""
+        if s.secret:
+            also += (f"; a flag is seen by every user of this machine in ps: prefer {s.env}, or {s.file_env} "
+                     "(or --" + s.file_flag[2:] + "), a file holding it")
         parser.add_argument(s.flag, dest=s.field, metavar=s.env, help=f"{s.help} (default: {shown}{also})")
+        if s.secret:
+            parser.add_argument(s.file_flag, dest=s.file_field, metavar=s.file_env,
+                                help=f"a file that holds {s.env} (one trailing line ending is dropped)")
     parser.add_argument("--healthcheck", action="store_true",
                         help="ask the server at PORT for /healthz and exit 0 if healthy, else 1 "
                              "(for HEALTHCHECK in an image without curl)")
@@ -257,8 +282,55 @@ def parse_arguments(argv):
     environment) every flag is unset and argparse is never imported: importing it and building
     a parser of this many flags took a few milliseconds, a twentieth of the start."""
     if not argv:
-        return types.SimpleNamespace(healthcheck=False, **{s.field: None for s in SETTINGS})
+        unset = {s.field: None for s in SETTINGS}
+        unset.update({s.file_field: None for s in SETTINGS if s.secret})
+        return types.SimpleNamespace(healthcheck=False, **unset)
     return argument_parser().parse_args(argv)
+
+
+def secrets_in_flags(args):
+    """The flags given that hold a secret (seen by every local user in ps), to warn of."""
+    return [s.flag for s in SETTINGS if s.secret and vars(args)[s.field] is not None]
+
+
+def _secret_from_file(setting, source, path):
+    """A secret setting's text from the file ``path`` names (``source`` is the variable or
+    flag that named it): its bytes as UTF-8, less one trailing line ending."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}={ascii(path)[:200]}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(f"{source}={ascii(path)[:200]}: over {MAX_SECRET_FILE} bytes, too long for {setting.env}")
+    if data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}={ascii(path)[:200]} is not valid: {setting.env} must be UTF-8 text") from None
+
+
+def _given(setting, args, environ):
+    """Where a setting was given and its text: a flag, then the environment (its name, then
+    its other spellings); for a secret, NAME_FILE's file too, never beside NAME itself.
+    (None, None) when it was not given."""
+    if args[setting.field] is not None:
+        source, raw = setting.flag, args[setting.field]
+    else:
+        source = next((name for name in (setting.env, *setting.aliases) if name in environ), None)
+        raw = None if source is None else environ[source]
+    if not setting.secret:
+        return source, raw
+    if args[setting.file_field] is not None:
+        file_source, path = setting.file_flag, args[setting.file_field]
+    elif setting.file_env in environ:
+        file_source, path = setting.file_env, environ[setting.file_env]
+    else:
+        return source, raw
+    if source is not None:
+        raise ConfigError(f"set {setting.env} or {setting.file_env}, not both")
+    return file_source, _secret_from_file(setting, file_source, path)
 
 
 def load_config(argv=None, environ=None, args=None):
@@ -268,12 +340,10 @@ def load_config(argv=None, environ=None, args=None):
     args = vars(args if args is not None else parse_arguments(argv))
     values, given = {}, set()
     for s in SETTINGS:
-        source = s.flag if args[s.field] is not None else next(
-            (name for name in (s.env, *s.aliases) if name in environ), None)
+        source, raw = _given(s, args, environ)
         if source is None:  # a default given as text is read as a value would be
             values[s.field] = s.parse(s.default) if isinstance(s.default, str) else s.default
             continue
-        raw = args[s.field] if source == s.flag else environ[source]
         given.add(s.env)
         try:
             values[s.field] = s.parse(raw)

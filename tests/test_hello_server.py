@@ -464,8 +464,9 @@ def test_the_readme_s_settings_table_has_a_row_for_every_setting_and_none_other(
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     named = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0])}
     flags = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row.split(" | ")[1])}
-    assert named == {s.env for s in settings.SETTINGS}
-    assert flags <= {s.flag for s in settings.SETTINGS}
+    secrets = [s for s in settings.SETTINGS if s.secret]
+    assert named == {s.env for s in settings.SETTINGS} | {s.file_env for s in secrets}
+    assert flags <= {s.flag for s in settings.SETTINGS} | {s.file_flag for s in secrets}
 
 
 def test_port_in_use_exits_1_with_the_fix_and_no_traceback():
@@ -510,6 +511,84 @@ def test_a_bad_redis_url_exits_2_without_any_part_of_its_password(capsys, url):
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("friendlyhello: REDIS_URL is not valid: ") and err.count("\n") == 1
     assert not [piece for piece in ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6") if piece in out + err], err
+
+
+TOKEN = "file-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("name, content, field, value", [
+    ("ADMIN_TOKEN_FILE", TOKEN + "\n", "admin_token", TOKEN),             # as `echo TOKEN > file` writes it
+    ("REDIS_PASSWORD_FILE", PASSWORD + "\r\n", "redis_password", PASSWORD),
+    ("REDIS_PASSWORD_FILE", " two  lines\n\n", "redis_password", " two  lines\n"),  # one line ending dropped
+    ("REDIS_URL_FILE", f"redis://:{PASSWORD}@10.0.0.9:6390/3", "redis_url", f"redis://:{PASSWORD}@10.0.0.9:6390/3"),
+])
+def test_a_secret_is_read_from_the_file_its_file_setting_names(tmp_path, name, content, field, value):
+    secret = tmp_path / "secret"
+    secret.write_bytes(content.encode())
+    extra = {"ADMIN_PORT": "0"} if name == "ADMIN_TOKEN_FILE" else {}
+    by_env = settings.load_config([], {name: str(secret), **extra})
+    flag = "--" + name.lower().replace("_", "-")
+    by_flag = settings.load_config([flag, str(secret)], extra)
+    assert getattr(by_env, field) == getattr(by_flag, field) == value
+
+
+SECRET_FILES = {  # what a file named by a case below holds
+    "short": b"pw-" + PASSWORD.encode(), "bad-url": f"redis://:{PASSWORD}@h:99999/0\n".encode(),
+    "url": f"redis://:{PASSWORD}@h:6390/0\n".encode(), "latin-1": b"pw\xe9" + PASSWORD.encode(),
+    "huge": PASSWORD.encode() * 3000,
+}
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"ADMIN_TOKEN": TOKEN, "ADMIN_TOKEN_FILE": "/x", "ADMIN_PORT": "0"},
+     "set ADMIN_TOKEN or ADMIN_TOKEN_FILE, not both"),
+    ({"REDIS_PASSWORD_FILE": "/no/such/file"},
+     "REDIS_PASSWORD_FILE='/no/such/file': cannot read it: No such file or directory"),
+    ({"REDIS_PASSWORD_FILE": "/"}, "REDIS_PASSWORD_FILE='/': cannot read it: Is a directory"),
+    ({"REDIS_URL_FILE": "url", "REDIS_HOST": "redis"},
+     "set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both"),
+    ({"ADMIN_TOKEN_FILE": "short", "ADMIN_PORT": "0"}, "ADMIN_TOKEN_FILE is not valid: 16 to 256 letters"),
+    ({"REDIS_URL_FILE": "bad-url"}, "REDIS_URL_FILE is not valid: "),
+    ({"REDIS_PASSWORD_FILE": "latin-1"}, "is not valid: REDIS_PASSWORD must be UTF-8 text"),
+    ({"REDIS_PASSWORD_FILE": "huge"}, "over 65536 bytes, too long for REDIS_PASSWORD"),
+])
+def test_a_secret_file_that_cannot_be_used_exits_2_naming_it_and_never_its_content(tmp_path, capsys, env, said):
+    for name, value in env.items():
+        if value in SECRET_FILES:
+            (tmp_path / value).write_bytes(SECRET_FILES[value])
+            env[name] = str(tmp_path / value)
+    code = hello_server.main([], environ=env)
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("friendlyhello: ") and err.count("\n") == 1, err
+    assert said in err, err
+    assert not [piece for piece in ("pw1", "pw2", "pw3", "pw4", "pw5", "pw6") if piece in out + err], err
+
+
+def test_help_says_a_secret_in_a_flag_is_seen_in_ps_and_names_its_file_setting():
+    code, out, _ = run_to_exit({}, ["--help"])
+    text = " ".join(out.split())
+    assert code == 0
+    for name in ("ADMIN_TOKEN", "REDIS_PASSWORD", "REDIS_URL"):
+        flag = "--" + name.lower().replace("_", "-")
+        assert f"{flag} {name} " in text and f"{flag}-file {name}_FILE" in text
+        assert f"a flag is seen by every user of this machine in ps: prefer {name}, or {name}_FILE" in text
+
+
+def test_a_secret_given_as_a_flag_is_warned_of_at_start_and_one_from_a_file_is_not(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("hunter2\n")
+    base = ["--port", "0", "--bind", "127.0.0.1", "--redis-host", "127.0.0.1", "--redis-port", str(free_port())]
+    said = []
+    for args in (base + ["--redis-password", "hunter2"], base + ["--redis-password-file", str(secret)]):
+        proc = Process({}, args)
+        try:
+            proc.wait_listening()
+        finally:
+            proc.signal()
+            said.append(proc.finish()[1])
+    assert "friendlyhello: settings: --redis-password is seen by every user of this machine in ps: set " \
+           "REDIS_PASSWORD or REDIS_PASSWORD_FILE instead" in said[0]
+    assert "is seen by every user" not in said[1] and "hunter2" not in "".join(said)
 
 
 def test_starts_without_redis_prints_one_line_and_serves_at_once():
