@@ -196,7 +196,7 @@ def test_a_heartbeat_that_fails_is_said_once_and_its_recovery_once(redis_server,
         redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"1")  # every write refused: OOM
         try:
             wait_until(lambda: any("the heartbeat failed" in line for line in server.error_lines()), what="a refusal")
-            time.sleep(0.3)  # three heartbeats more, refused alike
+            time.sleep(0.2)  # two heartbeats more, refused alike
         finally:
             redis_command(redis_server.port, b"CONFIG", b"SET", b"maxmemory", b"0")
         wait_until(lambda: any("the heartbeat works again" in line for line in server.error_lines()), what="it")
