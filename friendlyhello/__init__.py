@@ -19,7 +19,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes
-    admin           the admin port: faults turned on and off at run time  -> faults
+    admin           the admin port: faults turned on and off at run time  -> faults, connection, http11, proxies
     http_client     watch's HTTP/1.1 client: each answer within one deadline, bodies dropped
     watch           `hello_server.py watch URL`: a client that counts a rollout  -> responses, http_client
 """

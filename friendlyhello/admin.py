@@ -41,6 +41,7 @@ import urllib.parse
 from .connection import HeadRefused, head_size
 from .faults import error_rate, latency_range
 from .http11 import malformed_lines
+from .proxies import normal_address
 
 ADMIN_TIMEOUT = 2.0  # seconds an admin client may take to send its request and read the answer, in all
 MAX_BODY = 4096      # bytes of form-encoded parameters at most
@@ -314,7 +315,7 @@ class _Loop:
             if len(self.clients) >= MAX_OPEN:
                 self.drop(next(iter(self.clients.values())))
             sock.setblocking(False)
-            self.clients[sock] = _Client(sock, address[0], time.monotonic() + ADMIN_TIMEOUT)
+            self.clients[sock] = _Client(sock, normal_address(address[0]), time.monotonic() + ADMIN_TIMEOUT)
             self.selector.register(sock, selectors.EVENT_READ)
 
     def serve(self, client, events):
