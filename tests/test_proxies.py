@@ -566,9 +566,9 @@ def test_no_proxy_header_however_broken_gets_a_5xx_or_a_hang_or_stalls_the_loop(
     assert took < 300 * 0.5 + 10  # nothing waited longer than the idle timeout
 
 
-def test_the_readme_quotes_the_proxy_configurations_the_tests_run():
-    with open(os.path.join(ROOT, "README.md")) as file:
-        section = file.read().split("\n## Behind a proxy\n", 1)[1].split("\n## ", 1)[0]
+def test_the_proxy_docs_quote_the_proxy_configurations_the_tests_run():
+    with open(os.path.join(ROOT, "docs", "proxies.md")) as file:
+        section = file.read()
     quoted = [line.strip() for block in re.findall(r"```\n(.*?)```", section, re.S) for line in block.splitlines()]
     used = {line.strip() for name in ("haproxy.cfg", "nginx.conf") for line in fill(name).splitlines()}
     assert quoted and [line for line in quoted if line and line not in used] == []
