@@ -29,15 +29,18 @@ import sys
 import resp_client
 from friendlyhello.faults import Faults
 from friendlyhello.healthcheck import healthcheck
+from friendlyhello.lifecycle import Lifecycle
 from friendlyhello.listening import ListenError, listen, raise_file_limit
 from friendlyhello.logs import Log, printable
 from friendlyhello.metrics import Metrics
-from friendlyhello.redis_pipeline import RedisPipeline, RedisStatus, describe_redis, redis_client
+from friendlyhello.redis_state import RedisStatus
+from friendlyhello.redis_thread import RedisPipeline, describe_redis, redis_client
 from friendlyhello.replicas import identity, placement, replica_commands
-from friendlyhello.responses import CommonHeaders, Route
+from friendlyhello.responses import CommonHeaders
+from friendlyhello.routes import Route
 from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
-from friendlyhello.site import Lifecycle, Site
+from friendlyhello.site import Site
 from friendlyhello.workers import STOP_SIGNALS, Supervisor
 
 PING = resp_client.encode_command(("PING",))

@@ -3,25 +3,33 @@
 Imports run one way, from the leaves up; nothing here imports ``hello_server``, and
 ``resp_client`` (beside it too) knows nothing of HTTP. tests/test_layout.py keeps it so.
 
-    proxies         what proxies say of the client: PROXY headers, X-Forwarded-For, Forwarded
+    proxies         what proxies say of the client: PROXY headers, forwarded headers
     faults          faults turned on to break it on purpose
-    settings        the settings table, read once into one Config        -> resp_client, proxies, faults
+    settings        the settings table, read once into one Config
+                        -> faults, proxies, resp_client
     logs            access and event lines that never block serving
-    redis_pipeline  the Redis thread, Redis's state, how a call ended    -> resp_client
-    metrics         what is counted; the Prometheus text format          -> redis_pipeline
+    redis_state     how a Redis call ended, in one vocabulary; Redis's state  -> resp_client
+    redis_thread    the Redis thread, and the client the settings describe
+                        -> redis_state, resp_client
+    metrics         what is counted; the Prometheus text format  -> redis_state
     shared_memory   the workers' metrics slots (imported with workers only)
     responses       what a route answers; the bytes of every answer
-    http11          http.server's handler, held to RFC 9112              -> responses
-    connection      one client connection and its states                 -> proxies
-    replicas        what replicas keep in Redis, and /replicas           -> redis_pipeline
-    site            the pages, the probes and /echo                      -> replicas, responses, proxies
-    server          the selector loop                                    -> connection, http11
+    routes          the route table's rows; what an answer is given
+    lifecycle       what the probes say of the process: stopping, its threads alive
+    http11          http.server's handler, held to RFC 9112  -> responses, routes
+    connection      one client connection and its states  -> proxies
+    replicas        what replicas keep in Redis, and /replicas  -> redis_state, resp_client
+    site            the pages, the probes and /echo
+                        -> logs, proxies, redis_state, replicas, resp_client, responses
+    server          the selector loop  -> connection, http11, proxies, resp_client, responses
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes
-    admin           the admin port: faults turned on and off at run time  -> faults, connection, http11, proxies
-    http_client     watch's HTTP/1.1 client: each answer within one deadline, bodies dropped
-    watch           `hello_server.py watch URL`: a client that counts a rollout  -> responses, http_client
+    admin           the admin port: faults turned on and off at run time
+                        -> connection, faults, http11, proxies
+    http_client     watch's HTTP/1.1 client: each answer within one deadline
+    watch           `hello_server.py watch URL`: a client that counts a rollout
+                        -> http_client, responses
 """
 
 VERSION = "1.0"

@@ -15,7 +15,8 @@ import re
 import urllib.parse
 
 from . import SERVER_NAME
-from .responses import TEXT, PageRequest, RedisReply, Response, error_response
+from .responses import TEXT, Response, error_response
+from .routes import PageRequest, RedisReply
 
 _NOT_FOUND = Response(404, TEXT, "404 not found\n")
 _NOT_ALLOWED = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))

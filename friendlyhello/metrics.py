@@ -4,7 +4,7 @@ Every family is one row of FAMILIES: name, type, help, label names. A process ke
 numbers as series (label values -> a number, or a histogram's bucket counts and sum), so
 that a snapshot is plain data, several workers' snapshots add up by type, and the text is
 written from the table alone. Labels are bounded: methods and routes outside the known
-ones are "other", Redis outcomes are redis_pipeline.OUTCOMES.
+ones are "other", Redis outcomes are redis_state.OUTCOMES.
 """
 
 import bisect
@@ -15,7 +15,7 @@ import resource
 import sys
 
 from . import VERSION
-from .redis_pipeline import OUTCOMES
+from .redis_state import OUTCOMES
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 PIPELINE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

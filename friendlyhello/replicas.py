@@ -15,7 +15,7 @@ import re
 
 import resp_client
 
-from .redis_pipeline import outage_reason
+from .redis_state import outage_reason
 
 COUNTER_KEY = "counter"
 REPLICA_TTL = 10        # seconds after its last heartbeat that a replica drops out of the view

@@ -1,5 +1,5 @@
-"""Responses: what a route answers (a status, a content type, a body and its own headers), the
-route table's rows, and the bytes every answer leaves as, errors included.
+"""Responses: what a route answers (a status, a content type, a body and its own headers), and
+the bytes every answer leaves as, errors included.
 """
 
 import collections
@@ -22,27 +22,6 @@ class Response(collections.namedtuple("Response", "status content_type body head
     many seconds to hold it before it is sent (the server holds it without a thread)."""
 
     __slots__ = ()
-
-
-class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe gate", defaults=(None,))):
-    """One path: ``answer(request, reply)`` makes its Response from a PageRequest.
-
-    ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
-    ``reply`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
-    that counts visits sends nothing). A ``probe`` is left out of the access log by default.
-    A ``gate(request)``, when set, is asked first: a Response from it is the answer, and
-    nothing is sent to Redis.
-    """
-
-    __slots__ = ()
-
-
-PageRequest = collections.namedtuple("PageRequest", "wants_json query path requestline headers address connection")
-PageRequest.__doc__ = """What an answer may read of its request: whether JSON ranks first, the
-query, the path (without the query); and, for /echo, the request line (bytes), the header
-fields, the address it came from (a PROXY header's source, else the TCP peer) and the
-Connection (its ``peer``, its ``proxy`` header or None)."""
-RedisReply = collections.namedtuple("RedisReply", "value error")
 
 
 def error_response(status):

@@ -13,7 +13,7 @@ import resp_client
 
 from .logs import printable, request_target
 from .proxies import conclude, forwarded_elements, x_forwarded_for
-from .redis_pipeline import visit_words
+from .redis_state import visit_words
 from .replicas import ReplicaView
 from .responses import HTML, JSON, TEXT, Response, error_response
 
@@ -28,21 +28,6 @@ _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 _LIVE = Response(200, TEXT, "ok\n")
 _LIVE_FAULT = Response(503, TEXT, "not live: the live fault is on\n", (("Friendlyhello-Fault", "live"),))
 _READY_FAULT = Response(503, TEXT, "not ready: the ready fault is on\n", (("Friendlyhello-Fault", "ready"),))
-
-
-class Lifecycle:
-    """What the probes report of the process: whether it is shutting down (set by the server),
-    and whether each thread that serving needs still runs."""
-
-    def __init__(self):
-        self.shutting_down = False
-        self._threads = []  # (name, is_alive)
-
-    def needs(self, name, is_alive):
-        self._threads.append((name, is_alive))
-
-    def dead_threads(self):
-        return [name for name, is_alive in self._threads if not is_alive()]
 
 
 class Site:

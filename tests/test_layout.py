@@ -46,6 +46,29 @@ def runtime_files():
         os.path.join(PACKAGE, m + ".py") for m in MODULES]
 
 
+def drawn_imports():
+    """What the package docstring says each module imports (its arrows), by module."""
+    drawn, module = {}, None
+    for line in friendlyhello.__doc__.splitlines():
+        named = re.match(r"^    ([a-z_0-9]+) ", line)
+        if named:
+            module = named.group(1)
+            drawn[module] = set()
+        if module and "  -> " in line:
+            drawn[module] |= {name.strip() for name in line.split("  -> ", 1)[1].split(",")}
+    return drawn
+
+
+def test_the_package_docstring_draws_every_module_s_imports_truly():
+    drawn = drawn_imports()
+    for name in MODULES:
+        if name == "__init__":
+            continue
+        real = {module.split(".")[-1] for module, _ in imports(os.path.join(PACKAGE, name + ".py"))
+                if module.startswith("friendlyhello.") or module == "resp_client"}
+        assert drawn[name] == real, name
+
+
 def test_the_package_docstring_lists_every_module_once():
     assert sorted(ORDER) == sorted(m for m in MODULES if m != "__init__")
     assert len(set(ORDER)) == len(ORDER)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from friendlyhello import metrics as metrics_module
-from friendlyhello.redis_pipeline import OUTCOMES
+from friendlyhello.redis_state import OUTCOMES
 from friendlyhello.shared_memory import SharedSlots
 from helpers import Process, free_port, raw_exchange, redis_env, refused_env, serving, unavailable
 

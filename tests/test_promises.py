@@ -364,9 +364,9 @@ def test_an_error_reply_is_an_answer_redis_stays_up(fake_redis):
     ({"REDIS_URL": "redis://:secret@cache:6380/5"}, "cache:6380 db 5"),
 ])
 def test_the_start_up_line_names_where_redis_is_and_never_its_password(env, said):
-    from friendlyhello import redis_pipeline, settings
+    from friendlyhello import redis_thread, settings
 
-    assert redis_pipeline.describe_redis(settings.load_config([], env)) == said
+    assert redis_thread.describe_redis(settings.load_config([], env)) == said
 
 
 def test_pages_and_the_replica_view_vary_by_accept_and_answer_200(fake_redis):

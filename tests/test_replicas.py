@@ -138,8 +138,8 @@ def test_a_record_that_is_not_a_hash_is_made_anew_by_the_next_heartbeat(redis_se
 
 @pytest.fixture
 def quick_heartbeats(monkeypatch):
-    from friendlyhello import redis_pipeline
-    monkeypatch.setattr(redis_pipeline, "HEARTBEAT_INTERVAL", 0.1)
+    from friendlyhello import redis_thread
+    monkeypatch.setattr(redis_thread, "HEARTBEAT_INTERVAL", 0.1)
 
 
 @pytest.mark.parametrize("key, spoil", [
