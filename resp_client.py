@@ -18,8 +18,8 @@ It is not a full Redis library: no pub/sub, no cluster, no client-side caching.
 Connection state (MULTI, SELECT, WATCH) does not survive between calls because each
 call may use another pooled connection; send a transaction with ``pipeline()``.
 
-Read top to bottom: errors, encoding, the reply reader, one connection, the outage
-back-off, the client (pool and calls), connecting, URL parsing.
+Read top to bottom: errors, encoding, the reply reader, one connection, the back-off
+while the server is unavailable, the client (pool and calls), connecting, URL parsing.
 """
 
 import collections
@@ -58,8 +58,8 @@ class RedisError(Exception):
 
     ``command_sent`` is True when the call failed after its command started on its way:
     the server may have run it (an INCR may have counted) though no reply came back.
-    ``cause`` is set on a call refused at once during an outage: the error that opened
-    the outage, so a caller can keep saying *why* Redis is away.
+    ``cause`` is set on a call refused at once while the server is unavailable: the error
+    that made it so, so a caller can keep saying *why* Redis is unavailable.
     """
 
     command_sent = False
@@ -105,7 +105,7 @@ def _error_reply(message):
 
 def means_unavailable(error):
     """True when an error says the server cannot be used now: every error but an error reply
-    to a command (WRONGTYPE, OOM, ...), which is an answer. Refused credentials are an outage:
+    to a command (WRONGTYPE, OOM, ...), which is an answer. Refused credentials make it unavailable:
     nothing will work until someone fixes them."""
     return not isinstance(error, ResponseError) or isinstance(error, AuthenticationError)
 
@@ -445,9 +445,9 @@ class _Connection:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
 
-# -- the outage back-off -----------------------------------------------------------------------
+# -- the back-off while unavailable ---------------------------------------------------------------------
 
-class _Outage:
+class _Backoff:
     """After a failure, calls fail fast until the window ends; then one call probes.
 
     Not locked itself: the client calls it under its own lock.
@@ -460,7 +460,7 @@ class _Outage:
         self.last_error = None
 
     def admit(self, address):
-        """Let a call go ahead: True if it is the outage's probe. Raise the fail-fast error."""
+        """Let a call go ahead: True if it is the probe that tries the server again. Raise the fail-fast error."""
         if not self.failures:
             return False
         wait = self.retry_at - time.monotonic()
@@ -475,7 +475,7 @@ class _Outage:
 
     @property
     def clear(self):
-        """No outage: calls go ahead without taking the client's lock."""
+        """Not backing off: calls go ahead without taking the client's lock."""
         return not self.failures and not self.probing
 
     def end_probe(self):
@@ -528,7 +528,7 @@ class RespClient:
         # the first of them, so a busy thread that calls again at once cannot starve the others.
         self._waiting, self._handed = collections.deque(), set()
         self._generation = 0  # raised by close(): connections of older ones are not pooled
-        self._outage = _Outage()
+        self._backoff = _Backoff()
 
     @classmethod
     def from_url(cls, url, **options):
@@ -602,12 +602,12 @@ class RespClient:
         return result
 
     def _checkout(self):
-        """Take a pooled connection (or open one); fail fast in an outage.
+        """Take a pooled connection (or open one); fail fast while backing off.
 
-        Returns the connection and whether this call is the outage's probe.
+        Returns the connection and whether this call is the probe that tries the server again.
         """
         with self._lock:
-            probing = self._outage.admit(self.address)
+            probing = self._backoff.admit(self.address)
             if self._in_use < self.max_connections and not self._waiting:
                 self._in_use += 1
             else:
@@ -616,7 +616,7 @@ class RespClient:
                 if not self._slot_freed.wait_for(lambda: turn in self._handed, self.timeout):
                     self._waiting.remove(turn)
                     if probing:
-                        self._outage.end_probe()
+                        self._backoff.end_probe()
                     raise RedisTimeoutError(
                         f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
                 self._handed.remove(turn)  # the slot came counted, from the caller that freed it
@@ -653,18 +653,18 @@ class RespClient:
 
     def _ended(self, probing, error):
         """Note how a call ended: ``error`` None when the server answered, else why it failed."""
-        if error is None and not probing and self._outage.clear:
+        if error is None and not probing and self._backoff.clear:
             return  # the common case, without taking the lock
         with self._lock:
             if probing:
-                self._outage.end_probe()
-            self._outage.record(error)
+                self._backoff.end_probe()
+            self._backoff.record(error)
 
     def _abandoned(self, probing):
         """A call ended for a reason that says nothing about the server (an interrupt, a bug)."""
         if probing:
             with self._lock:
-                self._outage.end_probe()
+                self._backoff.end_probe()
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -715,7 +715,7 @@ class _Connector:
                 if isinstance(exc, AuthenticationError):
                     raise
                 # The server answered, but no command of the caller's can run on this
-                # connection: that is an outage (back-off, state down), not an error reply.
+                # connection: Redis is unavailable (back-off), not an error reply.
                 error = RedisConnectionError(f"Redis at {self.address} refused the connection's setup: {exc}")
                 error.cause = exc
                 raise error from None

@@ -45,7 +45,7 @@ class Log:
     """Lines to stdout (``out``: requests, the start-up line) and stderr (``err``: events),
     each line whole and at most one write: words, or JSON objects carrying the replica's
     hostname and pod fields. Levels: error (something is wrong), warning (something is
-    degraded, such as Redis down), info (everything else, recoveries included)."""
+    degraded, such as Redis unavailable), info (everything else, recoveries included)."""
 
     MAX_TARGET = 1024  # longer targets are cut, so lines stay under PIPE_BUF
 

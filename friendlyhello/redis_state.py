@@ -10,7 +10,7 @@ import resp_client
 # -- how a Redis call for a request ended: the one vocabulary ---------------------------------
 
 # The outcomes, as friendlyhello_redis_replies_total labels them: "ok", "no_reply", or the words
-# of outage_reason() as a label ("error_reply" for every error reply, whatever its code).
+# of why_unavailable() as a label ("error_reply" for every error reply, whatever its code).
 OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply", "authentication_failed",
             "protocol_error")
 NO_REPLY = "no reply (the visit may have counted)"
@@ -18,19 +18,19 @@ NO_REPLY = "no reply (the visit may have counted)"
 
 def outcome(error):
     """One of OUTCOMES: how a call ended (``error`` None when it was answered). A call refused
-    at once during an outage is named by what opened it, as the page names it."""
+    at once while Redis is unavailable is named by what made it so, as the page names it."""
     if error is None:
         return "ok"
     if not resp_client.means_unavailable(error):
         return "error_reply"
     if error.command_sent:
         return "no_reply"  # the command left: Redis may have run it
-    reason = outage_reason(error)
+    reason = why_unavailable(error)
     return "error_reply" if reason.startswith("error ") else reason.replace(" ", "_")
 
 
-def outage_reason(error):
-    """Why Redis cannot be used, in a few words: the error that opened an outage, if any, and
+def why_unavailable(error):
+    """Why Redis cannot be used, in a few words: the error that made it unavailable, if any, and
     what that one says it came from (a setup command's error reply)."""
     while error.cause is not None:
         error = error.cause
@@ -50,7 +50,7 @@ def visit_words(error):
     kind = outcome(error)
     if kind == "ok":
         return "ok"
-    return NO_REPLY if kind == "no_reply" else outage_reason(error)
+    return NO_REPLY if kind == "no_reply" else why_unavailable(error)
 
 
 def _text(value):
@@ -58,16 +58,16 @@ def _text(value):
 
 
 class RedisStatus:
-    """Whether Redis answers, logged once at each change: up, down with the reason, back.
+    """Whether Redis answers, logged once at each change: up, unavailable with the reason, back.
 
-    An outage logs one line however many pages it touches; a new reason while it lasts
+    Being unavailable logs one line however many pages it touches; a new reason while it lasts
     (refused, then a wrong password) logs one more. Changed from the Redis thread only.
     """
 
     def __init__(self, address, log):
         self.address, self._log = address, log
-        self.reason = None       # why Redis is down; None while it answers (or before it is tried)
-        self._down_since = None
+        self.reason = None       # why Redis is unavailable; None while it answers (or before it is tried)
+        self._unavailable_since = None
         self._seen_up = False
         self.counter_problem = ""     # what the counter holds when it is no count (the last heartbeat's word)
         self._heartbeat_error = None  # the error reply the heartbeat got, while it gets one
@@ -78,7 +78,7 @@ class RedisStatus:
 
     def describe(self):
         """How Redis is, in a few words and no address (for /readyz, which anyone may ask)."""
-        reason, since = self.reason, self._down_since
+        reason, since = self.reason, self._unavailable_since
         if reason is not None and since is not None:
             return f"unavailable ({reason}) for {time.monotonic() - since:.1f}s"
         if not self._seen_up:
@@ -116,20 +116,20 @@ class RedisStatus:
         if self.reason is None and self._seen_up:
             return
         if self.reason is not None:
-            self._log.info("redis", f"{self.address} is back after {time.monotonic() - self._down_since:.1f}s")
+            self._log.info("redis", f"{self.address} is back after {time.monotonic() - self._unavailable_since:.1f}s")
         else:
             self._log.info("redis", f"{self.address} is up: visits are counted")
-        self.reason, self._down_since, self._seen_up = None, None, True
+        self.reason, self._unavailable_since, self._seen_up = None, None, True
 
     def failed(self, error):
         if not resp_client.means_unavailable(error):
             self.answered()  # an error reply is still an answer
             return
-        reason = outage_reason(error)
+        reason = why_unavailable(error)
         if reason == self.reason:
             return
-        if self._down_since is None:
-            self._down_since = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = time.monotonic()
         self.reason = reason
         self._log.warning("redis", f"{self.address} is unavailable ({reason}): {error.cause or error}"
                                    " - pages say the counter is disabled until it answers again")

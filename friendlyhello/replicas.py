@@ -15,7 +15,7 @@ import re
 
 import resp_client
 
-from .redis_state import outage_reason
+from .redis_state import why_unavailable
 
 COUNTER_KEY = "counter"
 REPLICA_TTL = 10        # seconds after its last heartbeat that a replica drops out of the view
@@ -231,7 +231,7 @@ class ReplicaView(collections.namedtuple("ReplicaView", "replicas total live rea
     @classmethod
     def read(cls, reply):
         if reply.error is not None:
-            return cls([], None, 0, outage_reason(reply.error))
+            return cls([], None, 0, why_unavailable(reply.error))
         now, counter, live, *pairs = reply.value
         replicas = [read_record(replica_id, fields, now)
                     for replica_id, fields in zip(pairs[::2], pairs[1::2], strict=True)]

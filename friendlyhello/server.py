@@ -280,7 +280,7 @@ class HelloServer:
         """Answer a request that waited on Redis, then go on to the connection's next ones."""
         try:
             if error is not None and not isinstance(error, resp_client.RedisError):
-                raise error  # a bug of ours on the Redis thread, not an outage
+                raise error  # a bug of ours on the Redis thread, not Redis unavailable
             response = conn.handler.answer(reply, error)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, not the server
             self._internal_error(conn, exc)

@@ -82,8 +82,8 @@ class Site:
 
     def readyz(self, request, reply):
         """Readiness: send me traffic. Pages serve without Redis, so by default Redis's state
-        is only reported: an outage must not pull every replica out of its load balancer.
-        It says up or down, never an address or an error's text: anyone may ask."""
+        is only reported: Redis unavailable must not pull every replica out of its load balancer.
+        It says up or unavailable, never an address or an error's text: anyone may ask."""
         if self.lifecycle.shutting_down:
             return _SHUTTING_DOWN
         if self.faults.state.ready_fails:
@@ -91,7 +91,7 @@ class Site:
         if reply is None:
             return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
         if reply.error is not None:
-            return Response(503, TEXT, "not ready: redis is down\n")
+            return Response(503, TEXT, "not ready: redis is unavailable\n")
         return Response(200, TEXT, "ready\n")
 
     def metrics_page(self, request, reply):

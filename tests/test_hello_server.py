@@ -124,7 +124,7 @@ def test_readyz_needing_redis_is_503_saying_only_down_when_redis_refuses():
     with serving(env) as server:
         reply = server.get("/readyz")
         log = "\n".join(server.error_lines())
-    assert (reply.status, reply.text) == (503, "not ready: redis is down\n")  # anyone may ask: no address
+    assert (reply.status, reply.text) == (503, "not ready: redis is unavailable\n")  # anyone may ask: no address
     line = f"friendlyhello: redis: 127.0.0.1:{env['REDIS_PORT']} is unavailable (cannot connect): "
     assert log.startswith(line) and log.endswith(" - pages say the counter is disabled until it answers again")
 

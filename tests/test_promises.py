@@ -297,7 +297,7 @@ def test_each_way_a_visit_fails_has_its_outcome_in_metrics_and_its_words_in_json
     assert re.search(rf'^friendlyhello_redis_replies_total{{outcome="{outcome}"}} 1$', scraped, re.M)
 
 
-def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect_in_pages_probes_and_metrics(fake_redis):
+def test_unavailable_redis_is_named_by_what_made_it_so_timeout_or_cannot_connect(fake_redis):
     fake_redis.script(Silence(), Silence())
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.2"}) as server:
         server.get("/")  # times out: its reply is lost, and the outage begins
@@ -313,7 +313,7 @@ def test_an_outage_is_named_by_what_opened_it_timeout_or_cannot_connect_in_pages
         assert json.loads(server.get("/", headers={"Accept": "application/json"}).body)["redis"] == "cannot connect"
 
 
-def test_a_garbled_reply_is_a_protocol_error_for_as_long_as_the_outage_lasts(fake_redis):
+def test_a_garbled_reply_is_a_protocol_error_for_as_long_as_redis_is_unavailable(fake_redis):
     fake_redis.script(b"?what\r\n")
     with serving(redis_env(fake_redis)) as server:
         server.get("/")
@@ -327,7 +327,7 @@ def test_a_garbled_reply_is_a_protocol_error_for_as_long_as_the_outage_lasts(fak
     ((b"-WRONGPASS invalid username-password pair\r\n",) * 2, {"REDIS_PASSWORD": "not-it"}, "authentication failed"),
     ((), None, "cannot connect"),
 ], ids=["silent", "garbled", "refused password", "refused connection"])
-def test_an_outage_has_one_name_in_the_page_the_probe_and_the_metric(fake_redis, script, extra, words):
+def test_unavailable_redis_has_one_name_in_the_page_the_probe_and_the_metric(fake_redis, script, extra, words):
     fake_redis.script(*script)
     env = refused_env() if extra is None else {**redis_env(fake_redis), **extra}
     with serving(env) as server:
@@ -389,7 +389,7 @@ def test_a_head_past_the_limits_is_logged_counted_and_closed():
     assert 'http_request_duration_seconds_bucket{method="other",route="other",le="0.005"} 1' in scraped
 
 
-def test_a_redis_setup_that_fails_is_an_outage_not_an_answer(redis_server):
+def test_a_redis_setup_that_fails_makes_redis_unavailable_not_an_answer(redis_server):
     env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "REDIS_DB": "99"}  # it has 16
     with serving(env) as server:
         page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)

@@ -337,7 +337,7 @@ def test_errors_say_whether_the_command_may_have_reached_the_server(fake_redis):
 
 
 @pytest.mark.slow  # waits out real timeouts and delays
-def test_calls_fail_fast_during_an_outage_and_only_one_caller_probes(fake_redis):
+def test_calls_fail_fast_while_redis_is_unavailable_and_only_one_caller_probes(fake_redis):
     fake_redis.script(Silence(), Silence())
     with client_for(fake_redis, timeout=0.5) as client:
         with pytest.raises(RedisTimeoutError):
@@ -729,7 +729,7 @@ def test_an_os_error_is_described_by_its_reason_else_its_text_else_its_type():
 
 
 def test_the_back_off_doubles_from_the_first_window_to_its_cap_and_any_answer_ends_it():
-    outage, error = resp_client._Outage(), RedisConnectionError("refused")
+    outage, error = resp_client._Backoff(), RedisConnectionError("refused")
     windows = []
     for _ in range(12):
         before = time.monotonic()
