@@ -11,7 +11,7 @@ many, by version), ``/echo`` (what arrived, and from whom), ``/status/CODE`` and
 It is built on ``http.server``'s request handler, which parses each request head, with one
 change to how connections are served: one thread serves all connections, non-blocking, with
 a selector, and one more thread talks to Redis, sending the commands of all waiting requests
-in one pipeline. It serves small pages to demo, learning and probe traffic; it is not a
+in one round trip. It serves small pages to demo, learning and probe traffic; it is not a
 general web server (no request bodies, no TLS, no static files).
 
 This module is what runs (``python3 hello_server.py``, ``python3 -m hello_server``): the
@@ -34,7 +34,7 @@ from friendlyhello.listening import ListenError, listen, raise_file_limit
 from friendlyhello.logs import Log, printable
 from friendlyhello.metrics import Metrics
 from friendlyhello.redis_state import RedisStatus
-from friendlyhello.redis_thread import RedisPipeline, describe_redis, redis_client
+from friendlyhello.redis_thread import RedisThread, describe_redis, redis_client
 from friendlyhello.replicas import identity, placement, replica_commands
 from friendlyhello.responses import CommonHeaders
 from friendlyhello.routes import Route
@@ -53,7 +53,7 @@ def route_table(config, site, commands):
     argument. Anything else is 404; methods but GET and HEAD, 405."""
     ready_command = PING if config.ready_needs_redis == "on" else None
     return {
-        "/":         Route(site.page,         commands.visit, counts_visit=True,  probe=False, gate=site.page_gate),
+        "/":         Route(site.page,         commands.one_visit, counts_visit=True,  probe=False, gate=site.page_gate),
         "/healthz":  Route(site.livez,        None,           counts_visit=False, probe=True),
         "/livez":    Route(site.livez,        None,           counts_visit=False, probe=True),
         "/readyz":   Route(site.readyz,       ready_command,  counts_visit=False, probe=True),
@@ -81,10 +81,10 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
-    pipeline = RedisPipeline(client, status, metrics, lambda: commands.heartbeat(faults.state.words()),
-                             waker.wake, log, commands.visits)
-    lifecycle.needs("redis", pipeline.is_alive)
-    return HelloServer(config, route_table(config, site, commands), pipeline, waker, metrics, lifecycle,
+    redis_thread = RedisThread(client, status, metrics, lambda: commands.heartbeat(faults.state.words()),
+                             waker.wake, log, commands.visit_commands)
+    lifecycle.needs("redis", redis_thread.is_alive)
+    return HelloServer(config, route_table(config, site, commands), redis_thread, waker, metrics, lifecycle,
                        listener, log, CommonHeaders(me.replica_id, config.version), faults, supervisor_pid)
 
 

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import resp_client  # noqa: E402
-from friendlyhello.replicas import COUNTER_KEY, REPLICA_TTL, Visits  # noqa: E402
+from friendlyhello.replicas import COUNTER_KEY, REPLICA_TTL, VisitCommands  # noqa: E402
 
 RECORD = "friendlyhello:replica:bench"
 BATCH = 4  # visits a round trip
@@ -55,7 +55,7 @@ def ways(sha):
     arguments = (2, COUNTER_KEY, RECORD, REPLICA_TTL, BATCH)
     return {
         "incr": [encode(("INCR", COUNTER_KEY))] * BATCH,
-        "transaction": [Visits(RECORD).of(BATCH)],
+        "transaction": [VisitCommands(RECORD).of(BATCH)],
         "eval": [encode(("EVAL", SCRIPT, *arguments))],
         "evalsha": [encode(("EVALSHA", sha, *arguments))],
         "fcall": [encode(("FCALL", "visit", *arguments))],

@@ -86,7 +86,7 @@ class Connection:
         self.started = 0.0         # when its head was complete
         self.close_after = False   # close once the response is sent...
         self.linger = False        # ...and linger, since the client may still be sending
-        self.held = None           # an answer held until its deadline (WAITING, as for Redis)
+        self.held = None           # an answer held until its deadline or the hang's end (WAITING)
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);

@@ -75,7 +75,7 @@ class Histogram:
 
 class Metrics:
     """This process's numbers, written by the serving thread (requests, visits, connections)
-    and the Redis thread (replies, batch sizes), each to its own series; read for /metrics.
+    and the Redis thread (replies, round trip sizes), each to its own series; read for /metrics.
 
     With several workers each writes a snapshot to its slot in ``shared`` (a SharedSlots)
     every sweep, and /metrics shows the sum over all slots. A worker that replaces a dead one
@@ -99,7 +99,7 @@ class Metrics:
         self.series["friendlyhello_redis_replies_total"] = self.redis_replies
         self.proxy_refusals = collections.Counter(self.series["friendlyhello_proxy_refused_total"])
         self.series["friendlyhello_proxy_refused_total"] = self.proxy_refusals
-        self.pipeline_sizes = Histogram(PIPELINE_BUCKETS, self.series["friendlyhello_redis_pipeline_size"])
+        self.round_trip_sizes = Histogram(PIPELINE_BUCKETS, self.series["friendlyhello_redis_pipeline_size"])
         self.visits = self.series["friendlyhello_visits_total"].get((), 0)
         self.open_connections = 0
         self._ticks, self._page_size = os.sysconf("SC_CLK_TCK"), resource.getpagesize()

@@ -13,7 +13,7 @@ import resp_client
 
 from .redis_state import outcome
 
-MAX_PIPELINE = 256        # Redis commands sent in one round trip at most
+MAX_COMMANDS = 256        # Redis commands sent in one round trip at most
 HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive
 
 
@@ -39,24 +39,24 @@ def describe_redis(config):
     return f"{address} db {options['db']}"
 
 
-class RedisPipeline:
-    """One thread sends the commands of all waiting requests to Redis in one pipeline (one
-    round trip for many pages) and hands each reply back to the serving thread, which it
-    wakes with ``wake()``. Redis's timeout bounds each trip. Every HEARTBEAT_INTERVAL it
-    sends this replica's heartbeat too (with a batch, or alone): the command ``heartbeat()``
-    gives then. It notes Redis's state in ``status``, and counts replies by outcome and batch
-    sizes in ``metrics``.
+class RedisThread:
+    """One thread sends the commands of all waiting requests to Redis in one round trip (many
+    pages' commands together) and hands each reply back to the serving thread, which it
+    wakes with ``wake()``. Redis's timeout bounds each round trip. Every HEARTBEAT_INTERVAL it
+    sends this replica's heartbeat too (with other commands, or alone): the command ``heartbeat()``
+    gives then. It notes Redis's state in ``status``, and counts replies by outcome and round
+    trip sizes in ``metrics``.
 
-    The visits of a batch go as one command: ``visits`` (a replicas.Visits) makes the command
+    The visits of a round trip go as one command: ``visit_commands`` (a replicas.VisitCommands) makes the command
     of one visit and of n, and reads its reply: the counter's new value V, and the n pages
     take the numbers V-n+1 ... V in the order they came. One transaction, one write to the
     append-only file and one reply for them all: Redis's work per visit falls as load rises."""
 
-    def __init__(self, client, status, metrics, heartbeat, wake, log, visits=None):
+    def __init__(self, client, status, metrics, heartbeat, wake, log, visit_commands=None):
         self.client, self.status, self.metrics = client, status, metrics
         self._heartbeat, self._wake, self._log = heartbeat, wake, log
-        self._visits = visits
-        self._visit = visits.one if visits is not None else None
+        self._visit_commands = visit_commands
+        self._one_visit = visit_commands.one if visit_commands is not None else None
         self._waiting = []                   # (request, command) to send
         self._changed = threading.Condition()
         self._replies = collections.deque()  # (request, reply, error) to hand back
@@ -82,10 +82,10 @@ class RedisPipeline:
         while self._replies:
             yield self._replies.popleft()
 
-    STOP_WAIT = 0.2  # how long stop() waits for a trip under way; the thread is a daemon
+    STOP_WAIT = 0.2  # how long stop() waits for a round trip under way; the thread is a daemon
 
     def stop(self):
-        """Stop the thread and close the client. A trip under way (a silent Redis, a request
+        """Stop the thread and close the client. A round trip under way (a silent Redis, a request
         past the drain) is not waited for beyond STOP_WAIT: the process must stop at once."""
         with self._changed:
             self._stopping = True
@@ -102,71 +102,72 @@ class RedisPipeline:
                                        max(next_heartbeat - time.monotonic(), 0))
                 if self._stopping:
                     return
-                batch, self._waiting = self._waiting[:MAX_PIPELINE], self._waiting[MAX_PIPELINE:]
+                requests, self._waiting = self._waiting[:MAX_COMMANDS], self._waiting[MAX_COMMANDS:]
             heartbeat = []
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 heartbeat = [self._heartbeat()]
             try:
-                self._send(heartbeat, batch)
+                self._send(heartbeat, requests)
             except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log it, go on
                 self._log.error("redis", f"internal error in the Redis thread: {exc!r}")
-                self._hand_back(batch, [None] * len(batch), [exc] * len(batch))
+                self._hand_back(requests, [None] * len(requests), [exc] * len(requests))
 
-    def _send(self, heartbeat, batch):
-        commands, visits = self._commands(batch)
+    def _send(self, heartbeat, requests):
+        commands, merged = self._commands(requests)
         try:
             replies = self.client.pipeline(heartbeat + commands)
             if heartbeat:
                 self.status.heartbeat(replies[0])
                 replies = replies[1:]
-            replies = self._per_request(batch, replies, visits)
+            replies = self._per_request(requests, replies, merged)
             errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
             self.status.answered()
         except resp_client.RedisError as exc:
-            replies, errors = [None] * len(batch), [exc] * len(batch)
+            replies, errors = [None] * len(requests), [exc] * len(requests)
             self.status.failed(exc)
-        if batch:
-            self.metrics.pipeline_sizes.observe((), len(batch))
+        if requests:
+            self.metrics.round_trip_sizes.observe((), len(requests))
             for error in errors:
                 self.metrics.redis_reply(outcome(error))
-            self._hand_back(batch, replies, errors)
+            self._hand_back(requests, replies, errors)
 
-    def _commands(self, batch):
-        """What to send for a batch: its commands in order, but two visits or more as one
+    def _commands(self, requests):
+        """What to send for a round trip's requests: its commands in order, but two visits or more as one
         command, first. Also how many visits that one command counts (0: none was merged)."""
-        visits = sum(1 for _, command in batch if command is self._visit) if self._visit is not None else 0
-        if visits < 2:
-            return [command for _, command in batch], 0
-        return [self._visits.of(visits), *(command for _, command in batch if command is not self._visit)], visits
+        merged = sum(1 for _, command in requests if command is self._one_visit) if self._one_visit is not None else 0
+        if merged < 2:
+            return [command for _, command in requests], 0
+        others = [command for _, command in requests if command is not self._one_visit]
+        return [self._visit_commands.of(merged), *others], merged
 
-    def _per_request(self, batch, replies, visits):
-        """The replies in the batch's order, a visit's as the counter's value (or why it has
-        none), the merged visits' spread over their pages."""
-        if not visits:
-            return [self._counted(reply, 1) if command is self._visit else reply
-                    for (_, command), reply in zip(batch, replies, strict=True)]
-        total, rest = self._counted(replies[0], visits), iter(replies[1:])
-        numbers = iter(range(total - visits + 1, total + 1)) if type(total) is int else None
-        return [(total if numbers is None else next(numbers)) if command is self._visit else next(rest)
-                for _, command in batch]
+    def _per_request(self, requests, replies, merged):
+        """The replies in the requests' order, a visit's as the counter's value (or why it has
+        none), the merged visits' numbers spread over their pages."""
+        if not merged:
+            return [self._counted(reply, 1) if command is self._one_visit else reply
+                    for (_, command), reply in zip(requests, replies, strict=True)]
+        total, rest = self._counted(replies[0], merged), iter(replies[1:])
+        numbers = iter(range(total - merged + 1, total + 1)) if type(total) is int else None
+        return [(total if numbers is None else next(numbers)) if command is self._one_visit else next(rest)
+                for _, command in requests]
 
-    def _counted(self, reply, visits):
-        """The counter's value after these visits, or why it has none; where only the replica's
+    def _counted(self, reply, n):
+        """The counter's value after these n visits, or why it has none; where only the replica's
         count rose, it is taken back at once (one more round trip, only then)."""
-        counter, take_back = self._visits.read(reply, visits)
+        counter, take_back = self._visit_commands.read(reply, n)
         if take_back is not None:
             try:
                 answer = self.client.pipeline([take_back])[0]
                 if isinstance(answer, resp_client.ResponseError):
                     raise answer
             except resp_client.RedisError as exc:
-                self._log.warning("redis", f"this replica's count stays {visits} too high: the counter refused "
+                self._log.warning("redis", f"this replica's count stays {n} too high: the counter refused "
                                            f"its visits, and taking them back failed: {exc}")
         return counter
 
-    def _hand_back(self, batch, replies, errors):
-        if batch:
+    def _hand_back(self, requests, replies, errors):
+        if requests:
             self._replies.extend((request, reply, error) for (request, _), reply, error
-                                 in zip(batch, replies, errors, strict=True))
+                                 in zip(requests, replies, errors, strict=True))
             self._wake()

@@ -84,14 +84,14 @@ Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, w
 (``placement``: pod, namespace, node and pod_ip, as far as the Downward API said), and the
 VERSION it was started with."""
 
-class Commands(collections.namedtuple("Commands", "visit heartbeat view visits")):
+class Commands(collections.namedtuple("Commands", "one_visit heartbeat view visit_commands")):
     """A replica's Redis commands, encoded: one visit, ``heartbeat(faults)`` (the faults on, in
-    words: made again only when they change), the view, and ``visits``: its Visits."""
+    words: made again only when they change), the view, and ``visit_commands``: its VisitCommands."""
 
     __slots__ = ()
 
 
-class Visits:
+class VisitCommands:
     """The visits of one replica, as Redis counts them: n visits (the pages of one round trip)
     are one transaction that raises the replica's count and the counter by n and keeps the
     record's expiry fresh. Redis runs it whole or not at all (a kill, a lost connection), so
@@ -108,7 +108,7 @@ class Visits:
 
     def __init__(self, key):
         self._key = key
-        self.of = functools.lru_cache(maxsize=None)(self._transaction)  # n is at most MAX_PIPELINE
+        self.of = functools.lru_cache(maxsize=None)(self._transaction)  # n is at most redis_thread.MAX_COMMANDS
         self.one = self.of(1)
 
     def _transaction(self, n):
@@ -147,13 +147,13 @@ def replica_commands(me):
     the faults on, in words), the view."""
     key = REPLICA_PREFIX + me.replica_id
     encode = resp_client.encode_command
-    visits = Visits(key)
+    visit_commands = VisitCommands(key)
     heartbeat = functools.lru_cache(maxsize=4)(
         lambda faults: encode(("EVAL", HEARTBEAT_SCRIPT, 3, REPLICA_INDEX, key, COUNTER_KEY, REPLICA_TTL, me.hostname,
                                me.placement.get("pod", ""), me.placement.get("node", ""), me.replica_id,
                                me.version, SLOT_SECONDS, faults)))
     return Commands(
-        visit=visits.one, visits=visits, heartbeat=heartbeat,
+        one_visit=visit_commands.one, visit_commands=visit_commands, heartbeat=heartbeat,
         view=encode(("EVAL", VIEW_SCRIPT, 2, REPLICA_INDEX, COUNTER_KEY, REPLICA_TTL, REPLICA_PREFIX, VIEW_LIMIT)))
 
 

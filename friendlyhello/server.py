@@ -2,7 +2,7 @@
 
 Idle keep-alive connections and slow clients therefore cost no thread, no flood of connections
 creates threads, and threads do not take turns at the interpreter lock on every request.
-Requests that need Redis wait (holding no thread) while the RedisPipeline's thread asks it,
+Requests that need Redis wait (holding no thread) while the RedisThread asks it,
 each with a deadline of its own; those of one turn of the loop are handed over together, so
 the two threads take turns at the interpreter lock once a turn, not once a request.
 """
@@ -24,7 +24,7 @@ from .responses import error_response, response_bytes
 SWEEP_INTERVAL = 0.25  # how often idle and slow connections are checked for expiry (and faults read)
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
 WAIT_MARGIN = 0.5      # beyond Redis's own timeouts, how long a request may wait for its reply
-HUNG_INPUT = 64 * 1024  # while hanging, what a connection may send unanswered before it is closed
+INPUT_WHILE_HANGING = 64 * 1024  # while hanging, what a connection may send unanswered before it is closed
 
 
 class Waker:
@@ -57,7 +57,7 @@ _WAKE = object()  # the selector's key for the waker
 
 class HelloServer:
     """Serves HTTP on ``listener`` from one selector thread; Redis commands go through
-    ``pipeline`` (a RedisPipeline that wakes the loop with ``waker``); every answer starts
+    ``redis_thread`` (a RedisThread that wakes the loop with ``waker``); every answer starts
     with ``headers`` (a CommonHeaders).
 
     The loop accepts, reads heads, hands each to a RequestHandler with the ``routes``,
@@ -71,14 +71,14 @@ class HelloServer:
     included, and lets no connection expire: what is asked meanwhile is answered when it ends.
     """
 
-    def __init__(self, config, routes, pipeline, waker, metrics, lifecycle, listener, log, headers, faults,
+    def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, listener, log, headers, faults,
                  supervisor_pid=None):
-        self.config, self.routes, self.pipeline, self.waker = config, routes, pipeline, waker
+        self.config, self.routes, self.redis_thread, self.waker = config, routes, redis_thread, waker
         self.metrics, self.lifecycle, self.listener, self.log = metrics, lifecycle, listener, log
         self.supervisor_pid = supervisor_pid  # in a worker: it shuts down when the supervisor is gone
         self.port = listener.getsockname()[1]
         self.stopping = False
-        # How long a request may wait on Redis: one trip (connect, then reply), and a margin.
+        # How long a request may wait on Redis: one round trip (connect, then reply), and a margin.
         self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
         self._selector = selectors.DefaultSelector()
         self.connections = Connections(listener, self._selector, config.max_connections, config.idle_timeout,
@@ -87,17 +87,17 @@ class HelloServer:
         self._trusted = config.trusted_proxies or None  # None: the client is where the connection came from
         self._ready = []  # connections in state READY, served next turn
         self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
-        self._holding = []  # (when, n, connection): answers held until then, a heap
-        self._held_count = itertools.count()
+        self._held_until = []  # (when, n, connection): answers held until then, a heap
+        self._held_order = itertools.count()
         self.faults = faults
         self._hanging = False  # the hang fault, as this loop last read it
-        self._hung = []  # connections whose answers wait for the hang to end
+        self._held_by_hang = []  # connections whose answers wait for the hang to end
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
         self._selector.register(self.waker.reader, selectors.EVENT_READ, _WAKE)
         self.connections.accept()
-        self.pipeline.start()
+        self.redis_thread.start()
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         delay_until = drain_until = None
         try:
@@ -113,17 +113,17 @@ class HelloServer:
                     if drain_until is not None and (not self.connections.busy() or now > drain_until):
                         return
                     wait = min(wait, max(delay_until - now, 0.0)) if drain_until is None else wait
-                if self._holding:
-                    wait = min(wait, max(self._holding[0][0] - time.monotonic(), 0.0))
+                if self._held_until:
+                    wait = min(wait, max(self._held_until[0][0] - time.monotonic(), 0.0))
                 if self._for_redis:  # the turn's Redis commands, together (as auto-pipelining clients do)
-                    self.pipeline.submit(self._for_redis)
+                    self.redis_thread.submit(self._for_redis)
                     self._for_redis = []
                 for key, events in self._selector.select(0 if self._ready else wait):
                     self._handle(key.data, events)
                 self._serve_ready()
                 now = time.monotonic()
-                while self._holding and self._holding[0][0] <= now:
-                    self._release(heapq.heappop(self._holding)[2])
+                while self._held_until and self._held_until[0][0] <= now:
+                    self._release(heapq.heappop(self._held_until)[2])
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
@@ -162,8 +162,8 @@ class HelloServer:
         self._hanging = self.faults.state.hangs
         if self._hanging:
             return
-        hung, self._hung = self._hung, []
-        for conn in hung:
+        held, self._held_by_hang = self._held_by_hang, []
+        for conn in held:
             self._release(conn)
         for conn in self.connections.with_requests():
             conn.enter(Connection.READY, None)
@@ -205,7 +205,7 @@ class HelloServer:
             self.connections.close(conn)
         elif conn.state is Connection.READING:
             conn.buffer += data
-            if self._hanging and len(conn.buffer) > HUNG_INPUT:
+            if self._hanging and len(conn.buffer) > INPUT_WHILE_HANGING:
                 self.connections.close(conn)
             elif conn.proxy is not Connection.PROXY_PENDING or self._take_proxy_header(conn):
                 self._serve_requests(conn)
@@ -272,7 +272,7 @@ class HelloServer:
         return error
 
     def _take_replies(self):
-        for (conn, handler), reply, error in self.pipeline.replies():
+        for (conn, handler), reply, error in self.redis_thread.replies():
             if conn.handler is handler and conn.state is Connection.WAITING:  # else: answered at its deadline
                 self._answer(conn, reply, error)
 
@@ -294,12 +294,12 @@ class HelloServer:
         if self._hanging:  # answered when the hang ends
             conn.held = response
             conn.enter(Connection.WAITING, None)
-            self._hung.append(conn)
+            self._held_by_hang.append(conn)
             return False
         if response.delay:
             conn.held = response._replace(delay=0.0)
             conn.enter(Connection.WAITING, response.delay)
-            heapq.heappush(self._holding, (conn.deadline, next(self._held_count), conn))
+            heapq.heappush(self._held_until, (conn.deadline, next(self._held_order), conn))
             return False
         handler = conn.handler
         seconds = time.monotonic() - conn.started
@@ -362,6 +362,6 @@ class HelloServer:
 
     def _shut_down(self):
         self.connections.close_all()
-        self.pipeline.stop()
+        self.redis_thread.stop()
         self._selector.close()
         self.waker.close()

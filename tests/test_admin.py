@@ -382,7 +382,7 @@ def test_a_hang_answers_nothing_probes_included_until_it_ends_then_answers_what_
             waiting.append(sock)
         flood = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         with contextlib.suppress(OSError):
-            flood.sendall(b"x" * (server_module.HUNG_INPUT + 1))  # more than a hung port holds for anyone
+            flood.sendall(b"x" * (server_module.INPUT_WHILE_HANGING + 1))  # more than a hung port holds for anyone
         time.sleep(0.35)  # past the idle timeout, and a sweep or more: still no 408, no close
         silent = [_silent(sock) for sock in waiting]
         flooded = b""  # a reset is as good as a close
@@ -413,7 +413,7 @@ def test_a_hang_while_a_page_waits_on_redis_keeps_its_connections_answers_in_ord
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # ...this, read ahead
         ask(server, "POST", "/faults/hang?state=on")
         if redis_answers == "during the hang":
-            wait_until(lambda: server.server._hung, within=2, what="the page's answer held by the hang")
+            wait_until(lambda: server.server._held_by_hang, within=2, what="the page's answer held by the hang")
         ask(server, "POST", "/faults/hang?state=off")
         answer = b""
         while chunk := sock.recv(65536):

@@ -176,8 +176,8 @@ def test_pages_asked_for_in_one_turn_of_the_loop_go_to_redis_together(fake_redis
     config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], redis_env(fake_redis))
     log = logs.Log(config.access_log, config.log_format, {}, io.StringIO(), io.StringIO())
     server = hello_server.wire(config, listening.listen(config), log, "h")
-    handed_over, submit = [], server.pipeline.submit
-    server.pipeline.submit = lambda requests: (handed_over.append(len(requests)), submit(requests))
+    handed_over, submit = [], server.redis_thread.submit
+    server.redis_thread.submit = lambda requests: (handed_over.append(len(requests)), submit(requests))
     clients = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
     for client in clients:  # all five asked before the loop's first turn
         client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

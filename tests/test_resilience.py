@@ -37,7 +37,7 @@ from helpers import (
 def test_a_page_whose_redis_trip_never_ends_is_answered_at_its_own_deadline(fake_redis):
     stuck = threading.Event()
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.1"}) as server:
-        server.server.pipeline.client.pipeline = lambda commands: stuck.wait(30)  # a Redis thread that hangs
+        server.server.redis_thread.client.pipeline = lambda commands: stuck.wait(30)  # a Redis thread that hangs
         started = time.monotonic()
         page = server.get("/", headers={"Accept": "application/json"}, timeout=10)
         waited = time.monotonic() - started
@@ -48,30 +48,30 @@ def test_a_page_whose_redis_trip_never_ends_is_answered_at_its_own_deadline(fake
 
 def test_the_redis_thread_outlives_a_failing_log_write_and_serves_the_next_page(fake_redis):
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "0.3"}) as server:
-        pipeline = server.server.pipeline
+        redis_thread = server.server.redis_thread
         server.get("/healthz")
-        wait_until(lambda: pipeline.status.describe() == "up")  # the start-up heartbeat is home
-        real_answered = pipeline.status.answered
+        wait_until(lambda: redis_thread.status.describe() == "up")  # the start-up heartbeat is home
+        real_answered = redis_thread.status.answered
 
         def answered_with_a_broken_log():
-            pipeline.status.answered = real_answered  # once
+            redis_thread.status.answered = real_answered  # once
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
-        pipeline.status.answered = answered_with_a_broken_log
+        redis_thread.status.answered = answered_with_a_broken_log
         first = server.get("/")
         second = server.get("/")
         live = server.get("/livez")
         errors = "\n".join(server.error_lines())
     assert first.status == 500  # our own bug, not a Redis outage: never "counter disabled"
     assert second.status == 200 and second.text.endswith("<b>Visits:</b> 2")  # the first visit did count
-    assert live.status == 200 and pipeline.is_alive() is False  # stopped with the server, not before
+    assert live.status == 200 and redis_thread.is_alive() is False  # stopped with the server, not before
     assert "internal error in the Redis thread: BrokenPipeError" in errors
 
 
 def test_liveness_fails_when_the_redis_thread_is_gone_and_says_which(fake_redis):
     with serving(redis_env(fake_redis)) as server:
         assert server.get("/livez").status == 200
-        server.server.pipeline.stop()  # as if it had died
+        server.server.redis_thread.stop()  # as if it had died
         livez, healthz = server.get("/livez"), server.get("/healthz")
     assert (livez.status, livez.text) == (503, "not live: the redis thread stopped\n")
     assert healthz.status == 503
