@@ -47,21 +47,21 @@ PING = resp_client.encode_command(("PING",))
 
 
 def route_table(config, site, commands):
-    """Every path the server answers: the Site's answer, the Redis command sent first (None:
-    none), whether a GET counts a visit (a HEAD never does), and whether it is a probe (left
-    out of the access log by default). A path ending in "/" takes the rest of the path as its
-    argument. Anything else is 404; methods but GET and HEAD, 405."""
+    """Every path the server answers: the Site's answer, the Redis command sent first (none
+    when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
+    (left out of the access log by default). A path ending in "/" takes the rest of the path
+    as its argument. Anything else is 404; methods but GET and HEAD, 405."""
     ready_command = PING if config.ready_needs_redis == "on" else None
     return {
-        "/":         Route(site.page,         commands.one_visit, counts_visit=True,  probe=False, gate=site.page_gate),
-        "/healthz":  Route(site.livez,        None,           counts_visit=False, probe=True),
-        "/livez":    Route(site.livez,        None,           counts_visit=False, probe=True),
-        "/readyz":   Route(site.readyz,       ready_command,  counts_visit=False, probe=True),
-        "/metrics":  Route(site.metrics_page, None,           counts_visit=False, probe=True),
-        "/replicas": Route(site.replicas,     commands.view,  counts_visit=False, probe=False),
-        "/echo":     Route(site.echo,         None,           counts_visit=False, probe=False),
-        "/status/":  Route(site.status,       None,           counts_visit=False, probe=False),  # /status/418
-        "/delay/":   Route(site.delay,        None,           counts_visit=False, probe=False),  # /delay/1.5
+        "/":         Route(site.page, commands.one_visit, counts_visit=True, gate=site.page_gate),
+        "/healthz":  Route(site.livez, probe=True),
+        "/livez":    Route(site.livez, probe=True),
+        "/readyz":   Route(site.readyz, ready_command, probe=True),
+        "/metrics":  Route(site.metrics_page, probe=True),
+        "/replicas": Route(site.replicas, commands.view),
+        "/echo":     Route(site.echo),
+        "/status/":  Route(site.status),  # /status/418
+        "/delay/":   Route(site.delay),   # /delay/1.5
     }
 
 
@@ -81,11 +81,17 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
-    redis_thread = RedisThread(client, status, metrics, lambda: commands.heartbeat(faults.state.words()),
-                             waker.wake, log, commands.visit_commands)
+
+    def heartbeat():
+        return commands.heartbeat(faults.state.words())
+
+    redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
+                               commands.visit_commands)
     lifecycle.needs("redis", redis_thread.is_alive)
-    return HelloServer(config, route_table(config, site, commands), redis_thread, waker, metrics, lifecycle,
-                       listener, log, CommonHeaders(me.replica_id, config.version), faults, supervisor_pid)
+    routes = route_table(config, site, commands)
+    headers = CommonHeaders(me.replica_id, config.version)
+    return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, listener, log,
+                       headers, faults, supervisor_pid)
 
 
 def open_admin(config, listener, faults, log, changed=lambda: None, crash=os._exit):
@@ -121,6 +127,19 @@ def serve(server, log, started=None, worker=False):
     return 0
 
 
+def start_line(config, listener, admin, where):
+    """The line that says the server listens: where, Redis, where it runs, workers, admin."""
+    host = f"[{config.bind}]" if ":" in config.bind else config.bind
+    port = listener.getsockname()[1]
+    details = [f"redis {describe_redis(config)}"]
+    details += [f"{key} {printable(value)}" for key, value in where.items()]
+    if config.workers > 1:
+        details.append(f"{config.workers} workers")
+    if admin is not None:
+        details.append(f"admin port {admin.getsockname()[1]}")
+    return f"friendlyhello listening on http://{host}:{port} ({', '.join(details)})"
+
+
 def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["watch"]:  # the client, not the server
@@ -138,7 +157,9 @@ def main(argv=None, environ=None):
     workers = config.workers > 1
     try:
         listener = listen(config, shared_port=workers, only_bind=workers)
-        admin = None if config.admin_port is None else listen(config._replace(port=config.admin_port), "ADMIN_PORT")
+        admin = None
+        if config.admin_port is not None:
+            admin = listen(config._replace(port=config.admin_port), "ADMIN_PORT")
     except ListenError as exc:
         print(f"friendlyhello: {exc}", file=sys.stderr)
         return 1
@@ -147,25 +168,29 @@ def main(argv=None, environ=None):
     log = Log(config.access_log, config.log_format, {"hostname": hostname, **where})
     for flag in secrets_in_flags(args):
         env = flag[2:].upper().replace("-", "_")
-        log.warning("settings", f"{flag} is seen by every user of this machine in ps: set {env} or {env}_FILE instead")
-    host = f"[{config.bind}]" if ":" in config.bind else config.bind
-    port = listener.getsockname()[1]
-    started = (f"friendlyhello listening on http://{host}:{port} (redis {describe_redis(config)}"
-               + "".join(f", {key} {printable(value)}" for key, value in where.items())
-               + (f", {config.workers} workers" if workers else "")
-               + ("" if admin is None else f", admin port {admin.getsockname()[1]}") + ")")
-    if not workers:
-        server = wire(config, listener, log, hostname)
-        if admin is not None:
-            open_admin(config, admin, server.faults, log, server.waker.wake)
-        return serve(server, log, started)
+        log.warning("settings", f"{flag} is seen by every user of this machine in ps: "
+                                f"set {env} or {env}_FILE instead")
+    started = start_line(config, listener, admin, where)
+    if workers:
+        return serve_workers(config, listener, admin, log, hostname, started)
+    server = wire(config, listener, log, hostname)
+    if admin is not None:
+        open_admin(config, admin, server.faults, log, server.waker.wake)
+    return serve(server, log, started)
+
+
+def serve_workers(config, listener, admin, log, hostname, started):
+    """WORKERS processes on the port, under a supervisor (this process), which serves the
+    admin port: the faults it sets are shared with every worker."""
     from friendlyhello.shared_memory import SharedSlots  # mmap: only where there are workers
 
-    shared, supervisor_pid = SharedSlots(config.workers), os.getpid()
-    faults = Faults(config, shared=SharedSlots(1))  # the supervisor's: it writes, the workers read
+    shared = SharedSlots(config.workers)
+    supervisor_pid = os.getpid()
+    port = listener.getsockname()[1]
+    faults = Faults(config, shared=SharedSlots(1))  # the supervisor's: it writes, workers read
     faults.set(faults.state)
 
-    def start_worker(slot):
+    def start_worker(slot, listening):
         listener.close()  # the supervisor's: this worker listens on a socket of its own
         if admin is not None:
             admin.close()  # the supervisor serves it
@@ -174,9 +199,10 @@ def main(argv=None, environ=None):
         except ListenError as exc:
             log.error("worker", str(exc))
             return 1
-        supervisor.listening()
-        return serve(wire(config, own, log, hostname, shared, slot, supervisor_pid,
-                          Faults(config, shared=faults.shared)), log, worker=True)
+        listening()
+        worker_faults = Faults(config, shared=faults.shared)
+        server = wire(config, own, log, hostname, shared, slot, supervisor_pid, worker_faults)
+        return serve(server, log, worker=True)
 
     supervisor = Supervisor(config, log, start_worker)
     if admin is not None:

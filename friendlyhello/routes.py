@@ -2,10 +2,10 @@
 and Redis's reply (or why there is none) as a RedisReply.
 """
 
-import collections
+import typing
 
 
-class Route(collections.namedtuple("Route", "answer redis_command counts_visit probe gate", defaults=(None,))):
+class Route(typing.NamedTuple):
     """One path: ``answer(request, reply)`` makes its Response from a PageRequest.
 
     ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
@@ -15,12 +15,27 @@ class Route(collections.namedtuple("Route", "answer redis_command counts_visit p
     nothing is sent to Redis.
     """
 
-    __slots__ = ()
+    answer: typing.Callable
+    redis_command: bytes | None = None
+    counts_visit: bool = False
+    probe: bool = False
+    gate: typing.Callable | None = None
 
 
-PageRequest = collections.namedtuple("PageRequest", "wants_json query path requestline headers address connection")
-PageRequest.__doc__ = """What an answer may read of its request: whether JSON ranks first, the
-query, the path (without the query); and, for /echo, the request line (bytes), the header
-fields, the address it came from (a PROXY header's source, else the TCP peer) and the
-Connection (its ``peer``, its ``proxy`` header or None)."""
-RedisReply = collections.namedtuple("RedisReply", "value error")
+class PageRequest(typing.NamedTuple):
+    """What an answer may read of its request."""
+
+    wants_json: bool     # JSON ranks above HTML in its Accept field
+    query: dict          # the query's parameters: name -> [values]
+    path: str            # without the query
+    requestline: bytes   # for /echo, as received
+    headers: object      # http11.RequestHeaders
+    address: str         # where it came from: a PROXY header's source, else the TCP peer
+    connection: object   # its connection.Connection: its ``peer``, its ``proxy`` header or None
+
+
+class RedisReply(typing.NamedTuple):
+    """Redis's reply to a route's command, or why there is none."""
+
+    value: object
+    error: Exception | None

@@ -2,7 +2,8 @@
 
 The supervisor binds the port (so a taken port stops the start before any fork), forks the
 workers, replaces one that dies, and passes a stop on. Each worker is a whole serving process,
-wired as a single one is (``start_worker`` does it, in the worker).
+wired as a single one is (``start_worker(slot, listening)`` does it, in the worker, and calls
+``listening()`` once its socket listens).
 """
 
 import collections
@@ -45,8 +46,8 @@ class Supervisor:
             lived = time.monotonic() - self.started[slot]
             self.failures[slot] = self.failures[slot] + 1 if lived < 1 else 0
             delay = min(0.1 * 2 ** self.failures[slot], 10.0) if self.failures[slot] else 0.0
-            self.log.error("supervisor", f"worker {slot} (pid {pid}) {_ended(status)} after {lived:.1f}s; "
-                                         f"starting another in {delay:.1f}s")
+            self.log.error("supervisor", f"worker {slot} (pid {pid}) {_ended(status)} after "
+                                         f"{lived:.1f}s; starting another in {delay:.1f}s")
             time.sleep(delay)
             if not self.stopping:
                 self._start(slot)
@@ -70,7 +71,7 @@ class Supervisor:
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
             try:
-                code = self.start_worker(slot)
+                code = self.start_worker(slot, self.listening)
             finally:
                 os._exit(code)
         self.workers[pid] = slot
