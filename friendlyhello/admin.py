@@ -43,7 +43,7 @@ from .faults import error_rate, latency_range
 from .http11 import malformed_lines
 from .proxies import normal_address
 
-ADMIN_TIMEOUT = 2.0  # seconds an admin client may take to send its request and read the answer, in all
+ADMIN_TIMEOUT = 2.0  # seconds a client may take to send its request and read the answer, in all
 MAX_BODY = 4096      # bytes of form-encoded parameters at most
 MAX_HEAD = 8192      # the request line and header fields at most (a request line of 4096 at most)
 MAX_OPEN = 64        # connections open at once; one more closes the oldest
@@ -100,8 +100,14 @@ def _clear(state, params):
 
 
 # What each POST changes: a function of the faults now and the parameters, giving the new faults.
-CHANGES = {"/faults/ready": _ready, "/faults/live": _live, "/faults/hang": _hang, "/faults/errors": _errors,
-           "/faults/latency": _latency, "/faults/clear": _clear}
+CHANGES = {
+    "/faults/ready": _ready,
+    "/faults/live": _live,
+    "/faults/hang": _hang,
+    "/faults/errors": _errors,
+    "/faults/latency": _latency,
+    "/faults/clear": _clear,
+}
 _PATHS = {"/faults": "GET", "/faults/crash": "POST", **{path: "POST" for path in CHANGES}}
 
 
@@ -160,7 +166,8 @@ class AdminPort:
         """The status and JSON object for an authorized request, and the code to exit with
         after it (or None)."""
         if path not in _PATHS:
-            raise AdminError(404, f"no such path; try GET /faults, or POST one of {', '.join(sorted(CHANGES))}, "
+            changes = ", ".join(sorted(CHANGES))
+            raise AdminError(404, f"no such path; try GET /faults, or POST one of {changes}, "
                                   "/faults/crash")
         if method != _PATHS[path]:
             raise AdminError(405, f"{path} takes {_PATHS[path]}", (("Allow", _PATHS[path]),))
@@ -315,7 +322,8 @@ class _Loop:
             if len(self.clients) >= MAX_OPEN:
                 self.drop(next(iter(self.clients.values())))
             sock.setblocking(False)
-            self.clients[sock] = _Client(sock, normal_address(address[0]), time.monotonic() + ADMIN_TIMEOUT)
+            deadline = time.monotonic() + ADMIN_TIMEOUT
+            self.clients[sock] = _Client(sock, normal_address(address[0]), deadline)
             self.selector.register(sock, selectors.EVENT_READ)
 
     def serve(self, client, events):
@@ -354,12 +362,14 @@ class _Loop:
             if len(client.received) < end:
                 return
             body = bytes(client.received[request.body_start:end]).decode("latin-1")
-            status, answer, client.crash = self.port.answer(request.method, request.path,
-                                                            params_of(request.query, body), client.who)
+            params = params_of(request.query, body)
+            status, answer, client.crash = self.port.answer(request.method, request.path, params,
+                                                            client.who)
             self.answer(client, response_bytes(status, answer, head_only=request.method == "HEAD"))
         except AdminError as exc:
             head_only = client.request is not None and client.request.method == "HEAD"
-            self.answer(client, response_bytes(exc.status, {"error": str(exc)}, exc.headers, head_only))
+            refusal = response_bytes(exc.status, {"error": str(exc)}, exc.headers, head_only)
+            self.answer(client, refusal)
 
     def answer(self, client, data):
         client.outgoing = data

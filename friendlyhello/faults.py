@@ -10,8 +10,8 @@ reads it every sweep of its loop. Every fault that is on shows: in the JSON answ
 /replicas, as friendlyhello_fault in /metrics, and in a log line when it is turned on or off.
 """
 
-import collections
 import random
+import typing
 
 MAX_LATENCY = 30.0  # seconds a page may be held at most
 
@@ -39,12 +39,15 @@ def error_rate(text):
     return rate
 
 
-class FaultState(collections.namedtuple("FaultState", "error_rate error_status latency ready_fails live_fails "
-                                                      "hangs")):
-    """Every fault at one moment: a share of pages failing and their status, (low, high)
-    seconds of latency, readiness failing, liveness failing, the port hanging."""
+class FaultState(typing.NamedTuple):
+    """Every fault at one moment."""
 
-    __slots__ = ()
+    error_rate: float        # the share of pages failing, 0 to 1
+    error_status: int        # the status they get
+    latency: tuple           # (low, high) seconds added to each page
+    ready_fails: bool
+    live_fails: bool
+    hangs: bool              # the main port answers nothing
 
     @classmethod
     def from_config(cls, config):
@@ -58,8 +61,10 @@ class FaultState(collections.namedtuple("FaultState", "error_rate error_status l
     def as_json(self):
         """The whole state, for the admin port: each fault, on or off."""
         return {"errors": {"rate": self.error_rate, "status": self.error_status},
-                "latency": {"seconds": list(self.latency)}, "ready": "fail" if self.ready_fails else "ok",
-                "live": "fail" if self.live_fails else "ok", "hang": "on" if self.hangs else "off"}
+                "latency": {"seconds": list(self.latency)},
+                "ready": "fail" if self.ready_fails else "ok",
+                "live": "fail" if self.live_fails else "ok",
+                "hang": "on" if self.hangs else "off"}
 
     def on(self):
         """The faults that are on, as {name: what}: {} when none."""

@@ -124,7 +124,8 @@ class Connection:
         options = {o.strip().lower() for o in headers.get("connection", "").split(",")}
         framed = status in (204, 304) or "content-length" in headers or "chunked" in headers.get(
             "transfer-encoding", "").lower()
-        keep_alive = framed and "close" not in options and (version == b"1" or "keep-alive" in options)
+        persistent = version == b"1" or "keep-alive" in options  # HTTP/1.0 asks for it
+        keep_alive = framed and persistent and "close" not in options
         return Answer(status, headers, body, keep_alive)
 
     def _head(self):

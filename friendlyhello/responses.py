@@ -2,12 +2,12 @@
 the bytes every answer leaves as, errors included.
 """
 
-import collections
 import email.utils
 import http
 import http.client
 import http.server
 import time
+import typing
 import urllib.parse
 
 from . import SERVER_NAME
@@ -17,11 +17,14 @@ HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 
 
-class Response(collections.namedtuple("Response", "status content_type body headers delay", defaults=((), 0.0))):
-    """What to answer: a status, a body (text), any headers beyond the common ones, and how
-    many seconds to hold it before it is sent (the server holds it without a thread)."""
+class Response(typing.NamedTuple):
+    """What to answer."""
 
-    __slots__ = ()
+    status: int
+    content_type: str
+    body: str
+    headers: tuple = ()   # (name, value) pairs beyond the common ones
+    delay: float = 0.0    # seconds to hold it before it is sent (held by the loop, not a thread)
 
 
 def error_response(status):
@@ -31,7 +34,8 @@ def error_response(status):
 
 # -- the response bytes: every answer, errors included, leaves through here -------------------
 
-_STATUS_LINES = {code: f"HTTP/1.1 {code} \r\n" for code in range(200, 600)}  # a phrase is optional (RFC 9112 4)
+# A reason phrase is optional (RFC 9112 4): codes without one of http's get none.
+_STATUS_LINES = {code: f"HTTP/1.1 {code} \r\n" for code in range(200, 600)}
 _STATUS_LINES.update({s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus})
 _NO_CONTENT = {204, 304}  # answers that carry no content, nor a Content-Length
 REPLICA_HEADER, VERSION_HEADER = "Friendlyhello-Replica", "Friendlyhello-Version"
@@ -44,10 +48,13 @@ class CommonHeaders:
     UTF-8, percent-encoded beyond ASCII; VERSION is ASCII already."""
 
     def __init__(self, replica, version):
-        replica = urllib.parse.quote(replica, safe="".join(map(chr, range(0x21, 0x7f))).replace("%", ""))
+        visible_ascii_but_percent = "".join(map(chr, range(0x21, 0x7f))).replace("%", "")
+        replica = urllib.parse.quote(replica, safe=visible_ascii_but_percent)
         self._fixed = (f"\r\nServer: {SERVER_NAME}\r\nX-Content-Type-Options: nosniff\r\n"
-                       f"Cache-Control: no-store\r\n{REPLICA_HEADER}: {replica}\r\n{VERSION_HEADER}: {version}\r\n")
-        self._second, self._text = None, ""
+                       f"Cache-Control: no-store\r\n{REPLICA_HEADER}: {replica}\r\n"
+                       f"{VERSION_HEADER}: {version}\r\n")
+        self._second = None  # the second the Date field was made in
+        self._text = ""
 
     def __call__(self):
         now = int(time.time())
@@ -61,7 +68,8 @@ def response_bytes(response, common, *, head_only=False, close=False, keep_alive
     """The whole response, in one buffer: status, the ``common`` fields (a CommonHeaders'
     text), the route's, the body."""
     body = response.body.encode()
-    parts = [_STATUS_LINES[response.status], common, "Content-Type: ", response.content_type, "\r\n"]
+    parts = [_STATUS_LINES[response.status], common,
+             "Content-Type: ", response.content_type, "\r\n"]
     head_only = head_only or response.status in _NO_CONTENT
     if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
         parts += ["Content-Length: ", str(len(body)), "\r\n"]
