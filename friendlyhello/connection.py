@@ -10,8 +10,9 @@ from .proxies import normal_address
 
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
-LINGER = 2.0                 # after closing our side, how long to read and drop what a client still sends
-READ_AHEAD = 64 * 1024       # what a client may send while its request waits; more waits in the kernel
+LINGER = 2.0                 # after closing our side, how long to drop what a client still sends
+READ_AHEAD = 64 * 1024       # what a client may send while its request waits; the rest waits
+                             # in the kernel
 
 
 class HeadRefused(Exception):
@@ -62,11 +63,17 @@ class Connection:
     # What the selector watches the socket for in each state. READY and WAITING go on reading
     # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
     # costs no change to the selector, where unwatching and watching again cost two syscalls.
-    EVENTS = {READING: selectors.EVENT_READ, READY: selectors.EVENT_READ, WAITING: selectors.EVENT_READ,
-              SENDING: selectors.EVENT_WRITE, LINGERING: selectors.EVENT_READ, CLOSED: 0}
+    EVENTS = {
+        READING: selectors.EVENT_READ,
+        READY: selectors.EVENT_READ,
+        WAITING: selectors.EVENT_READ,
+        SENDING: selectors.EVENT_WRITE,
+        LINGERING: selectors.EVENT_READ,
+        CLOSED: 0,
+    }
 
-    __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline", "buffer",
-                 "outgoing", "handler", "started", "close_after", "linger", "held")
+    __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline",
+                 "buffer", "outgoing", "handler", "started", "close_after", "linger", "held")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
@@ -168,11 +175,13 @@ class Connections:
 
     LISTENER = object()  # the selector's key for the listener
 
-    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log, proxies=None):
+    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log,
+                 proxies=None):
         self.listener, self.selector = listener, selector
         self.max_connections, self.idle_timeout = max_connections, idle_timeout
         self.metrics, self.log = metrics, log
-        self.proxies = proxies  # with the PROXY protocol on: the only peers taken, each to send one first
+        # With the PROXY protocol on: the only peers taken, each to send a PROXY header first.
+        self.proxies = proxies
         self.stopping = False
         self._open = set()
         self._accepting = False
@@ -182,7 +191,8 @@ class Connections:
         return any(c.handler for c in self._open)
 
     def accept(self, on=True):
-        """Watch the listener for new connections (or stop), unless the table is full or stopping."""
+        """Watch the listener for new connections (or stop), unless the table is full or it is
+        stopping."""
         on = on and not self.stopping and len(self._open) < self.max_connections
         if on != self._accepting:
             if on:
@@ -201,12 +211,12 @@ class Connections:
                 sock, address = self.listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # out of file descriptors, say: stop accepting until the next sweep
+            except OSError as exc:  # out of file descriptors, say: stop until the next sweep
                 self.log.error("-", f"accept failed: {exc}")
                 self.accept(False)
                 return
             if self.proxies is not None and not self.proxies.trusts(address[0]):
-                sock.close()  # a PROXY header from it would be a lie we cannot tell: no byte is read
+                sock.close()  # a PROXY header from it could be a lie: no byte of it is read
                 self.metrics.proxy_refused("untrusted_peer")
                 continue
             sock.setblocking(False)

@@ -99,8 +99,9 @@ class FaultState(typing.NamedTuple):
 
     def gauges(self):
         """friendlyhello_fault's samples: kind -> value (a rate, seconds, or 1 for on)."""
-        return {"errors": self.error_rate, "latency": self.latency[1], "ready": int(self.ready_fails),
-                "live": int(self.live_fails), "hang": int(self.hangs)}
+        return {"errors": self.error_rate, "latency": self.latency[1],
+                "ready": int(self.ready_fails), "live": int(self.live_fails),
+                "hang": int(self.hangs)}
 
 
 class Faults:

@@ -31,6 +31,9 @@ def prefers_json(accept):
     return ranks_json_first(accept)
 
 
+_QVALUE = re.compile(r" *(0(\.[0-9]{0,3})?|1(\.0{0,3})?) *")  # RFC 9110 12.4.2's weight
+
+
 def ranks_json_first(accept):
     ranks = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # (specificity, q)
     for item in accept.split(","):
@@ -40,13 +43,19 @@ def ranks_json_first(accept):
         for parameter in parameters:
             name, _, value = parameter.partition("=")
             if name.strip().lower() == "q":
-                q = float(value) if re.fullmatch(r" *(0(\.[0-9]{0,3})?|1(\.0{0,3})?) *", value) else -1.0
+                q = float(value) if _QVALUE.fullmatch(value) else -1.0
         if q < 0:
             continue  # a malformed q: the range is ignored
         kind = media.split("/")[0]
         for ours, (specificity, _) in ranks.items():
-            match = 2 if media == ours else 1 if media == kind + "/*" and ours.startswith(kind + "/") \
-                else 0 if media == "*/*" else -1
+            if media == ours:
+                match = 2
+            elif media == kind + "/*" and ours.startswith(kind + "/"):
+                match = 1
+            elif media == "*/*":
+                match = 0
+            else:
+                match = -1
             if match > specificity:
                 ranks[ours] = (match, q)
     return ranks["application/json"][1] > ranks["text/html"][1]
@@ -64,7 +73,8 @@ def is_prefetch(headers):
     or prefetch;prerender; the older Purpose, X-Purpose and X-Moz fields)."""
     for field in _PREFETCH_FIELDS:
         value = headers.get(field)
-        if value and re.split(r"[;, ]", value.strip().lower(), maxsplit=1)[0] in ("prefetch", "preview"):
+        first = re.split(r"[;, ]", value.strip().lower(), maxsplit=1)[0] if value else ""
+        if first in ("prefetch", "preview"):
             return True
     return False
 
@@ -83,7 +93,8 @@ _HEADER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://")
-MAX_HEADER_FIELDS = 100  # http.client refuses a head of this many header lines (its _MAXHEADERS counts the blank one)
+# http.client refuses a head of this many header lines (its _MAXHEADERS counts the blank one).
+MAX_HEADER_FIELDS = 100
 
 
 class RequestHeaders(http.client.HTTPMessage):
@@ -179,7 +190,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if status:
             self.send_error(status)
             return False
-        options = {o.strip().lower() for v in self.headers.get_all("Connection", ()) for o in v.split(",")}
+        options = set()
+        for value in self.headers.get_all("Connection", ()):
+            options.update(option.strip().lower() for option in value.split(","))
         self.client_closes = "close" in options or (
             self.request_version == "HTTP/1.0" and "keep-alive" not in options)
         self.close_connection = self.client_closes or self.close_connection
@@ -222,7 +235,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return None
 
     def _target_error(self):
-        """origin-form (/path), absolute-form (http://host/path, as through a proxy), or * for OPTIONS."""
+        """origin-form (/path), absolute-form (http://host/path, as through a proxy), or * for
+        OPTIONS."""
         if self.path.startswith("/") or (self.path == "*" and self.command == "OPTIONS"):
             return None
         if _ABSOLUTE_FORM.match(self.path):
@@ -230,7 +244,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
             authority, target = rest[:end], rest[end:]
             if authority and _HOST.fullmatch(authority):  # no userinfo: _HOST has no "@"
-                self.path = target if target.startswith("/") else "/" + target  # http://h?x=1 is /?x=1
+                # http://h?x=1 is /?x=1
+                self.path = target if target.startswith("/") else "/" + target
                 return None
         return 400
 
@@ -246,8 +261,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.probe = route.probe
             query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
-            self.page_request = PageRequest(prefers_json(self.headers.get("Accept", "")), query, self.route_path,
-                                            self.raw_requestline, self.headers, self.client_address, self.connection)
+            wants_json = prefers_json(self.headers.get("Accept", ""))
+            self.page_request = PageRequest(wants_json, query, self.route_path,
+                                            self.raw_requestline, self.headers,
+                                            self.client_address, self.connection)
             if route.gate is not None:
                 self.response = route.gate(self.page_request)
                 if self.response is not None:
@@ -286,6 +303,6 @@ def malformed_lines(head):
             line = line[:-1]
         if line and not _HEADER_LINE.fullmatch(line):
             return 400
-    if len(lines) - 3 >= MAX_HEADER_FIELDS:  # less the request line and the empty line and end after the head
+    if len(lines) - 3 >= MAX_HEADER_FIELDS:  # less the request line, the empty line, the end
         return 431
     return None

@@ -16,8 +16,9 @@ import sys
 import threading
 import time
 
-_CONTROLS = ({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}  # C0, DEL, C1
-             | {c: f"\\u{c:04x}" for c in [0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
+_BIDI_CONTROLS = [0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a)]
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}  # C0, DEL, C1
+_CONTROLS |= {c: f"\\u{c:04x}" for c in _BIDI_CONTROLS}
 _ESCAPES = _CONTROLS | {ord('"'): '\\"', ord("\\"): "\\\\"}  # and what quotes a field in a log line
 _SURROGATES = range(0xd800, 0xe000)
 
@@ -68,13 +69,18 @@ class Log:
             return
         peer = None if peer == address else peer
         if target is not None:
-            target = request_target(target if len(target) <= self.MAX_TARGET else target[:self.MAX_TARGET] + "...")
+            if len(target) > self.MAX_TARGET:
+                target = target[:self.MAX_TARGET] + "..."
+            target = request_target(target)
         if self.json:
-            self.out.put(self._object("info", method=method or "-", path=target or "-", status=status,
-                                      duration_ms=round(seconds * 1000, 3), client=address,
-                                      **({"peer": peer} if peer else {})))
+            fields = {"method": method or "-", "path": target or "-", "status": status,
+                      "duration_ms": round(seconds * 1000, 3), "client": address}
+            if peer:
+                fields["peer"] = peer
+            self.out.put(self._object("info", **fields))
         else:
-            self.out.put(f'{address}{f" via {peer}" if peer else ""} "{printable(method or "-")} '
+            via = f" via {peer}" if peer else ""
+            self.out.put(f'{address}{via} "{printable(method or "-")} '
                          f'{printable(target or "-")}" {status} {seconds * 1000:.1f}ms')
 
     def started(self, message):
@@ -99,7 +105,8 @@ class Log:
         return f"friendlyhello: {where}: {printable(message)}"
 
     def _dropped_line(self, count, name):
-        return self._event_line("warning", "log", f"{count} lines dropped: the reader of {name} did not keep up")
+        return self._event_line("warning", "log",
+                                f"{count} lines dropped: the reader of {name} did not keep up")
 
     def close(self, timeout=1.0):
         """Write what is buffered, waiting at most ``timeout`` seconds in all."""
@@ -109,7 +116,8 @@ class Log:
 
     def _object(self, level, **fields):
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        milliseconds = int(now % 1 * 1000)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{milliseconds:03d}Z"
         return json.dumps({"time": stamp, "level": level, **fields, **self.identity})
 
 
@@ -135,7 +143,8 @@ class _Stream:
             os.register_at_fork(after_in_child=self._start)
 
     def _start(self):
-        """A fresh buffer and no thread yet (again in a forked worker: threads do not survive a fork)."""
+        """A fresh buffer and no thread yet (again in a forked worker: threads do not survive a
+        fork)."""
         self._lines = collections.deque()
         self._changed = threading.Condition()
         self._writer = None
@@ -153,7 +162,8 @@ class _Stream:
                 return
             self._lines.append(line + "\n")
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write_lines, name=f"log {self.name}", daemon=True)
+                self._writer = threading.Thread(target=self._write_lines, name=f"log {self.name}",
+                                                daemon=True)
                 self._writer.start()
             elif not self._writing:
                 self._changed.notify()

@@ -66,10 +66,10 @@ class RedisStatus:
 
     def __init__(self, address, log):
         self.address, self._log = address, log
-        self.reason = None       # why Redis is unavailable; None while it answers (or before it is tried)
+        self.reason = None  # why Redis is unavailable; None while it answers (or is not tried yet)
         self._unavailable_since = None
         self._seen_up = False
-        self.counter_problem = ""     # what the counter holds when it is no count (the last heartbeat's word)
+        self.counter_problem = ""  # what the counter holds when it is no count (heartbeat's word)
         self._heartbeat_error = None  # the error reply the heartbeat got, while it gets one
 
     @property
@@ -92,7 +92,8 @@ class RedisStatus:
         or the error reply it got: each change logged once, each key made anew logged."""
         if isinstance(reply, resp_client.ResponseError):
             if str(reply) != self._heartbeat_error:
-                self._log.warning("redis", f"the heartbeat failed ({reply}): this replica may drop out of /replicas")
+                self._log.warning("redis", f"the heartbeat failed ({reply}): this replica may drop "
+                                           "out of /replicas")
             self._heartbeat_error = str(reply)
             return
         if self._heartbeat_error is not None:
@@ -101,13 +102,15 @@ class RedisStatus:
         if not (isinstance(reply, list) and len(reply) >= 2):
             return
         for repaired in reply[2:]:
-            self._log.warning("redis", f"{_text(repaired)}, not what friendlyhello keeps there: made anew")
+            self._log.warning("redis", f"{_text(repaired)}, not what friendlyhello keeps there: "
+                                       "made anew")
         problem = _text(reply[1])
         if problem == self.counter_problem:
             return
         if problem:
-            self._log.warning("redis", f"the counter holds {problem}: pages say the counter is disabled until "
-                                       "it is a whole number again (or is deleted, to count from 1)")
+            self._log.warning("redis", f"the counter holds {problem}: pages say the counter is "
+                                       "disabled until it is a whole number again (or is deleted, "
+                                       "to count from 1)")
         else:
             self._log.info("redis", "the counter is a whole number again: visits are counted")
         self.counter_problem = problem
@@ -116,7 +119,8 @@ class RedisStatus:
         if self.reason is None and self._seen_up:
             return
         if self.reason is not None:
-            self._log.info("redis", f"{self.address} is back after {time.monotonic() - self._unavailable_since:.1f}s")
+            lasted = time.monotonic() - self._unavailable_since
+            self._log.info("redis", f"{self.address} is back after {lasted:.1f}s")
         else:
             self._log.info("redis", f"{self.address} is up: visits are counted")
         self.reason, self._unavailable_since, self._seen_up = None, None, True
@@ -131,5 +135,6 @@ class RedisStatus:
         if self._unavailable_since is None:
             self._unavailable_since = time.monotonic()
         self.reason = reason
-        self._log.warning("redis", f"{self.address} is unavailable ({reason}): {error.cause or error}"
-                                   " - pages say the counter is disabled until it answers again")
+        self._log.warning("redis", f"{self.address} is unavailable ({reason}): "
+                                   f"{error.cause or error} - pages say the counter is disabled "
+                                   "until it answers again")

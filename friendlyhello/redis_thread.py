@@ -25,7 +25,8 @@ def redis_options(config):
     else:
         where = dict(host=config.redis_host, port=config.redis_port, db=config.redis_db,
                      password=config.redis_password)
-    return {**where, "connect_timeout": config.redis_timeout, "timeout": config.redis_timeout, "max_connections": 1}
+    timeouts = {"connect_timeout": config.redis_timeout, "timeout": config.redis_timeout}
+    return {**where, **timeouts, "max_connections": 1}
 
 
 def redis_client(config):
@@ -35,7 +36,8 @@ def redis_client(config):
 def describe_redis(config):
     """Redis's address and database, for the start-up line."""
     options = redis_options(config)
-    address = resp_client.address_of(options.get("host", "redis"), options.get("port"), options.get("unix_socket"))
+    address = resp_client.address_of(options.get("host", "redis"), options.get("port"),
+                                     options.get("unix_socket"))
     return f"{address} db {options['db']}"
 
 
@@ -47,7 +49,8 @@ class RedisThread:
     gives then. It notes Redis's state in ``status``, and counts replies by outcome and round
     trip sizes in ``metrics``.
 
-    The visits of a round trip go as one command: ``visit_commands`` (a replicas.VisitCommands) makes the command
+    The visits of a round trip go as one command: ``visit_commands`` (a
+    replicas.VisitCommands) makes the command
     of one visit and of n, and reads its reply: the counter's new value V, and the n pages
     take the numbers V-n+1 ... V in the order they came. One transaction, one write to the
     append-only file and one reply for them all: Redis's work per visit falls as load rises."""
@@ -109,7 +112,7 @@ class RedisThread:
                 heartbeat = [self._heartbeat()]
             try:
                 self._send(heartbeat, requests)
-            except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log it, go on
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log, go on
                 self._log.error("redis", f"internal error in the Redis thread: {exc!r}")
                 self._hand_back(requests, [None] * len(requests), [exc] * len(requests))
 
@@ -133,9 +136,12 @@ class RedisThread:
             self._hand_back(requests, replies, errors)
 
     def _commands(self, requests):
-        """What to send for a round trip's requests: its commands in order, but two visits or more as one
-        command, first. Also how many visits that one command counts (0: none was merged)."""
-        merged = sum(1 for _, command in requests if command is self._one_visit) if self._one_visit is not None else 0
+        """What to send for a round trip's requests: their commands in order, but two visits or
+        more as one command, first. Also how many visits that one command counts (0: none was
+        merged)."""
+        merged = 0
+        if self._one_visit is not None:
+            merged = sum(1 for _, command in requests if command is self._one_visit)
         if merged < 2:
             return [command for _, command in requests], 0
         others = [command for _, command in requests if command is not self._one_visit]
@@ -149,8 +155,13 @@ class RedisThread:
                     for (_, command), reply in zip(requests, replies, strict=True)]
         total, rest = self._counted(replies[0], merged), iter(replies[1:])
         numbers = iter(range(total - merged + 1, total + 1)) if type(total) is int else None
-        return [(total if numbers is None else next(numbers)) if command is self._one_visit else next(rest)
-                for _, command in requests]
+        answers = []
+        for _, command in requests:
+            if command is not self._one_visit:
+                answers.append(next(rest))
+            else:  # its own number, or why there is none
+                answers.append(total if numbers is None else next(numbers))
+        return answers
 
     def _counted(self, reply, n):
         """The counter's value after these n visits, or why it has none; where only the replica's
@@ -162,8 +173,9 @@ class RedisThread:
                 if isinstance(answer, resp_client.ResponseError):
                     raise answer
             except resp_client.RedisError as exc:
-                self._log.warning("redis", f"this replica's count stays {n} too high: the counter refused "
-                                           f"its visits, and taking them back failed: {exc}")
+                self._log.warning("redis", f"this replica's count stays {n} too high: the "
+                                           "counter refused its visits, and taking them back "
+                                           f"failed: {exc}")
         return counter
 
     def _hand_back(self, requests, replies, errors):
