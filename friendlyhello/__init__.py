@@ -21,7 +21,9 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     replicas        what replicas keep in Redis, and /replicas  -> redis_state, resp_client
     site            the pages, the probes and /echo
                         -> logs, proxies, redis_state, replicas, resp_client, responses
-    server          the selector loop  -> connection, http11, proxies, resp_client, responses
+    responder       each answer held, counted, logged and written
+                        -> connection, proxies, resp_client, responses
+    server          the selector loop  -> connection, http11, responder, resp_client
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes

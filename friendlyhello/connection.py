@@ -6,7 +6,7 @@ import selectors
 import socket
 import time
 
-from .proxies import normal_address
+from .proxies import ProxyRefused, normal_address, read_proxy_header
 
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
@@ -225,6 +225,25 @@ class Connections:
             self._open.add(conn)
             self.metrics.open_connections += 1
             conn.enter(Connection.READING, self.idle_timeout)
+
+    def take_proxy_header(self, conn, mode):
+        """Read the PROXY header (PROXY_PROTOCOL ``mode``) the connection must begin with: True
+        once it is read (and out of the buffer: it counts toward no limit of the request head);
+        False while more must come, or when the connection was closed for it."""
+        try:
+            read = read_proxy_header(conn.buffer, mode)
+        except ProxyRefused as refused:
+            self.metrics.proxy_refused(refused.reason)
+            self.log.warning(conn.address, f"connection closed: {refused}")
+            self.close(conn)
+            return False
+        if read is None:
+            return False
+        conn.proxy, length = read
+        del conn.buffer[:length]
+        if conn.proxy.source is not None:
+            conn.address = conn.proxy.source[0]
+        return True
 
     def close(self, conn):
         if conn.state is Connection.CLOSED:
