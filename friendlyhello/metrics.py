@@ -1,10 +1,12 @@
 """Metrics: what the service counts, and /metrics in the Prometheus text format, version 0.0.4.
 
-Every family is one row of FAMILIES: name, type, help, label names. A process keeps its
-numbers as series (label values -> a number, or a histogram's bucket counts and sum), so
-that a snapshot is plain data, several workers' snapshots add up by type, and the text is
-written from the table alone. Labels are bounded: methods and routes outside the known
-ones are "other", Redis outcomes are redis_state.OUTCOMES.
+Every family is one row of FAMILIES: its name, type, help, label names, the values of a label
+shown even at 0, its buckets, and whether this process counts it or it is read when /metrics
+is asked (Redis's state, the build, the faults, the process's own). A process keeps what it
+counts as series (label values -> a number, or a histogram's bucket counts and sum), so that a
+snapshot is plain data, several workers' snapshots add up by type, and the text is written
+from the table alone. Labels are bounded: methods and routes outside the known ones are
+"other", Redis outcomes are redis_state.OUTCOMES.
 """
 
 import bisect
@@ -13,49 +15,68 @@ import os
 import re
 import resource
 import sys
+import typing
 
 from . import VERSION
 from .redis_state import OUTCOMES
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-PIPELINE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ROUND_TRIP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PROXY_REFUSALS = ("untrusted_peer", "missing", "malformed", "timeout")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
-Family = collections.namedtuple("Family", "name kind help labels buckets", defaults=(None,))
 
-# The families a process counts itself; friendlyhello_redis_up, build info and the process
-# metrics are read when /metrics is asked.
+class Family(typing.NamedTuple):
+    """One metric family, as /metrics shows it."""
+
+    name: str
+    kind: str                     # counter, gauge or histogram
+    help: str
+    labels: tuple = ()            # label names
+    every: tuple = ()             # the one label's values, each shown, 0 included
+    buckets: tuple | None = None  # a histogram's upper bounds
+    read: bool = False            # read when /metrics is asked (else counted by the process)
+    combine: typing.Callable = sum  # how the workers' values of a read process family add up
+
+
 FAMILIES = (
-    Family("http_requests_total", "counter", "HTTP requests answered, by method, route and status code.",
+    Family("http_requests_total", "counter",
+           "HTTP requests answered, by method, route and status code.",
            ("method", "route", "code")),
-    Family("http_request_duration_seconds", "histogram", "Time from a request's complete head to its answer.",
-           ("method", "route"), DURATION_BUCKETS),
-    Family("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number.", ()),
-    Family("friendlyhello_redis_replies_total", "counter", "Redis calls for requests, by how they ended.",
-           ("outcome",)),
-    Family("friendlyhello_redis_pipeline_size", "histogram", "Requests whose Redis commands went in one round trip.",
-           (), PIPELINE_BUCKETS),
-    Family("friendlyhello_open_connections", "gauge", "Client connections open now.", ()),
+    Family("http_request_duration_seconds", "histogram",
+           "Time from a request's complete head to its answer.",
+           ("method", "route"), buckets=DURATION_BUCKETS),
+    Family("friendlyhello_visits_total", "counter", "Visits counted: pages that showed a number."),
+    Family("friendlyhello_redis_replies_total", "counter",
+           "Redis calls for requests, by how they ended.", ("outcome",), every=OUTCOMES),
+    Family("friendlyhello_redis_pipeline_size", "histogram",
+           "Requests whose Redis commands went in one round trip.", buckets=ROUND_TRIP_BUCKETS),
+    Family("friendlyhello_open_connections", "gauge", "Client connections open now."),
     Family("friendlyhello_log_lines_dropped_total", "counter",
-           "Log lines dropped because the log's reader was slow or gone.", ()),
+           "Log lines dropped because the log's reader was slow or gone."),
     Family("friendlyhello_proxy_refused_total", "counter",
-           "Connections closed unanswered for their PROXY header: by reason.", ("reason",)),
+           "Connections closed unanswered for their PROXY header: by reason.", ("reason",),
+           every=PROXY_REFUSALS),
+    Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
+    Family("friendlyhello_build_info", "gauge",
+           "The VERSION this replica was started with, friendlyhello's release and Python's "
+           "version.", ("version", "release", "python"), read=True),
+    Family("friendlyhello_fault", "gauge",
+           "Faults on: errors (a rate), latency (seconds, at most), ready and live (1: failing).",
+           ("kind",), read=True),
+    # The process's own, as the official clients name them.
+    Family("process_cpu_seconds_total", "counter",
+           "Total user and system CPU time spent in seconds.", read=True),
+    Family("process_start_time_seconds", "gauge",
+           "Start time of the process since unix epoch in seconds.", read=True, combine=min),
+    Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", read=True),
+    Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", read=True),
+    Family("process_open_fds", "gauge", "Number of open file descriptors.", read=True),
+    Family("process_max_fds", "gauge", "Maximum number of open file descriptors.", read=True,
+           combine=max),
 )
-PROXY_REFUSALS = ("untrusted_peer", "missing", "malformed", "timeout")
-_EVERY_LABEL = {"friendlyhello_redis_replies_total": OUTCOMES, "friendlyhello_proxy_refused_total": PROXY_REFUSALS}
+COUNTED = tuple(f for f in FAMILIES if not f.read)
 _BY_NAME = {f.name: f for f in FAMILIES}
-
-# The process's own, as the official clients name them: (name, type, help), and how the
-# workers' values combine.
-PROCESS_FAMILIES = (
-    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
-    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
-    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
-    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
-    ("process_open_fds", "gauge", "Number of open file descriptors."),
-    ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
-)
-_PROCESS_COMBINE = {"process_start_time_seconds": min, "process_max_fds": max}
 
 
 class Histogram:
@@ -83,7 +104,7 @@ class Metrics:
     lines it dropped; ``version`` (the VERSION setting) is shown in the build info."""
 
     def __init__(self, shared=None, slot=0, log=None, version="1"):
-        self.series = {f.name: {} for f in FAMILIES}
+        self.series = {f.name: {} for f in COUNTED}
         self.shared, self.slot, self._log, self.version = shared, slot, log, version
         self._cpu_before = 0.0  # CPU seconds of the workers this slot had before this one
         previous = shared.read(slot) if shared is not None else None
@@ -99,7 +120,8 @@ class Metrics:
         self.series["friendlyhello_redis_replies_total"] = self.redis_replies
         self.proxy_refusals = collections.Counter(self.series["friendlyhello_proxy_refused_total"])
         self.series["friendlyhello_proxy_refused_total"] = self.proxy_refusals
-        self.round_trip_sizes = Histogram(PIPELINE_BUCKETS, self.series["friendlyhello_redis_pipeline_size"])
+        sizes = self.series["friendlyhello_redis_pipeline_size"]
+        self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)
         self.visits = self.series["friendlyhello_visits_total"].get((), 0)
         self.open_connections = 0
         self._ticks, self._page_size = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
@@ -116,11 +138,14 @@ class Metrics:
         self.proxy_refusals[(reason,)] += 1
 
     def snapshot(self):
-        """This process's numbers as plain data: {"series": {family: {labels: value}}, "process": {...}}."""
+        """This process's numbers as plain data: {"series": {family: {labels: value}},
+        "process": {family: value}}."""
         self.series["friendlyhello_visits_total"] = {(): self.visits}
         self.series["friendlyhello_open_connections"] = {(): self.open_connections}
-        self.series["friendlyhello_log_lines_dropped_total"] = {(): self._log.dropped if self._log else 0}
-        return {"series": {name: dict(series) for name, series in self.series.items()}, "process": self._process()}
+        dropped = self._log.dropped if self._log else 0
+        self.series["friendlyhello_log_lines_dropped_total"] = {(): dropped}
+        series = {name: dict(values) for name, values in self.series.items()}
+        return {"series": series, "process": self._process()}
 
     def publish(self):
         if self.shared is not None:
@@ -130,7 +155,8 @@ class Metrics:
         mine = self.snapshot()
         if self.shared is not None:
             self.shared.write(self.slot, mine)
-            mine = merged([mine, *(self.shared.read(n) for n in range(self.shared.count) if n != self.slot)])
+            others = [self.shared.read(n) for n in range(self.shared.count) if n != self.slot]
+            mine = merged([mine, *others])
         return exposition(mine, redis_up, self.version, faults)
 
     def _process(self):
@@ -142,7 +168,8 @@ class Metrics:
             fds = len(os.listdir("/proc/self/fd"))
         except OSError:
             return {}
-        return {"process_cpu_seconds_total": self._cpu_before + (int(fields[11]) + int(fields[12])) / self._ticks,
+        cpu = (int(fields[11]) + int(fields[12])) / self._ticks  # user and system
+        return {"process_cpu_seconds_total": self._cpu_before + cpu,
                 "process_start_time_seconds": boot_time + int(fields[19]) / self._ticks,
                 "process_resident_memory_bytes": int(fields[21]) * self._page_size,
                 "process_virtual_memory_bytes": int(fields[20]),
@@ -153,57 +180,64 @@ class Metrics:
 def merged(snapshots):
     """The sum of several workers' snapshots (a missing one counts nothing): counters and
     gauges add, histograms add bucket by bucket; the process's values combine as each says."""
-    total = {"series": {f.name: {} for f in FAMILIES}, "process": {}}
+    total = {"series": {f.name: {} for f in COUNTED}, "process": {}}
     for snapshot in filter(None, snapshots):
         for name, series in snapshot["series"].items():
             into = total["series"].setdefault(name, {})
             for labels, value in series.items():
                 if isinstance(value, list):  # a histogram's [counts, sum]
-                    counts, seconds = into.get(labels, [[0] * len(value[0]), 0.0])
-                    into[labels] = [[a + b for a, b in zip(counts, value[0], strict=True)], seconds + value[1]]
+                    into[labels] = _added_histograms(into.get(labels), value)
                 else:
                     into[labels] = into.get(labels, 0) + value
         for name, value in snapshot["process"].items():
-            combine = _PROCESS_COMBINE.get(name, lambda a, b: a + b)
-            total["process"][name] = combine(total["process"][name], value) if name in total["process"] else value
+            before = total["process"].get(name)
+            combine = _BY_NAME[name].combine if name in _BY_NAME else sum
+            total["process"][name] = value if before is None else combine((before, value))
     return total
 
 
+def _added_histograms(into, value):
+    if into is None:
+        return [list(value[0]), value[1]]
+    counts = [a + b for a, b in zip(into[0], value[0], strict=True)]
+    return [counts, into[1] + value[1]]
+
+
 def exposition(snapshot, redis_up, version="1", faults=None):
-    """The text format: every family of FAMILIES, then Redis's state, build info and the process's."""
+    """The text format: every family of FAMILIES, counted ones from ``snapshot``, read ones
+    from Redis's state, the build, the ``faults`` (kind -> value; None: not shown) and the
+    snapshot's process values."""
+    read = {"friendlyhello_redis_up": {(): int(redis_up)},
+            "friendlyhello_build_info": {(version, VERSION, sys.version.split()[0]): 1}}
+    if faults is not None:
+        read["friendlyhello_fault"] = {(kind,): value for kind, value in faults.items()}
+    for name, value in snapshot["process"].items():
+        read[name] = {(): value}
     out = []
     for family in FAMILIES:
-        out.append(_header(family.name, family.kind, family.help))
-        series = snapshot["series"].get(family.name, {})
-        if family.name in _EVERY_LABEL:  # every outcome and reason, 0 included
-            series = {(label,): series.get((label,), 0) for label in _EVERY_LABEL[family.name]}
+        if family.read:
+            series = read.get(family.name)
+            if series is None:
+                continue  # not known here: not shown at all
+        else:
+            series = snapshot["series"].get(family.name, {})
+        out.append(f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.kind}\n")
+        if family.every:  # every outcome and reason, 0 included
+            series = {(label,): series.get((label,), 0) for label in family.every}
         if not family.labels and not series and family.kind != "histogram":
             series = {(): 0}
-        for labels, value in sorted(series.items()):
+        for labels, value in _in_order(family, series):
             pairs = list(zip(family.labels, labels, strict=True))
             if family.kind == "histogram":
                 out.extend(_histogram_lines(family, pairs, *value))
             else:
-                out.append(f"{family.name}{_labels(pairs)} {value}\n")
-    out.append(_header("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0."))
-    out.append(f"friendlyhello_redis_up {int(redis_up)}\n")
-    out.append(_header("friendlyhello_build_info", "gauge",
-                       "The VERSION this replica was started with, friendlyhello's release and Python's version."))
-    build = [("version", version), ("release", VERSION), ("python", sys.version.split()[0])]
-    out.append(f"friendlyhello_build_info{_labels(build)} 1\n")
-    if faults is not None:
-        out.append(_header("friendlyhello_fault", "gauge",
-                           "Faults on: errors (a rate), latency (seconds, at most), ready and live (1: failing)."))
-        out.extend(f'friendlyhello_fault{{kind="{kind}"}} {value!r}\n' for kind, value in faults.items())
-    process = snapshot["process"]
-    for name, kind, help_text in PROCESS_FAMILIES if process else ():
-        value = process[name]
-        out.append(_header(name, kind, help_text) + f"{name} {value!r}\n")
+                out.append(f"{family.name}{_labels(pairs)} {value!r}\n")
     return "".join(out)
 
 
-def _header(name, kind, help_text):
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+def _in_order(family, series):
+    """Counted series sorted by their labels; a read family's as it gave them."""
+    return series.items() if family.read else sorted(series.items())
 
 
 def _histogram_lines(family, pairs, counts, total):
@@ -219,5 +253,8 @@ def _histogram_lines(family, pairs, counts, total):
 def _labels(pairs):
     if not pairs:
         return ""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in pairs)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(pairs, escaped, strict=True)) + "}"
+    shown = []
+    for name, value in pairs:
+        value = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        shown.append(f'{name}="{value}"')
+    return "{" + ",".join(shown) + "}"
