@@ -27,6 +27,7 @@ import socket
 import sys
 
 import resp_client
+from friendlyhello.echo import Echo
 from friendlyhello.faults import Faults
 from friendlyhello.healthcheck import healthcheck
 from friendlyhello.lifecycle import Lifecycle
@@ -46,7 +47,7 @@ from friendlyhello.workers import STOP_SIGNALS, Supervisor
 PING = resp_client.encode_command(("PING",))
 
 
-def route_table(config, site, commands):
+def route_table(config, site, echo, commands):
     """Every path the server answers: the Site's answer, the Redis command sent first (none
     when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
     (left out of the access log by default). A path ending in "/" takes the rest of the path
@@ -59,7 +60,7 @@ def route_table(config, site, commands):
         "/readyz":   Route(site.readyz, ready_command, probe=True),
         "/metrics":  Route(site.metrics_page, probe=True),
         "/replicas": Route(site.replicas, commands.view),
-        "/echo":     Route(site.echo),
+        "/echo":     Route(echo.answer),
         "/status/":  Route(site.status),  # /status/418
         "/delay/":   Route(site.delay),   # /delay/1.5
     }
@@ -88,7 +89,7 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
                                commands.visit_commands)
     lifecycle.needs("redis", redis_thread.is_alive)
-    routes = route_table(config, site, commands)
+    routes = route_table(config, site, Echo(config, me), commands)
     headers = CommonHeaders(me.replica_id, config.version)
     return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, listener, log,
                        headers, faults, supervisor_pid)

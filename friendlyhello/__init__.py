@@ -19,8 +19,9 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     http11          http.server's handler, held to RFC 9112  -> responses, routes
     connection      one client connection and its states  -> proxies
     replicas        what replicas keep in Redis, and /replicas  -> redis_state, resp_client
-    site            the pages, the probes and /echo
-                        -> logs, proxies, redis_state, replicas, resp_client, responses
+    site            the page, the probes, /metrics, /replicas, /status/ and /delay/
+                        -> redis_state, replicas, resp_client, responses
+    echo            /echo: what arrived, and from whom  -> logs, proxies, responses
     responder       each answer held, counted, logged and written
                         -> connection, proxies, resp_client, responses
     server          the selector loop  -> connection, http11, responder, resp_client

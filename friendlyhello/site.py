@@ -11,8 +11,6 @@ import re
 
 import resp_client
 
-from .logs import printable, request_target
-from .proxies import conclude, forwarded_elements, x_forwarded_for
 from .redis_state import visit_words
 from .replicas import ReplicaView
 from .responses import HTML, JSON, TEXT, Response, error_response
@@ -26,8 +24,14 @@ _PHRASES = {s.value for s in http.HTTPStatus}
 _VARY_ACCEPT = (("Vary", "Accept"),)
 _SHUTTING_DOWN = Response(503, TEXT, "shutting down\n")
 _LIVE = Response(200, TEXT, "ok\n")
-_LIVE_FAULT = Response(503, TEXT, "not live: the live fault is on\n", (("Friendlyhello-Fault", "live"),))
-_READY_FAULT = Response(503, TEXT, "not ready: the ready fault is on\n", (("Friendlyhello-Fault", "ready"),))
+_LIVE_FAULT = Response(503, TEXT, "not live: the live fault is on\n",
+                       (("Friendlyhello-Fault", "live"),))
+_READY_FAULT = Response(503, TEXT, "not ready: the ready fault is on\n",
+                        (("Friendlyhello-Fault", "ready"),))
+_BAD_STATUS = Response(400, TEXT, "the status must be a whole number from 200 to 599: "
+                                  "/status/503\n")
+_BAD_DELAY = Response(400, TEXT, f"the delay must be a number of seconds from 0 to {MAX_DELAY}: "
+                                 "/delay/1.5\n")
 
 
 class Site:
@@ -35,8 +39,7 @@ class Site:
     PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
 
     def __init__(self, config, me, redis_status, metrics, lifecycle, faults):
-        self.name, self.me, self.trusted, self.faults = config.name, me, config.trusted_proxies, faults
-        self.believed = config.forwarded_header
+        self.name, self.me, self.faults = config.name, me, faults
         self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
@@ -57,8 +60,8 @@ class Site:
         delay = self.faults.page_delay()
         if request.wants_json:
             body = json.dumps({"name": self.name, "hostname": self.me.hostname, **self.me.placement,
-                               "version": self.me.version, "visits": visits, "redis": visit_words(error),
-                               "faults": self.faults.state.on()})
+                               "version": self.me.version, "visits": visits,
+                               "redis": visit_words(error), "faults": self.faults.state.on()})
             return Response(200, JSON, body + "\n", _VARY_ACCEPT, delay)
         text = COUNTER_DISABLED if visits is None else str(visits)
         return Response(200, HTML, self.page_start + text, _VARY_ACCEPT, delay)
@@ -95,7 +98,8 @@ class Site:
         return Response(200, TEXT, "ready\n")
 
     def metrics_page(self, request, reply):
-        return Response(200, METRICS_TYPE, self.metrics.exposition(self.redis_status.up, self.faults.state.gauges()))
+        text = self.metrics.exposition(self.redis_status.up, self.faults.state.gauges())
+        return Response(200, METRICS_TYPE, text)
 
     def replicas(self, request, reply):
         """Who served how many: the live replicas, from Redis, as a table or JSON."""
@@ -104,14 +108,15 @@ class Site:
             return Response(400, TEXT, "refresh must be a whole number of seconds from 1 to 9999\n")
         view = ReplicaView.read(reply)
         if request.wants_json:
-            return Response(200, JSON, json.dumps(view.as_json(self.me.hostname)) + "\n", _VARY_ACCEPT)
+            body = json.dumps(view.as_json(self.me.hostname)) + "\n"
+            return Response(200, JSON, body, _VARY_ACCEPT)
         return Response(200, HTML, view.as_html(self.me.hostname, int(refresh or 0)), _VARY_ACCEPT)
 
     def status(self, request, reply):
-        """/status/CODE: that status (200 to 599), for testing what a client or a proxy makes of it."""
+        """/status/CODE: that status (200 to 599), to test what a client or a proxy makes of it."""
         code = request.path[len("/status/"):]
         if not re.fullmatch(r"[2-5][0-9][0-9]", code):
-            return Response(400, TEXT, "the status must be a whole number from 200 to 599: /status/503\n")
+            return _BAD_STATUS
         phrase = http.HTTPStatus(int(code)).phrase if int(code) in _PHRASES else ""
         return Response(int(code), TEXT, f"{code} {phrase}".rstrip() + "\n")
 
@@ -120,65 +125,5 @@ class Site:
         text = request.path[len("/delay/"):]
         seconds = float(text) if re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,3})?", text) else -1.0
         if not 0 <= seconds <= MAX_DELAY:
-            return Response(400, TEXT, f"the delay must be a number of seconds from 0 to {MAX_DELAY}: /delay/1.5\n")
+            return _BAD_DELAY
         return Response(200, TEXT, f"waited {seconds:g} s\n", delay=seconds)
-
-    def echo(self, request, reply):
-        """What this replica received and what it concluded of who sent it: the request line and
-        header fields as received, the TCP peer, a PROXY header's word, the client and why."""
-        (peer_host, peer_port, *_), proxy = request.connection.peer, request.connection.proxy
-        via_header = proxy is not None and proxy.source is not None
-        found = conclude(request.address, request.headers, self.trusted, self.believed,
-                         "the PROXY header's source" if via_header else "the TCP peer")
-        seen = {
-            "request_line": request_target(request.requestline.decode("latin-1").rstrip("\r\n")),
-            "headers": [[name, request_target(value)] for name, value in request.headers.items()],
-            "peer": {"address": peer_host, "port": peer_port},
-            "proxy_protocol": proxy and {"version": proxy.version, "command": proxy.command, "family": proxy.family,
-                                         "source": proxy.source and list(proxy.source),
-                                         "destination": proxy.destination and list(proxy.destination),
-                                         "tlv_bytes": proxy.tlv_bytes},
-            "client": found.client, "client_from": found.client_from, "forwarded_from": found.source,
-            "forwarded_header": self.believed, "not_believed": found.not_believed,
-            "x_forwarded_for": [{"entry": hop.entry, "address": hop.address and str(hop.address),
-                                 "trusted": hop.trusted} for hop in x_forwarded_for(request.headers, self.trusted)],
-            "forwarded": forwarded_elements(request.headers.get_all("Forwarded", ())),
-            **{name.lower().replace("-", "_"): request.headers.get(name) for name in _AS_GIVEN},
-            "replica": self.me.replica_id, "version": self.me.version,
-        }
-        if request.wants_json:
-            return Response(200, JSON, json.dumps(seen) + "\n", _VARY_ACCEPT)
-        return Response(200, TEXT, _echo_text(seen), _VARY_ACCEPT)
-
-
-_AS_GIVEN = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Real-IP")
-
-
-def _echo_text(seen):
-    """/echo as text: every value that came from the request escaped as the logs escape it."""
-    proxy = seen["proxy_protocol"]
-    lines = [_shown(seen["request_line"]), *(f"{_shown(n)}: {_shown(v)}" for n, v in seen["headers"]), "",
-             f"peer: {_host_port(seen['peer']['address'], seen['peer']['port'])}",
-             "proxy_protocol: " + ("none" if proxy is None else
-                                   f"v{proxy['version']} {proxy['command']} {proxy['family']}"
-                                   + (f" from {_host_port(*proxy['source'])} to {_host_port(*proxy['destination'])}"
-                                      if proxy["source"] else "") + f", {proxy['tlv_bytes']} bytes of TLVs"),
-             f"client: {seen['client']}", f"client_from: {_shown(seen['client_from'])}",
-             f"forwarded_from: {seen['forwarded_from'] or 'none'}",
-             f"forwarded_header: {seen['forwarded_header'] or 'none'}",
-             f"not_believed: {', '.join(seen['not_believed']) or 'none'}", "x-forwarded-for:"]
-    for n, hop in enumerate(seen["x_forwarded_for"], 1):
-        verdict = "not an address" if hop["address"] is None else "trusted proxy" if hop["trusted"] else "not trusted"
-        lines.append(f"  hop {n}: {_shown(hop['entry'])} ({verdict})")
-    lines += [f"forwarded: {_shown(json.dumps(seen['forwarded']))}"]
-    lines += [f"{name.lower()}: {_shown(seen[name.lower().replace('-', '_')] or '-')}" for name in _AS_GIVEN]
-    lines += [f"replica: {_shown(seen['replica'])}", f"version: {seen['version']}"]
-    return "\n".join(lines) + "\n"
-
-
-def _shown(text):
-    return printable(text, quoted=False)
-
-
-def _host_port(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,117 @@
+"""/echo: what this replica received and what it concluded of who sent it, as JSON or as text.
+
+The request line and header fields as received, the TCP peer, what a PROXY header said, the
+client and the rule that gave it, each forwarding header's entries, and the replica that
+answered. Every value that came from the request is shown escaped as the logs escape it.
+"""
+
+import json
+
+from .logs import printable, request_target
+from .proxies import conclude, forwarded_elements, x_forwarded_for
+from .responses import JSON, TEXT, Response
+
+_VARY_ACCEPT = (("Vary", "Accept"),)
+_AS_GIVEN = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Real-IP")
+
+
+class Echo:
+    """The /echo route of a replica (``me``, a replicas.Identity) under the settings'
+    TRUSTED_PROXIES and FORWARDED_HEADER."""
+
+    def __init__(self, config, me):
+        self.me = me
+        self.trusted = config.trusted_proxies
+        self.believed = config.forwarded_header
+
+    def answer(self, request, reply):
+        seen = self.seen(request)
+        if request.wants_json:
+            return Response(200, JSON, json.dumps(seen) + "\n", _VARY_ACCEPT)
+        return Response(200, TEXT, as_text(seen), _VARY_ACCEPT)
+
+    def seen(self, request):
+        """What the request carried and what was concluded of it, as a JSON-ready object."""
+        peer_host, peer_port = request.connection.peer[:2]
+        proxy = request.connection.proxy
+        via_header = proxy is not None and proxy.source is not None
+        peer_is = "the PROXY header's source" if via_header else "the TCP peer"
+        headers = request.headers
+        found = conclude(request.address, headers, self.trusted, self.believed, peer_is)
+        requestline = request.requestline.decode("latin-1").rstrip("\r\n")
+        hops = [{"entry": hop.entry, "address": hop.address and str(hop.address),
+                 "trusted": hop.trusted} for hop in x_forwarded_for(headers, self.trusted)]
+        seen = {
+            "request_line": request_target(requestline),
+            "headers": [[name, request_target(value)] for name, value in headers.items()],
+            "peer": {"address": peer_host, "port": peer_port},
+            "proxy_protocol": None if proxy is None else _proxy_header(proxy),
+            "client": found.client,
+            "client_from": found.client_from,
+            "forwarded_from": found.source,
+            "forwarded_header": self.believed,
+            "not_believed": found.not_believed,
+            "x_forwarded_for": hops,
+            "forwarded": forwarded_elements(headers.get_all("Forwarded", ())),
+        }
+        for name in _AS_GIVEN:
+            seen[_key(name)] = headers.get(name)
+        seen["replica"] = self.me.replica_id
+        seen["version"] = self.me.version
+        return seen
+
+
+def _proxy_header(proxy):
+    return {"version": proxy.version, "command": proxy.command, "family": proxy.family,
+            "source": proxy.source and list(proxy.source),
+            "destination": proxy.destination and list(proxy.destination),
+            "tlv_bytes": proxy.tlv_bytes}
+
+
+def _key(header):
+    return header.lower().replace("-", "_")
+
+
+def as_text(seen):
+    """/echo as text: the request as received, then what was concluded, a line each."""
+    lines = [_shown(seen["request_line"])]
+    lines += [f"{_shown(name)}: {_shown(value)}" for name, value in seen["headers"]]
+    lines += ["", f"peer: {_host_port(seen['peer']['address'], seen['peer']['port'])}"]
+    lines.append(f"proxy_protocol: {_proxy_words(seen['proxy_protocol'])}")
+    lines.append(f"client: {seen['client']}")
+    lines.append(f"client_from: {_shown(seen['client_from'])}")
+    lines.append(f"forwarded_from: {seen['forwarded_from'] or 'none'}")
+    lines.append(f"forwarded_header: {seen['forwarded_header'] or 'none'}")
+    lines.append(f"not_believed: {', '.join(seen['not_believed']) or 'none'}")
+    lines.append("x-forwarded-for:")
+    for n, hop in enumerate(seen["x_forwarded_for"], 1):
+        if hop["address"] is None:
+            verdict = "not an address"
+        else:
+            verdict = "trusted proxy" if hop["trusted"] else "not trusted"
+        lines.append(f"  hop {n}: {_shown(hop['entry'])} ({verdict})")
+    lines.append(f"forwarded: {_shown(json.dumps(seen['forwarded']))}")
+    for name in _AS_GIVEN:
+        lines.append(f"{name.lower()}: {_shown(seen[_key(name)] or '-')}")
+    lines.append(f"replica: {_shown(seen['replica'])}")
+    lines.append(f"version: {seen['version']}")
+    return "\n".join(lines) + "\n"
+
+
+def _proxy_words(proxy):
+    if proxy is None:
+        return "none"
+    words = f"v{proxy['version']} {proxy['command']} {proxy['family']}"
+    if proxy["source"]:
+        source = _host_port(*proxy["source"])
+        destination = _host_port(*proxy["destination"])
+        words += f" from {source} to {destination}"
+    return words + f", {proxy['tlv_bytes']} bytes of TLVs"
+
+
+def _shown(text):
+    return printable(text, quoted=False)
+
+
+def _host_port(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
