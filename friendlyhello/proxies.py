@@ -12,7 +12,6 @@ sockets and proxies write it) is read as the IPv4 address, wherever it comes fro
 here touches a socket.
 """
 
-import collections
 import ipaddress
 import re
 import struct
@@ -20,11 +19,16 @@ import typing
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107                 # the whole v1 line, CRLF included, at most (the specification's bound)
-V2_MAX_PAYLOAD = 2048        # addresses and TLVs; what load balancers send fits in a few hundred bytes
+V2_MAX_PAYLOAD = 2048        # addresses and TLVs; load balancers send a few hundred bytes
 PROXY_MODES = ("off", "v1", "v2", "any")
-# FORWARDED_HEADER's values, and the header each names (none: the peer, or the PROXY header's source).
-FORWARDED_HEADERS = {"x-forwarded-for": "X-Forwarded-For", "forwarded": "Forwarded", "x-real-ip": "X-Real-IP",
-                     "none": None}
+# FORWARDED_HEADER's values, and the header each names (none: believe the peer, or the PROXY
+# header's source, alone).
+FORWARDED_HEADERS = {
+    "x-forwarded-for": "X-Forwarded-For",
+    "forwarded": "Forwarded",
+    "x-real-ip": "X-Real-IP",
+    "none": None,
+}
 
 
 class ProxyRefused(Exception):
@@ -45,7 +49,8 @@ def trusted_networks(text):
         try:
             network = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ValueError(f"addresses or CIDR blocks separated by commas ({item[:60]!r} is neither)") from None
+            raise ValueError("addresses or CIDR blocks separated by commas "
+                             f"({item[:60]!r} is neither)") from None
         networks.append(_ipv4_network(network))
     return tuple(networks)
 
@@ -54,9 +59,11 @@ _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 
 def _ipv4_network(network):
-    """A block of IPv4-mapped addresses (::ffff:10.0.0.0/104) as the IPv4 block it is (10.0.0.0/8)."""
+    """A block of IPv4-mapped addresses (::ffff:10.0.0.0/104) as the IPv4 block it is
+    (10.0.0.0/8)."""
     if network.version == 6 and network.subnet_of(_MAPPED):
-        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+        first = network.network_address.ipv4_mapped
+        return ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
     return network
 
 
@@ -100,13 +107,22 @@ def _address(text):
 
 # -- the PROXY header ---------------------------------------------------------------------------
 
-ProxyHeader = collections.namedtuple("ProxyHeader", "version command family source destination tlv_bytes")
-ProxyHeader.__doc__ = """What a PROXY header said: version 1 or 2, command (PROXY or LOCAL), the
-family (TCP4, TCP6, UNKNOWN, UNSPEC...), the source and destination as (address, port) or None
-when it gave none to use, and how many bytes of TLVs (v2) were skipped."""
+class ProxyHeader(typing.NamedTuple):
+    """What a PROXY header said. The source and destination are (address, port), or None
+    when it gave none to use."""
 
-_V1 = re.compile(rb"PROXY (?:(TCP4|TCP6) ([0-9a-fA-F.:]{2,39}) ([0-9a-fA-F.:]{2,39}) ([0-9]{1,5}) ([0-9]{1,5})"
-                 rb"|UNKNOWN[^\r\n]*)\r\n")
+    version: int                     # 1 or 2
+    command: str                     # PROXY, or LOCAL (a health check)
+    family: str                      # TCP4, TCP6, UNKNOWN, UNSPEC...
+    source: tuple | None
+    destination: tuple | None
+    tlv_bytes: int                   # bytes of TLVs (v2), skipped
+
+
+_V1_ADDRESS = rb"([0-9a-fA-F.:]{2,39})"
+_V1_PORT = rb"([0-9]{1,5})"
+_V1 = re.compile(rb"PROXY (?:(TCP4|TCP6) " + _V1_ADDRESS + b" " + _V1_ADDRESS + b" " + _V1_PORT
+                 + b" " + _V1_PORT + rb"|UNKNOWN[^\r\n]*)\r\n")
 _V2_FAMILIES = {0x00: ("UNSPEC", 0), 0x11: ("TCP4", 12), 0x12: ("UDP4", 12), 0x21: ("TCP6", 36),
                 0x22: ("UDP6", 36), 0x31: ("UNIX_STREAM", 216), 0x32: ("UNIX_DGRAM", 216)}
 
@@ -131,7 +147,8 @@ def read_proxy_header(data, mode):
             return None
         length = struct.unpack_from("!H", data, 14)[0]
         if length > V2_MAX_PAYLOAD:
-            raise ProxyRefused("malformed", f"a PROXY v2 header of {length} bytes (at most {V2_MAX_PAYLOAD})")
+            raise ProxyRefused("malformed", f"a PROXY v2 header of {length} bytes "
+                                            f"(at most {V2_MAX_PAYLOAD})")
         if len(data) < 16 + length:
             return None
         return _v2(data[12], data[13], bytes(data[16:16 + length])), 16 + length
@@ -149,14 +166,17 @@ def _v1(line):
         return ProxyHeader(1, "PROXY", family, None, None, 0)
     kind = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
     try:
-        source, destination = kind(match.group(2).decode()), kind(match.group(3).decode())
+        source = kind(match.group(2).decode())
+        destination = kind(match.group(3).decode())
     except ValueError:
-        raise ProxyRefused("malformed", f"a PROXY v1 {family} line whose addresses are not {family}") from None
-    ports = int(match.group(4)), int(match.group(5))
-    if any(p > 65535 or (len(text) > 1 and text[:1] == b"0") for p, text in zip(ports, match.group(4, 5),
-                                                                                strict=True)):
-        raise ProxyRefused("malformed", "a PROXY v1 line with a port out of range")
-    return ProxyHeader(1, "PROXY", family, (_shown(source), ports[0]), (_shown(destination), ports[1]), 0)
+        raise ProxyRefused("malformed", f"a PROXY v1 {family} line whose addresses are not "
+                                        f"{family}") from None
+    for text in match.group(4, 5):
+        if int(text) > 65535 or (len(text) > 1 and text[:1] == b"0"):
+            raise ProxyRefused("malformed", "a PROXY v1 line with a port out of range")
+    source_port, destination_port = int(match.group(4)), int(match.group(5))
+    return ProxyHeader(1, "PROXY", family, (_shown(source), source_port),
+                       (_shown(destination), destination_port), 0)
 
 
 def _v2(version_command, family_byte, payload):
@@ -171,17 +191,20 @@ def _v2(version_command, family_byte, payload):
     tlvs = payload[size:]
     offset = 0
     while offset < len(tlvs):  # type, length, value: skipped, but they must add up
-        if offset + 3 > len(tlvs) or offset + 3 + struct.unpack_from("!H", tlvs, offset + 1)[0] > len(tlvs):
+        if offset + 3 > len(tlvs):
             raise ProxyRefused("malformed", "a PROXY v2 header whose TLVs overrun it")
         offset += 3 + struct.unpack_from("!H", tlvs, offset + 1)[0]
+        if offset > len(tlvs):
+            raise ProxyRefused("malformed", "a PROXY v2 header whose TLVs overrun it")
     if command == "LOCAL" or family not in ("TCP4", "TCP6"):  # a health check, or nothing to use
         return ProxyHeader(2, command, family, None, None, len(tlvs))
     width = 4 if family == "TCP4" else 16
     kind = ipaddress.IPv4Address if family == "TCP4" else ipaddress.IPv6Address
-    source, destination = kind(payload[:width]), kind(payload[width:2 * width])
+    source = kind(payload[:width])
+    destination = kind(payload[width:2 * width])
     source_port, destination_port = struct.unpack_from("!HH", payload, 2 * width)
-    return ProxyHeader(2, command, family, (_shown(source), source_port), (_shown(destination), destination_port),
-                       len(tlvs))
+    return ProxyHeader(2, command, family, (_shown(source), source_port),
+                       (_shown(destination), destination_port), len(tlvs))
 
 
 def _shown(address):
@@ -191,9 +214,12 @@ def _shown(address):
 
 # -- the client, concluded ------------------------------------------------------------------------
 
-Hop = collections.namedtuple("Hop", "entry address trusted")
-Hop.__doc__ = """One forwarded-for entry as given, the address in it (None if it is not one),
-and whether that address is a trusted proxy."""
+class Hop(typing.NamedTuple):
+    """One forwarded-for entry."""
+
+    entry: str                # as given
+    address: object           # the ip_address in it, or None if it is not one
+    trusted: bool             # that address is a trusted proxy
 
 class Conclusion(typing.NamedTuple):
     """Who the client is, and why."""
@@ -205,7 +231,9 @@ class Conclusion(typing.NamedTuple):
     not_believed: list          # the other forwarding headers the request carried, by name
 
 
-_FOR_ENTRY = re.compile(r'\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?|([0-9.]+)(?::[0-9]{1,5})?|([0-9a-fA-F:.]+)')
+_FOR_ENTRY = re.compile(r"\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?"  # [IPv6]:port, [IPv6]
+                        r"|([0-9.]+)(?::[0-9]{1,5})?"          # IPv4:port, IPv4
+                        r"|([0-9a-fA-F:.]+)")                  # IPv6
 
 
 def entry_address(entry):
@@ -227,8 +255,9 @@ def forwarded_elements(values):
                 if not equals or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                     pairs = {"invalid": element.strip()}
                     break
-                if text.startswith('"'):
-                    text = re.sub(r"\\(.)", r"\1", text[1:-1]) if len(text) > 1 and text.endswith('"') else text
+                quoted = len(text) > 1 and text.startswith('"') and text.endswith('"')
+                if quoted:
+                    text = re.sub(r"\\(.)", r"\1", text[1:-1])
                 pairs[name.lower()] = text
             if pairs:
                 elements.append(pairs)
@@ -261,7 +290,10 @@ def hops(entries, trusted):
 
 def x_forwarded_for(headers, trusted):
     """The X-Forwarded-For fields' entries, every field in order, as Hops."""
-    return hops([e.strip() for v in headers.get_all("X-Forwarded-For", ()) for e in v.split(",")], trusted)
+    entries = []
+    for value in headers.get_all("X-Forwarded-For", ()):
+        entries += [entry.strip() for entry in value.split(",")]
+    return hops(entries, trusted)
 
 
 def _forwarded_for(headers, trusted):
@@ -286,24 +318,26 @@ def conclude(peer, headers, trusted, believed, peer_is="the TCP peer"):
     not_believed = [name for name in _CHAINS if name != believed and headers.get_all(name)]
     chain = _CHAINS[believed](headers, trusted) if believed else []
     source = believed if chain else None
+    def concluded(client, because):
+        return Conclusion(client, because, chain, source, not_believed)
+
     if not trusted:
-        return Conclusion(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are not believed)",
-                          chain, source, not_believed)
+        return concluded(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are not "
+                               "believed)")
     if not trusted.trusts(peer):
-        return Conclusion(peer, f"{peer_is}, which is not a trusted proxy (its headers are not believed)",
-                          chain, source, not_believed)
+        return concluded(peer, f"{peer_is}, which is not a trusted proxy (its headers are not "
+                               "believed)")
     nearest = peer
     for n, hop in enumerate(reversed(chain), 1):
+        place = len(chain) - n + 1
         if hop.address is None:
-            return Conclusion(nearest, f"the nearest trusted proxy: {source} entry {len(chain) - n + 1} "
-                                       f"({hop.entry[:60]!r}) is not an address", chain, source, not_believed)
+            return concluded(nearest, f"the nearest trusted proxy: {source} entry {place} "
+                                      f"({hop.entry[:60]!r}) is not an address")
         if not hop.trusted:
-            return Conclusion(str(hop.address), f"{source} entry {len(chain) - n + 1}, the first from the right "
-                                                "that is not a trusted proxy", chain, source, not_believed)
+            return concluded(str(hop.address), f"{source} entry {place}, the first from the right "
+                                               "that is not a trusted proxy")
         nearest = str(hop.address)
     if chain:
-        return Conclusion(nearest, "every hop is a trusted proxy: the leftmost is the client", chain, source,
-                          not_believed)
+        return concluded(nearest, "every hop is a trusted proxy: the leftmost is the client")
     forwarded = f"no {believed}" if believed else "nothing (FORWARDED_HEADER is none)"
-    return Conclusion(nearest, f"{peer_is}, a trusted proxy that forwarded {forwarded}", chain, source,
-                      not_believed)
+    return concluded(nearest, f"{peer_is}, a trusted proxy that forwarded {forwarded}")
