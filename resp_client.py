@@ -171,7 +171,8 @@ def _exec_reply(replies):
 
 def encode_transaction(commands):
     commands = [encode_command(tuple(c)) for c in commands]
-    block = Transaction(b"".join([encode_command(("MULTI",)), *commands, encode_command(("EXEC",))]))
+    multi, exec_ = encode_command(("MULTI",)), encode_command(("EXEC",))
+    block = Transaction(b"".join([multi, *commands, exec_]))
     block.replies = len(commands) + 2
     return block
 
@@ -193,7 +194,8 @@ def _integer(text):
 
 
 def _hashable(value):
-    """Set members and map keys: nested arrays become tuples; anything else unhashable is refused."""
+    """Set members and map keys: nested arrays become tuples; anything else unhashable is
+    refused."""
     if isinstance(value, list):
         value = tuple(_hashable(v) for v in value)
     try:
@@ -445,7 +447,7 @@ class _Connection:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
 
-# -- the back-off while unavailable ---------------------------------------------------------------------
+# -- the back-off while unavailable -------------------------------------------------------------
 
 class _Backoff:
     """After a failure, calls fail fast until the window ends; then one call probes.
@@ -460,7 +462,8 @@ class _Backoff:
         self.last_error = None
 
     def admit(self, address):
-        """Let a call go ahead: True if it is the probe that tries the server again. Raise the fail-fast error."""
+        """Let a call go ahead: True if it is the probe that tries the server again. Raise the
+        fail-fast error."""
         if not self.failures:
             return False
         wait = self.retry_at - time.monotonic()
@@ -487,7 +490,8 @@ class _Backoff:
             self.failures = 0
             return
         self.failures += 1
-        self.retry_at = time.monotonic() + min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
+        window = min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
+        self.retry_at = time.monotonic() + window
         self.last_error = error
 
 
@@ -517,9 +521,10 @@ class RespClient:
         self.ssl_context, self.protocol = ssl_context, protocol
         self.max_connections = max_connections
         self.address = address_of(host, port, unix_socket)
-        self._connector = _Connector(self.address, host, port, unix_socket, ssl_context, connect_timeout, timeout,
-                                     (max_bulk_length, max_array_length),
-                                     _setup_commands(protocol, username, password, db))
+        limits = (max_bulk_length, max_array_length)
+        setup = _setup_commands(protocol, username, password, db)
+        self._connector = _Connector(self.address, host, port, unix_socket, ssl_context,
+                                     connect_timeout, timeout, limits, setup)
         self._idle = []
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
@@ -561,7 +566,8 @@ class RespClient:
         commands = list(commands)
         if not commands:
             return []
-        payload = b"".join(c if isinstance(c, bytes) else encode_command(tuple(c)) for c in commands)
+        payload = b"".join(c if isinstance(c, bytes) else encode_command(tuple(c))
+                           for c in commands)
         counts = [c.replies if isinstance(c, Transaction) else 1 for c in commands]
         replies = self._call(payload, sum(counts))
         if len(replies) == len(commands):
@@ -618,7 +624,8 @@ class RespClient:
                     if probing:
                         self._backoff.end_probe()
                     raise RedisTimeoutError(
-                        f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s")
+                        f"all {self.max_connections} Redis connections stayed busy for "
+                        f"{self.timeout:g}s")
                 self._handed.remove(turn)  # the slot came counted, from the caller that freed it
             conn = self._idle.pop() if self._idle else None
             generation = self._generation
@@ -688,7 +695,8 @@ class _Connector:
     """Opens connections to one server: name lookup and connect within ``connect_timeout``,
     TLS when asked, then the setup commands; every failure a typed error."""
 
-    def __init__(self, address, host, port, unix_socket, ssl_context, connect_timeout, timeout, limits, setup):
+    def __init__(self, address, host, port, unix_socket, ssl_context, connect_timeout, timeout,
+                 limits, setup):
         self.address, self.host, self.port, self.unix_socket = address, host, port, unix_socket
         self.ssl_context, self.connect_timeout, self.timeout = ssl_context, connect_timeout, timeout
         self.limits, self.setup = limits, setup
@@ -699,9 +707,11 @@ class _Connector:
             sock = self._open_socket(deadline)
         except TimeoutError:
             raise RedisTimeoutError(
-                f"could not connect to Redis at {self.address} within {self.connect_timeout:g}s") from None
+                f"could not connect to Redis at {self.address} within "
+                f"{self.connect_timeout:g}s") from None
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
         if not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
         conn = _Connection(sock, self.timeout, self.limits, generation)
@@ -716,7 +726,8 @@ class _Connector:
                     raise
                 # The server answered, but no command of the caller's can run on this
                 # connection: Redis is unavailable (back-off), not an error reply.
-                error = RedisConnectionError(f"Redis at {self.address} refused the connection's setup: {exc}")
+                error = RedisConnectionError(
+                    f"Redis at {self.address} refused the connection's setup: {exc}")
                 error.cause = exc
                 raise error from None
             except RedisError as exc:
@@ -830,7 +841,8 @@ def parse_url(url):
     except ValueError:  # unbalanced or invalid [brackets]; its message quotes nothing either
         raise ValueError(_BAD_HOST) from None
     if parts.fragment:
-        raise ValueError("a Redis URL has no #fragment (percent-encode a '#' in the password as %23)")
+        raise ValueError("a Redis URL has no #fragment "
+                         "(percent-encode a '#' in the password as %23)")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - set(_URL_OPTIONS))
     if unknown:
@@ -849,7 +861,8 @@ def parse_url(url):
     protocol_text = option("protocol", "2")
     if protocol_text not in ("2", "3"):
         raise ValueError("Redis URL's ?protocol= must be 2 or 3")
-    settings = dict(db=int(db_text), username=username, password=password, protocol=int(protocol_text))
+    settings = dict(db=int(db_text), username=username, password=password,
+                    protocol=int(protocol_text))
     if scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// Redis URL needs a socket path, e.g. unix:///run/redis.sock")
@@ -860,7 +873,8 @@ def parse_url(url):
         host, port_text = parts.netloc, str(DEFAULT_PORT)
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError("Redis URL's port must be a number from 1 to 65535 "
-                         "(a user:password needs an @ before the host: redis://user:password@host:port)")
+                         "(a user:password needs an @ before the host: "
+                         "redis://user:password@host:port)")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host and not valid_host(host):
         raise ValueError(_BAD_HOST)
@@ -887,7 +901,7 @@ def valid_host(host):
 def _credentials(userinfo):
     """``[user]:password`` between // and @ (a user alone is refused later, naming no part)."""
     user, colon, password = userinfo.partition(":")
-    if any(c in user for c in "/?#"):  # a '@' in the query or path, not credentials: refuse, unquoted
+    if any(c in user for c in "/?#"):  # an '@' in the query or path, not credentials: refused
         raise ValueError("a Redis URL's credentials must come before the host: "
                          "redis://[[user]:password@]host (percent-encode '@' elsewhere as %40)")
     return urllib.parse.unquote(user) or None, urllib.parse.unquote(password) if colon else None
