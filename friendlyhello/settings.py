@@ -12,6 +12,7 @@ import collections
 import os
 import re
 import types
+import typing
 
 import resp_client
 
@@ -67,7 +68,9 @@ def _text(max_length):
 # C0 and C1 controls and DEL, which terminals act on; lone surrogates, which is how os.environ
 # keeps a byte that is not UTF-8; bidirectional controls, which reorder what a reader sees.
 # (Ranges rather than unicodedata: the tiny image would carry its megabyte of tables.)
-_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f"                      # C0, DEL, C1
+                            "\ud800-\udfff"                               # lone surrogates
+                            "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # bidirectional
 
 
 def _printable(text):
@@ -93,7 +96,8 @@ def _secret(text):
 def _token(text):
     """ADMIN_TOKEN: what a Bearer header carries (RFC 6750's token68), long enough not to guess."""
     if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}=*", text):
-        raise ValueError("16 to 256 letters, digits or -._~+/ (make one with: openssl rand -hex 16)")
+        raise ValueError("16 to 256 letters, digits or -._~+/ "
+                         "(make one with: openssl rand -hex 16)")
     return text
 
 
@@ -152,11 +156,15 @@ def _redis_url(text):
     return text
 
 
-class Setting(collections.namedtuple("Setting", "env default parse help secret aliases", defaults=(False, ()))):
-    """One setting: its environment variable (and other spellings of it, tried in turn),
-    default, parser (raises ValueError) and help."""
+class Setting(typing.NamedTuple):
+    """One setting."""
 
-    __slots__ = ()
+    env: str                      # its environment variable
+    default: object               # a text default is parsed as a value would be
+    parse: typing.Callable        # text -> value; raises ValueError saying what is allowed
+    help: str
+    secret: bool = False          # never shown; may come from a file (NAME_FILE)
+    aliases: tuple = ()           # other spellings of the variable, tried in turn
 
     @property
     def flag(self):
@@ -184,68 +192,92 @@ MAX_SECRET_FILE = 64 * 1024  # bytes: a password, a token or a URL is far shorte
 
 
 SETTINGS = [
-    Setting("NAME", "world", _text(256), "who the page greets"),
-    Setting("VERSION", "1", _version, "this release's name: in a header of every answer, the JSON answer, "
-            "/replicas and /metrics, so a rolling update can be watched"),
-    Setting("PORT", 80, _whole(0, 65535), "TCP port to listen on (0 picks a free one)"),
-    Setting("BIND", "0.0.0.0", _host, "address to listen on"),
-    Setting("REDIS_URL", None, _redis_url, "redis://[[user]:password@]host[:port][/db], rediss:// or "
-            "unix:///path; replaces the four REDIS_* settings below", secret=True),
-    Setting("REDIS_HOST", "redis", _host, "Redis host name"),
-    Setting("REDIS_PORT", 6379, _whole(1, 65535), "Redis port"),
-    Setting("REDIS_DB", 0, _whole(0, 100000), "Redis database number"),
-    Setting("REDIS_PASSWORD", None, _secret, "Redis password", secret=True),
-    Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60), "seconds to wait for Redis to connect or reply"),
+    Setting("NAME", "world", _text(256),
+            "who the page greets"),
+    Setting("VERSION", "1", _version,
+            "this release's name: in a header of every answer, the JSON answer, /replicas and "
+            "/metrics, so a rolling update can be watched"),
+    Setting("PORT", 80, _whole(0, 65535),
+            "TCP port to listen on (0 picks a free one)"),
+    Setting("BIND", "0.0.0.0", _host,
+            "address to listen on"),
+    Setting("REDIS_URL", None, _redis_url,
+            "redis://[[user]:password@]host[:port][/db], rediss:// or unix:///path; replaces the "
+            "four REDIS_* settings below", secret=True),
+    Setting("REDIS_HOST", "redis", _host,
+            "Redis host name"),
+    Setting("REDIS_PORT", 6379, _whole(1, 65535),
+            "Redis port"),
+    Setting("REDIS_DB", 0, _whole(0, 100000),
+            "Redis database number"),
+    Setting("REDIS_PASSWORD", None, _secret,
+            "Redis password", secret=True),
+    Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60),
+            "seconds to wait for Redis to connect or reply"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
-            "on: a line per request on stdout, health probes and /metrics left out; all: them too; off: none"),
+            "on: a line per request on stdout, health probes and /metrics left out; all: them too; "
+            "off: none"),
     Setting("LOG_FORMAT", "text", _choice("text", "json"),
             "text: one line of words per event; json: one JSON object per line, for log pipelines"),
-    Setting("WORKERS", 1, _workers, "processes serving the port, or auto: one per CPU this process may "
-            "use (its affinity and cgroup quota); more than 1 adds a supervisor process"),
+    Setting("WORKERS", 1, _workers,
+            "processes serving the port, or auto: one per CPU this process may use (its affinity "
+            "and cgroup quota); more than 1 adds a supervisor process"),
     Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
     Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
-            "seconds a keep-alive connection may idle, a request head may take to arrive (then 408), "
-            "and a client may take to read a response"),
+            "seconds a keep-alive connection may idle, a request head may take to arrive (then "
+            "408), and a client may take to read a response"),
     Setting("READY_NEEDS_REDIS", "off", _choice("off", "on"),
-            "on: /readyz answers 503 while Redis does not answer PING; off: /readyz only says how Redis is"),
+            "on: /readyz answers 503 while Redis does not answer PING; off: /readyz only says how "
+            "Redis is"),
     Setting("SHUTDOWN_DELAY", 0.0, _seconds(0, 3600, low_allowed=True),
-            "after SIGTERM, seconds to go on accepting and serving (with /readyz at 503) while load "
-            "balancers and DNS learn that this replica is going"),
+            "after SIGTERM, seconds to go on accepting and serving (with /readyz at 503) while "
+            "load balancers and DNS learn that this replica is going"),
     Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
             "then, with the port closed, seconds that requests in flight may take to finish"),
     # Where a replica runs, as Kubernetes' Downward API tells it, in the usual spellings.
-    Setting("POD_NAME", None, _text(253), "the pod's name, shown in the JSON answer and logs",
+    Setting("POD_NAME", None, _text(253),
+            "the pod's name, shown in the JSON answer and logs",
             aliases=("MY_POD_NAME", "KUBERNETES_POD_NAME")),
-    Setting("POD_NAMESPACE", None, _text(253), "the pod's namespace, shown likewise",
+    Setting("POD_NAMESPACE", None, _text(253),
+            "the pod's namespace, shown likewise",
             aliases=("MY_POD_NAMESPACE", "KUBERNETES_NAMESPACE", "KUBERNETES_POD_NAMESPACE")),
-    Setting("NODE_NAME", None, _text(253), "the node's name, shown likewise",
-            aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
-    Setting("POD_IP", None, _text(253), "the pod's IP address, shown likewise",
-            aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
-    Setting("TRUSTED_PROXIES", Trusted(()), _trusted, "addresses and CIDR blocks of the proxies whose "
-            "X-Forwarded-For, Forwarded and PROXY headers are believed, comma-separated (default: none)"),
-    Setting("FORWARDED_HEADER", "x-forwarded-for", _forwarded_header, "the one header the trusted proxies write "
-            "the client into: x-forwarded-for (nginx, HAProxy's option forwardfor), forwarded (RFC 7239: Envoy, "
-            "Traefik, HAProxy's option forwarded), x-real-ip, or none; a proxy passes the others on as the client "
-            "wrote them, so they are shown in /echo flagged, never believed"),
-    Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES), "v1, v2 or any: every connection must begin with "
-            "a PROXY header (HAProxy's PROXY protocol) from one of TRUSTED_PROXIES; off: none is read"),
+    Setting("NODE_NAME", None, _text(253),
+            "the node's name, shown likewise", aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
+    Setting("POD_IP", None, _text(253),
+            "the pod's IP address, shown likewise", aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
+    Setting("TRUSTED_PROXIES", Trusted(()), _trusted,
+            "addresses and CIDR blocks of the proxies whose forwarded header (FORWARDED_HEADER) "
+            "and PROXY headers are believed, comma-separated (default: none)"),
+    Setting("FORWARDED_HEADER", "x-forwarded-for", _forwarded_header,
+            "the one header the trusted proxies write the client into: x-forwarded-for (nginx, "
+            "HAProxy's option forwardfor), forwarded (RFC 7239: Envoy, Traefik, HAProxy's option "
+            "forwarded), x-real-ip, or none; a proxy passes the others on as the client wrote "
+            "them, so they are shown in /echo flagged, never believed"),
+    Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES),
+            "v1, v2 or any: every connection must begin with a PROXY header (HAProxy's PROXY "
+            "protocol) from one of TRUSTED_PROXIES; off: none is read"),
     # Faults to break it on purpose (see faults.py); all off by default.
-    Setting("FAULT_ERRORS", "0", error_rate, "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS "
-            "and counting no visit"),
-    Setting("FAULT_ERROR_STATUS", 500, _whole(400, 599), "the status those pages get"),
-    Setting("FAULT_LATENCY", "0", latency_range, "seconds added to each page, or a range such as 0.1-0.5 "
-            "(each page a random delay in it), at most 30"),
-    Setting("FAULT_READY", "ok", _choice("ok", "fail"), "fail: /readyz answers 503 from the start"),
-    Setting("FAULT_LIVE", "ok", _choice("ok", "fail"), "fail: /healthz and /livez answer 503 from the start, "
-            "and so the image's HEALTHCHECK"),
-    Setting("ADMIN_PORT", None, _whole(0, 65535), "a second port, for turning faults on and off at run time "
-            "(GET /faults, POST /faults/...; see the README); needs ADMIN_TOKEN; unset: no admin port"),
-    Setting("ADMIN_TOKEN", None, _token, "what admin requests must carry as Authorization: Bearer TOKEN",
-            secret=True),
-    Setting("REPLICA_ID", None, _text(253), "this replica's name in /replicas (default: the pod's name, "
-            "else the host name; replicas that share it count as one)"),
+    Setting("FAULT_ERRORS", "0", error_rate,
+            "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS and counting no "
+            "visit"),
+    Setting("FAULT_ERROR_STATUS", 500, _whole(400, 599),
+            "the status those pages get"),
+    Setting("FAULT_LATENCY", "0", latency_range,
+            "seconds added to each page, or a range such as 0.1-0.5 (each page a random delay in "
+            "it), at most 30"),
+    Setting("FAULT_READY", "ok", _choice("ok", "fail"),
+            "fail: /readyz answers 503 from the start"),
+    Setting("FAULT_LIVE", "ok", _choice("ok", "fail"),
+            "fail: /healthz and /livez answer 503 from the start, and so the image's HEALTHCHECK"),
+    Setting("ADMIN_PORT", None, _whole(0, 65535),
+            "a second port, for turning faults on and off at run time (GET /faults, POST "
+            "/faults/...; see the README); needs ADMIN_TOKEN; unset: no admin port"),
+    Setting("ADMIN_TOKEN", None, _token,
+            "what admin requests must carry as Authorization: Bearer TOKEN", secret=True),
+    Setting("REPLICA_ID", None, _text(253),
+            "this replica's name in /replicas (default: the pod's name, else the host name; "
+            "replicas that share it count as one)"),
 ]
 _REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 
@@ -265,12 +297,14 @@ def argument_parser():
         shown = "unset" if s.default is None else s.default
         also = f"; also read as {', '.join(s.aliases)}" if s.aliases else ""
         if s.secret:
-            also += (f"; a flag is seen by every user of this machine in ps: prefer {s.env}, or {s.file_env} "
-                     "(or --" + s.file_flag[2:] + "), a file holding it")
-        parser.add_argument(s.flag, dest=s.field, metavar=s.env, help=f"{s.help} (default: {shown}{also})")
+            also += (f"; a flag is seen by every user of this machine in ps: prefer {s.env}, "
+                     f"or {s.file_env} (or {s.file_flag}), a file holding it")
+        parser.add_argument(s.flag, dest=s.field, metavar=s.env,
+                            help=f"{s.help} (default: {shown}{also})")
         if s.secret:
             parser.add_argument(s.file_flag, dest=s.file_field, metavar=s.file_env,
-                                help=f"a file that holds {s.env} (one trailing line ending is dropped)")
+                                help=f"a file that holds {s.env} (one trailing line ending "
+                                     "is dropped)")
     parser.add_argument("--healthcheck", action="store_true",
                         help="ask the server at PORT for /healthz and exit 0 if healthy, else 1 "
                              "(for HEALTHCHECK in an image without curl)")
@@ -296,19 +330,22 @@ def secrets_in_flags(args):
 def _secret_from_file(setting, source, path):
     """A secret setting's text from the file ``path`` names (``source`` is the variable or
     flag that named it): its bytes as UTF-8, less one trailing line ending."""
+    named = f"{source}={ascii(path)[:200]}"
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
-        raise ConfigError(f"{source}={ascii(path)[:200]}: cannot read it: {exc.strerror or exc}") from None
+        raise ConfigError(f"{named}: cannot read it: {exc.strerror or exc}") from None
     if len(data) > MAX_SECRET_FILE:
-        raise ConfigError(f"{source}={ascii(path)[:200]}: over {MAX_SECRET_FILE} bytes, too long for {setting.env}")
-    if data.endswith(b"\n"):
-        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+        raise ConfigError(f"{named}: over {MAX_SECRET_FILE} bytes, too long for {setting.env}")
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise ConfigError(f"{source}={ascii(path)[:200]} is not valid: {setting.env} must be UTF-8 text") from None
+        raise ConfigError(f"{named} is not valid: {setting.env} must be UTF-8 text") from None
 
 
 def _given(setting, args, environ):
@@ -351,11 +388,15 @@ def load_config(argv=None, environ=None, args=None):
             shown = " is not valid:" if s.secret else f"={ascii(raw)[:80]} is not valid: expected"
             raise ConfigError(f"{source}{shown} {exc}") from None
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
-        raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, not both")
+        raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, "
+                          "not both")
     if values["proxy_protocol"] != "off" and not values["trusted_proxies"]:
-        raise ConfigError("PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies that send it")
+        raise ConfigError("PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies "
+                          "that send it")
     if (values["admin_port"] is None) != (values["admin_token"] is None):
-        raise ConfigError("ADMIN_PORT needs ADMIN_TOKEN, and ADMIN_TOKEN needs ADMIN_PORT: set both, or neither")
+        raise ConfigError("ADMIN_PORT needs ADMIN_TOKEN, and ADMIN_TOKEN needs ADMIN_PORT: "
+                          "set both, or neither")
     if values["admin_port"] and values["admin_port"] == values["port"]:
-        raise ConfigError(f"ADMIN_PORT={values['admin_port']} is PORT too: the admin port must be another")
+        raise ConfigError(f"ADMIN_PORT={values['admin_port']} is PORT too: the admin port must "
+                          "be another")
     return Config(**values)
