@@ -18,9 +18,11 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     lifecycle       what the probes say of the process: stopping, its threads alive
     http11          http.server's handler, held to RFC 9112  -> responses, routes
     connection      one client connection and its states  -> proxies
-    replicas        what replicas keep in Redis, and /replicas  -> redis_state, resp_client
+    replicas        what replicas keep in Redis: the counter, their records  -> resp_client
+    replica_view    /replicas: the records read, as a table or JSON
+                        -> redis_state, replicas, resp_client
     site            the page, the probes, /metrics, /replicas, /status/ and /delay/
-                        -> redis_state, replicas, resp_client, responses
+                        -> redis_state, replica_view, resp_client, responses
     echo            /echo: what arrived, and from whom  -> logs, proxies, responses
     responder       each answer held, counted, logged and written
                         -> connection, proxies, resp_client, responses

@@ -110,9 +110,10 @@ class RedisThread:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 heartbeat = [self._heartbeat()]
+            # A bug of ours must not end the thread: it is logged, and the thread goes on.
             try:
                 self._send(heartbeat, requests)
-            except Exception as exc:  # noqa: BLE001 - a bug of ours must not end the thread: log, go on
+            except Exception as exc:  # noqa: BLE001
                 self._log.error("redis", f"internal error in the Redis thread: {exc!r}")
                 self._hand_back(requests, [None] * len(requests), [exc] * len(requests))
 

@@ -12,7 +12,7 @@ import re
 import resp_client
 
 from .redis_state import visit_words
-from .replicas import ReplicaView
+from .replica_view import ReplicaView
 from .responses import HTML, JSON, TEXT, Response, error_response
 
 PAGE = "<h3>Hello {name}!</h3><b>Hostname:</b> {hostname}<br/><b>Visits:</b> {visits}"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from friendlyhello import replicas
+from friendlyhello import replica_view, replicas
 from helpers import DISABLED, free_port, redis_counter, serving, wait_until
 from test_browser import CHROMIUM_FLAGS, chromium_path, png_picture
 
@@ -371,16 +371,16 @@ def test_replicas_of_two_versions_are_summed_by_version_and_every_answer_names_i
 def test_the_last_minute_is_the_visits_since_the_oldest_slot_mark_of_the_last_minute():
     now = 100_004  # 4 s into slot 10,000 of 10 s
     marks = [b"at:9994", b"5", b"at:9995", b"12", b"at:9999", b"20"]
-    row = replicas.read_record(b"a", [b"served", b"30", b"seen", b"%d" % now, *marks], now)
+    row = replica_view.read_record(b"a", [b"served", b"30", b"seen", b"%d" % now, *marks], now)
     assert (row["served"], row["last_minute"]) == (30, 18)  # 30 - 12: slot 9994 began over a minute ago
     assert row["seconds_since_seen"] == 0  # seen this very second
-    young = replicas.read_record(b"a", [b"served", b"7", b"seen", b"%d" % now], now)
+    young = replica_view.read_record(b"a", [b"served", b"7", b"seen", b"%d" % now], now)
     assert young["last_minute"] == 7  # no mark yet: a record younger than its first heartbeat
-    stale = replicas.read_record(b"a", [b"served", b"7", b"at:9000", b"3", b"at:x", b"1", b"at:x9999", b"1"], now)
+    stale = replica_view.read_record(b"a", [b"served", b"7", b"at:9000", b"3", b"at:x", b"1", b"at:x9999", b"1"], now)
     assert stale["last_minute"] == 0  # marks, but none in the last minute: nothing recent
-    odd = replicas.read_record(b"a", [b"served", b"7", b"at:9999", b"-3", b"at:10000", b"5"], now)
+    odd = replica_view.read_record(b"a", [b"served", b"7", b"at:9999", b"-3", b"at:10000", b"5"], now)
     assert odd["last_minute"] == 2  # a mark that is not a count is passed over
-    ahead = replicas.read_record(b"a", [b"served", b"7", b"at:9999", b"9"], now)
+    ahead = replica_view.read_record(b"a", [b"served", b"7", b"at:9999", b"9"], now)
     assert ahead["last_minute"] == 0  # a count that went back (someone reset it): never below 0
 
 
@@ -439,8 +439,8 @@ def test_pages_counted_together_when_the_counter_is_not_a_number_all_say_so_and_
 
 def test_versions_are_listed_in_their_names_order_numbers_by_value_with_shares_to_four_places():
     rows = [{"id": v, "version": v, "served": 1, "last_minute": 1} for v in ("v10", "v2", "v9")]
-    view = replicas.ReplicaView(rows, 3, 3, None)
+    view = replica_view.ReplicaView(rows, 3, 3, None)
     assert list(view.by_version()) == ["v2", "v9", "v10"]
     assert [v["share_last_minute"] for v in view.by_version().values()] == [0.3333] * 3
-    quiet = replicas.ReplicaView([{"id": "a", "version": "1", "served": 4, "last_minute": 0}], 4, 1, None)
+    quiet = replica_view.ReplicaView([{"id": "a", "version": "1", "served": 4, "last_minute": 0}], 4, 1, None)
     assert quiet.by_version() == {"1": {"replicas": 1, "visits": 4, "last_minute": 0, "share_last_minute": 0.0}}
