@@ -514,7 +514,9 @@ class RespClient:
             raise ValueError("timeouts must be positive numbers of seconds")
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
-        self.host, self.port, self.db = host, port, db
+        self.host = host
+        self.port = port
+        self.db = db
         self.unix_socket = unix_socket
         self.username = username
         self.connect_timeout, self.timeout = connect_timeout, timeout
@@ -697,8 +699,13 @@ class _Connector:
 
     def __init__(self, address, host, port, unix_socket, ssl_context, connect_timeout, timeout,
                  limits, setup):
-        self.address, self.host, self.port, self.unix_socket = address, host, port, unix_socket
-        self.ssl_context, self.connect_timeout, self.timeout = ssl_context, connect_timeout, timeout
+        self.address = address
+        self.host = host
+        self.port = port
+        self.unix_socket = unix_socket
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
         self.limits, self.setup = limits, setup
 
     def connect(self, generation):

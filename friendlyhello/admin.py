@@ -117,7 +117,9 @@ class AdminPort:
     serving loop); a crash asked for calls ``crash(code)`` once the answer is sent."""
 
     def __init__(self, listener, token, faults, log, changed=lambda: None, crash=None):
-        self.listener, self.faults, self.log = listener, faults, log
+        self.listener = listener
+        self.faults = faults
+        self.log = log
         self.changed, self.crash = changed, crash
         self._token = hashlib.sha256(token.encode()).digest()
         self._closed = threading.Event()
@@ -201,7 +203,9 @@ class _Client:
     __slots__ = ("sock", "who", "deadline", "received", "request", "outgoing", "crash", "lingering")
 
     def __init__(self, sock, who, deadline):
-        self.sock, self.who, self.deadline = sock, who, deadline
+        self.sock = sock
+        self.who = who
+        self.deadline = deadline
         self.received = bytearray()
         self.request = None    # the Request, once its head is read and its token checked
         self.outgoing = None   # the answer's bytes not sent yet, once there is an answer
@@ -216,7 +220,10 @@ class Request:
     __slots__ = ("method", "path", "query", "fields", "body_start", "body_length")
 
     def __init__(self, method, path, query, fields, body_start):
-        self.method, self.path, self.query, self.fields = method, path, query, fields
+        self.method = method
+        self.path = path
+        self.query = query
+        self.fields = fields
         self.body_start = body_start
         self.body_length = 0
 

@@ -48,7 +48,9 @@ class Connection:
     after any that leaves it unusable; ``close()`` ends it."""
 
     def __init__(self, host, port, tls=False):
-        self.host, self.port, self.tls = host, port or (443 if tls else 80), tls
+        self.host = host
+        self.port = port or (443 if tls else 80)
+        self.tls = tls
         self.sock = None
         self._buffer = bytearray()
         self._deadline = 0.0

@@ -105,7 +105,10 @@ class Metrics:
 
     def __init__(self, shared=None, slot=0, log=None, version="1"):
         self.series = {f.name: {} for f in COUNTED}
-        self.shared, self.slot, self._log, self.version = shared, slot, log, version
+        self.shared = shared
+        self.slot = slot
+        self._log = log
+        self.version = version
         self._cpu_before = 0.0  # CPU seconds of the workers this slot had before this one
         previous = shared.read(slot) if shared is not None else None
         if previous:

@@ -265,7 +265,10 @@ def forwarded_elements(values):
 
 
 def _split_outside_quotes(text, separator):
-    parts, current, quoted, escaped = [], [], False, False
+    parts = []
+    current = []
+    quoted = False
+    escaped = False
     for char in text:
         if escaped:
             escaped = False

@@ -123,7 +123,9 @@ class RedisStatus:
             self._log.info("redis", f"{self.address} is back after {lasted:.1f}s")
         else:
             self._log.info("redis", f"{self.address} is up: visits are counted")
-        self.reason, self._unavailable_since, self._seen_up = None, None, True
+        self.reason = None
+        self._unavailable_since = None
+        self._seen_up = True
 
     def failed(self, error):
         if not resp_client.means_unavailable(error):

@@ -56,8 +56,12 @@ class RedisThread:
     append-only file and one reply for them all: Redis's work per visit falls as load rises."""
 
     def __init__(self, client, status, metrics, heartbeat, wake, log, visit_commands=None):
-        self.client, self.status, self.metrics = client, status, metrics
-        self._heartbeat, self._wake, self._log = heartbeat, wake, log
+        self.client = client
+        self.status = status
+        self.metrics = metrics
+        self._heartbeat = heartbeat
+        self._wake = wake
+        self._log = log
         self._visit_commands = visit_commands
         self._one_visit = visit_commands.one if visit_commands is not None else None
         self._waiting = []                   # (request, command) to send

@@ -22,7 +22,9 @@ class Responder:
     with ``headers`` (a CommonHeaders). ``hanging`` and ``stopping`` are the loop's to set."""
 
     def __init__(self, config, connections, metrics, log, headers):
-        self.connections, self.metrics, self.log = connections, metrics, log
+        self.connections = connections
+        self.metrics = metrics
+        self.log = log
         self.idle_timeout = config.idle_timeout
         self.forwarded_header = config.forwarded_header
         self._headers = headers
@@ -114,7 +116,9 @@ class Responder:
         self.refuse(conn, 500)
 
     def _send(self, conn, data, close, linger):
-        conn.outgoing, conn.close_after, conn.linger = data, close, linger
+        conn.outgoing = data
+        conn.close_after = close
+        conn.linger = linger
         return self.flush(conn)
 
     def flush(self, conn):

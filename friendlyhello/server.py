@@ -82,23 +82,22 @@ def no_reply_within(seconds):
 
 
 class HelloServer:
-    """Serves HTTP on ``listener`` from one selector thread; Redis commands go through
-    ``redis_thread`` (a RedisThread that wakes the loop with ``waker``); every answer starts
-    with ``headers`` (a CommonHeaders).
-
-    The loop accepts, reads heads, hands each to a RequestHandler with the ``routes``, has the
-    Responder send the response (or submits the Redis command and answers when the reply
-    comes back, or when its wait runs out), and sweeps expired connections. ``stop()`` (safe
-    from a signal handler) turns readiness to 503 at once (``lifecycle``), then Shutdown's
-    timers run. While the hang fault is on (``faults``) no connection expires.
-    """
+    """Serves HTTP on ``listener``: accepts, reads heads, hands each to a RequestHandler with
+    the ``routes``, has the Responder send the answer (or submits its Redis command to
+    ``redis_thread``, which wakes the loop with ``waker``), and sweeps expired connections;
+    none expires while the hang fault is on (``faults``). ``stop()`` (safe from a signal
+    handler) turns readiness to 503 at once (``lifecycle``); then Shutdown's timers run."""
 
     def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, listener, log,
                  headers, faults, supervisor_pid=None):
-        self.config, self.routes, self.faults = config, routes, faults
-        self.redis_thread, self.waker = redis_thread, waker
-        self.metrics, self.lifecycle, self.log = metrics, lifecycle, log
-        self.listener = listener
+        self.config = config
+        self.routes = routes
+        self.faults = faults
+        self.redis_thread = redis_thread
+        self.waker = waker
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.log = log
         self.supervisor_pid = supervisor_pid  # in a worker: it stops when the supervisor is gone
         self.port = listener.getsockname()[1]
         self.stopping = False

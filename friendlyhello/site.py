@@ -39,8 +39,12 @@ class Site:
     PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
 
     def __init__(self, config, me, redis_status, metrics, lifecycle, faults):
-        self.name, self.me, self.faults = config.name, me, faults
-        self.redis_status, self.metrics, self.lifecycle = redis_status, metrics, lifecycle
+        self.name = config.name
+        self.me = me
+        self.faults = faults
+        self.redis_status = redis_status
+        self.metrics = metrics
+        self.lifecycle = lifecycle
         # Everything on the page but the count is fixed: build it once.
         assert PAGE.endswith("{visits}")
         self.page_start = PAGE[:-len("{visits}")].format(

@@ -26,13 +26,15 @@ import signal
 import sys
 import threading
 import time
+import typing
 import urllib.parse
 
 from . import http_client
 from .responses import REPLICA_HEADER, VERSION_HEADER
 
 DESCRIPTION = ("Steady requests to a URL, counted by the version and replica that answered (the "
-               "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if any failed.")
+               "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if "
+               "any failed.")
 KINDS = ("refused", "reset", "timeout", "non-2xx", "other", "in-flight")
 UNKNOWN = "unknown"
 NO_ANSWER = "(no answer)"  # the row of the requests that failed before any answer came
@@ -49,11 +51,19 @@ def failure_kind(error):
     return "other"
 
 
-Result = collections.namedtuple("Result", "sent done version replica kind status retried visits redis")
-Result.__doc__ = """One request: when it was sent and answered (seconds since the start), who
-answered (None when nobody did), its failure kind (None: it did not fail), its status, whether
-it was sent again, and, from a friendlyhello JSON answer, the visit number it showed and its
-words on Redis."""
+class Result(typing.NamedTuple):
+    """One request. Times are seconds since the start; from a friendlyhello JSON answer, the
+    visit number it showed and its words on Redis."""
+
+    sent: float
+    done: float                 # answered, or failed
+    version: str | None = None  # who answered: None when nobody did
+    replica: str | None = None
+    kind: str | None = None     # its failure kind, one of KINDS; None: it did not fail
+    status: int | None = None
+    retried: bool = False       # sent again on a new connection
+    visits: int | None = None
+    redis: str | None = None
 
 
 def percentile(ordered, fraction):
@@ -77,43 +87,58 @@ def group_summary(results, total):
     latencies = sorted(r.done - r.sent for r in results if r.kind is None)
     good = sorted(r.done for r in results if r.kind is None)
     gaps = [b - a for a, b in zip(good, good[1:], strict=False)]
+    done = [r.done for r in results]
     return {"requests": len(results), "share": round(len(results) / total, 4) if total else 0.0,
             "failed": sum(failures.values()), "failures": failures,
             "p50_ms": _ms(percentile(latencies, 0.5)), "p99_ms": _ms(percentile(latencies, 0.99)),
             "longest_gap_ms": _ms(max(gaps, default=None)),
-            "first_s": round(min(r.done for r in results), 2) if results else None,
-            "last_s": round(max(r.done for r in results), 2) if results else None}
+            "first_s": round(min(done), 2) if done else None,
+            "last_s": round(max(done), 2) if done else None}
 
 
 def summary(results, options, elapsed):
     """Everything watch saw, as one JSON-ready object."""
     total = len(results)
     whole = group_summary(results, total)
-    by_version, by_replica, seconds = {}, {}, collections.defaultdict(collections.Counter)
+    by_version = {}
+    by_replica = {}
+    seconds = collections.defaultdict(collections.Counter)
     for r in results:
         if r.version is not None:
             by_version.setdefault(r.version, []).append(r)
             by_replica.setdefault(r.replica, []).append(r)
         seconds[int(r.done)][r.version if r.kind is None else "failed"] += 1
-    shown = [r.visits for r in results if r.visits is not None]
+    statuses = collections.Counter(str(r.status) for r in results if r.status is not None)
+    timeline = [{"second": s, "answers": {str(k): n for k, n in sorted(c.items(), key=str)}}
+                for s, c in sorted(seconds.items())]
     return {
-        "url": options.url, "seconds": round(elapsed, 2), "rate": options.rate, "connections": options.connections,
-        "keep_alive": not options.new_connection, "requests": total, "ok": total - whole["failed"],
+        "url": options.url, "seconds": round(elapsed, 2), "rate": options.rate,
+        "connections": options.connections, "keep_alive": not options.new_connection,
+        "requests": total, "ok": total - whole["failed"],
         "failed": whole["failed"], "failures": whole["failures"],
         "retried": sum(1 for r in results if r.retried),
-        "statuses": dict(collections.Counter(str(r.status) for r in results if r.status is not None)),
-        "p50_ms": whole["p50_ms"], "p99_ms": whole["p99_ms"], "longest_gap_ms": whole["longest_gap_ms"],
+        "statuses": dict(statuses),
+        "p50_ms": whole["p50_ms"], "p99_ms": whole["p99_ms"],
+        "longest_gap_ms": whole["longest_gap_ms"],
         "by_version": {v: group_summary(rs, total) for v, rs in sorted(by_version.items())},
         "by_replica": {name: {"version": rs[-1].version, **group_summary(rs, total)}
                        for name, rs in sorted(by_replica.items())},
-        "visits": {"shown": len(shown), "distinct": len(set(shown)), "lowest": min(shown, default=None),
-                   "highest": max(shown, default=None),
-                   "no_reply": sum(1 for r in results if (r.redis or "").startswith("no reply")),
-                   "disabled": sum(1 for r in results if r.redis and r.visits is None
-                                   and not r.redis.startswith("no reply"))},
-        "timeline": [{"second": s, "answers": {str(k): n for k, n in sorted(c.items(), key=str)}}
-                     for s, c in sorted(seconds.items())],
+        "visits": visit_summary(results),
+        "timeline": timeline,
     }
+
+
+def visit_summary(results):
+    """The visit numbers friendlyhello's JSON answers showed, and the pages that showed none."""
+    shown = [r.visits for r in results if r.visits is not None]
+    no_reply = disabled = 0
+    for r in results:
+        if (r.redis or "").startswith("no reply"):
+            no_reply += 1
+        elif r.redis and r.visits is None:
+            disabled += 1
+    return {"shown": len(shown), "distinct": len(set(shown)), "lowest": min(shown, default=None),
+            "highest": max(shown, default=None), "no_reply": no_reply, "disabled": disabled}
 
 
 class Watch:
@@ -124,11 +149,14 @@ class Watch:
     def __init__(self, options):
         self.options = options
         target = urllib.parse.urlsplit(options.url)
-        self._https, self._host, self._port = target.scheme == "https", target.hostname, target.port
+        self._https = target.scheme == "https"
+        self._host = target.hostname
+        self._port = target.port
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
         close = "Connection: close\r\n" if options.new_connection else ""
         self._request = (f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                         "Accept: application/json, */*;q=0.5\r\nUser-Agent: friendlyhello-watch\r\n"
+                         "Accept: application/json, */*;q=0.5\r\n"
+                         "User-Agent: friendlyhello-watch\r\n"
                          f"{close}\r\n").encode("latin-1")
         self.results = []
         self.stop = threading.Event()
@@ -140,7 +168,8 @@ class Watch:
 
     def run(self):
         self.started = time.monotonic()
-        threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.options.connections)]
+        threads = [threading.Thread(target=self._client, daemon=True)
+                   for _ in range(self.options.connections)]
         for thread in threads:
             thread.start()
         return threads
@@ -150,7 +179,8 @@ class Watch:
         with self._lock:
             at = self.started + self._next / self.options.rate
             at = max(at, time.monotonic())
-            self._next = max(self._next + 1, round((at - self.started) * self.options.rate))  # no burst after a stall
+            # After a stall, the turns missed are skipped: no burst to catch up.
+            self._next = max(self._next + 1, round((at - self.started) * self.options.rate))
         return not self.stop.wait(max(at - time.monotonic(), 0))
 
     def _client(self):
@@ -169,8 +199,8 @@ class Watch:
                     retried = True  # closed under us while idle: once more, anew
                     answer = conn.request(self._request, deadline)
             except (OSError, http_client.Malformed) as error:
-                self._end(number, Result(sent, self._now(), None, None, failure_kind(error), None, retried,
-                                         None, None))
+                failed = Result(sent, self._now(), kind=failure_kind(error), retried=retried)
+                self._end(number, failed)
                 continue
             if self.options.new_connection:
                 conn.close()
@@ -190,7 +220,8 @@ class Watch:
         version = headers.get(VERSION_HEADER.lower(), UNKNOWN)
         replica = headers.get(REPLICA_HEADER.lower(), UNKNOWN)
         kind = None if 200 <= answer.status < 300 else "non-2xx"
-        return Result(sent, self._now(), version, replica, kind, answer.status, retried, visits, redis)
+        return Result(sent, self._now(), version, replica, kind, answer.status, retried, visits,
+                      redis)
 
     def _begin(self, sent):
         with self._lock:
@@ -209,7 +240,7 @@ class Watch:
         now = self._now()
         with self._lock:
             for sent in self._in_flight.values():
-                self.results.append(Result(sent, now, None, None, "in-flight", None, False, None, None))
+                self.results.append(Result(sent, now, kind="in-flight"))
             self._in_flight.clear()
 
     def _now(self):
@@ -222,9 +253,9 @@ class Watch:
 
 # -- what it shows ------------------------------------------------------------------------------
 
-_COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"), ("reset", "reset"),
-            ("timeout", "timeout"), ("non-2xx", "non-2xx"), ("in flight", "in-flight"), ("p50 ms", "p50_ms"),
-            ("p99 ms", "p99_ms"),
+_COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"),
+            ("reset", "reset"), ("timeout", "timeout"), ("non-2xx", "non-2xx"),
+            ("in flight", "in-flight"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
             ("longest gap ms", "longest_gap_ms"), ("first s", "first_s"), ("last s", "last_s"))
 
 
@@ -236,26 +267,37 @@ def _cells(name, group, version=None):
 
 def _grid(header, rows):
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in (header, *rows)]
+    lines = []
+    for row in (header, *rows):
+        cells = [row[0].ljust(widths[0])]  # the name to the left, the numbers to the right
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return lines
 
 
 def table(seen):
     """The summary as a terminal shows it: totals, then a row per version and per replica."""
     failures = ", ".join(f"{n} {kind}" for kind, n in seen["failures"].items())
-    mode = (f"{seen['connections']} connections kept alive: each stays with the replica it reached, so a "
-            "round-robin balancer looks sticky (--new-connection: a new one per request)" if seen["keep_alive"] else
-            f"{seen['connections']} clients, a new connection per request: each is balanced anew")
+    if seen["keep_alive"]:
+        mode = (f"{seen['connections']} connections kept alive: each stays with the replica it "
+                "reached, so a round-robin balancer looks sticky (--new-connection: a new one per "
+                "request)")
+    else:
+        mode = (f"{seen['connections']} clients, a new connection per request: each is balanced "
+                "anew")
     lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {mode}",
-             f"{seen['requests']} requests, {seen['failed']} failed ({failures}), {seen['retried']} retried; "
-             f"p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, longest gap {seen['longest_gap_ms']} ms", ""]
-    no_answer = {"requests": seen["requests"] - sum(v["requests"] for v in seen["by_version"].values())}
+             f"{seen['requests']} requests, {seen['failed']} failed ({failures}), "
+             f"{seen['retried']} retried; p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, "
+             f"longest gap {seen['longest_gap_ms']} ms", ""]
+    versions = seen["by_version"].values()
+    unanswered = seen["requests"] - sum(v["requests"] for v in versions)
     rows = [_cells(v, group) for v, group in seen["by_version"].items()]
-    if no_answer["requests"]:
-        lost = {kind: n - sum(v["failures"][kind] for v in seen["by_version"].values())
+    if unanswered:
+        lost = {kind: n - sum(v["failures"][kind] for v in versions)
                 for kind, n in seen["failures"].items()}
-        rows.append(_cells(NO_ANSWER, {**dict.fromkeys(k for _, k in _COLUMNS), **no_answer, "failures": lost,
-                                       "share": no_answer["requests"] / max(seen["requests"], 1)}))
+        row = {**dict.fromkeys(key for _, key in _COLUMNS), "requests": unanswered,
+               "failures": lost, "share": unanswered / max(seen["requests"], 1)}
+        rows.append(_cells(NO_ANSWER, row))
     lines += _grid(["version", *(title for title, _ in _COLUMNS)], rows) + [""]
     rows = [_cells(name, group, group["version"]) for name, group in seen["by_replica"].items()]
     lines += _grid(["replica", "version", *(title for title, _ in _COLUMNS)], rows)
@@ -271,7 +313,8 @@ def _number(low, high, kind=float):
         except ValueError:
             value = None
         if value is None or not low < value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number above {low:g} and at most {high:g}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a number above {low:g} and at most {high:g}")
         return value
     return parse
 
@@ -279,14 +322,19 @@ def _number(low, high, kind=float):
 def parse_options(argv):
     parser = argparse.ArgumentParser(prog="hello_server.py watch", description=DESCRIPTION)
     parser.add_argument("url", help="what to ask, such as http://localhost:4000/")
-    parser.add_argument("--duration", type=_number(0, 86400), help="seconds to run (default: until Ctrl-C)")
-    parser.add_argument("--rate", type=_number(0, 10000), default=20.0, help="requests a second, in all (20)")
+    parser.add_argument("--duration", type=_number(0, 86400),
+                        help="seconds to run (default: until Ctrl-C)")
+    parser.add_argument("--rate", type=_number(0, 10000), default=20.0,
+                        help="requests a second, in all (20)")
     parser.add_argument("--connections", type=_number(0, 1000, int), default=4,
                         help="requests at once at most: a connection each (4)")
     parser.add_argument("--new-connection", action="store_true",
-                        help="a new TCP connection per request, as browsers behind a load balancer see it")
-    parser.add_argument("--timeout", type=_number(0, 600), default=5.0, help="seconds to wait for an answer (5)")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object, and nothing else")
+                        help="a new TCP connection per request, as browsers behind a load "
+                             "balancer see it")
+    parser.add_argument("--timeout", type=_number(0, 600), default=5.0,
+                        help="seconds to wait for a whole answer (5)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object, and nothing else")
     options = parser.parse_args(argv)
     try:
         target = urllib.parse.urlsplit(options.url)
@@ -306,7 +354,7 @@ def main(argv):
     def on_signal(signum, frame):
         (hurry if watch.stop.is_set() else watch.stop).set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):  # set, not inherited: a shell's `&` ignores SIGINT
+    for signum in (signal.SIGINT, signal.SIGTERM):  # set, not inherited: `&` ignores SIGINT
         signal.signal(signum, on_signal)
     live = sys.stdout.isatty() and not options.json
     threads = watch.run()
@@ -318,11 +366,16 @@ def main(argv):
             sys.stdout.flush()
     elapsed = time.monotonic() - watch.started
     watch.stop.set()
-    finish_by = time.monotonic() + options.timeout  # requests in flight may end by their own deadline
-    while any(t.is_alive() for t in threads) and time.monotonic() < finish_by and not hurry.is_set():
+    finish_by = time.monotonic() + options.timeout  # in flight: each ends by its own deadline
+    while any(t.is_alive() for t in threads) and not hurry.is_set():
+        if time.monotonic() >= finish_by:
+            break
         hurry.wait(0.02)
     watch.end()
     seen = summary(watch.snapshot(), options, elapsed)
-    sys.stdout.write(json.dumps(seen) + "\n" if options.json else ("\x1b[H\x1b[2J" if live else "") + table(seen))
+    if options.json:
+        sys.stdout.write(json.dumps(seen) + "\n")
+    else:
+        sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + table(seen))
     sys.stdout.flush()
     return 1 if seen["failed"] else 0

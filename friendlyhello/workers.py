@@ -24,7 +24,9 @@ class Supervisor:
     """
 
     def __init__(self, config, log, start_worker):
-        self.config, self.log, self.start_worker = config, log, start_worker
+        self.config = config
+        self.log = log
+        self.start_worker = start_worker
         self._listening_r, self._listening_w = os.pipe()  # a byte from each worker that listens
         self.workers = {}       # pid -> slot
         self.started = {}       # slot -> when its worker started

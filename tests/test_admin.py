@@ -413,7 +413,8 @@ def test_a_hang_while_a_page_waits_on_redis_keeps_its_connections_answers_in_ord
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # ...this, read ahead
         ask(server, "POST", "/faults/hang?state=on")
         if redis_answers == "during the hang":
-            wait_until(lambda: server.server.responder._held_by_hang, within=2, what="the page's answer held by the hang")
+            wait_until(lambda: server.server.responder._held_by_hang, within=2,
+                       what="the page's answer held by the hang")
         ask(server, "POST", "/faults/hang?state=off")
         answer = b""
         while chunk := sock.recv(65536):
