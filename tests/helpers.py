@@ -5,6 +5,7 @@ import contextlib
 import http.client
 import io
 import os
+import re
 import selectors
 import signal
 import socket
@@ -254,3 +255,14 @@ def run_to_exit(env, args=(), timeout=10):
     finally:
         out, err = proc.finish()
     return code, out, err
+
+
+def readme():
+    """The README's text."""
+    with open(os.path.join(ROOT, "README.md")) as file:
+        return file.read()
+
+
+def metric_sample(text, name):
+    """One unlabelled sample of a metrics page's text."""
+    return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))

@@ -23,6 +23,7 @@ from helpers import (
     Process,
     free_port,
     raw_exchange,
+    readme,
     redis_counter,
     redis_env,
     refused_env,
@@ -34,6 +35,8 @@ from helpers import (
 )
 from redis_server import RedisServer
 from resp_client import BACKOFF_CAP
+
+README = readme()
 
 # -- the page -------------------------------------------------------------------------------
 
@@ -716,3 +719,27 @@ def test_healthcheck_mode_exits_0_for_a_serving_server_and_1_otherwise():
     unhealthy, _, err = run_to_exit({"PORT": str(free_port())}, ["--healthcheck"])
     assert (healthy, unhealthy) == (0, 1)
     assert "unhealthy" in err
+
+
+def test_the_readme_shows_both_pages_byte_for_byte_as_they_are_served():
+    assert "<h3>Hello World!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> 7\n" in README
+    assert f"<h3>Hello World!</h3><b>Hostname:</b> 88f12064cd94<br/><b>Visits:</b> {DISABLED}\n" in README
+
+
+def test_liveness_and_readiness_bodies_are_as_the_readme_says():
+    with serving(refused_env()) as server:
+        assert request(server.port, "/livez").text == "ok\n"
+        assert request(server.port, "/readyz").text.startswith("ready\nredis: ")
+    assert "`200 ok`" in README and "`200 ready`" in README
+
+
+@pytest.mark.parametrize("env, said", [
+    ({}, "redis:6379 db 0"),
+    ({"REDIS_HOST": "::1", "REDIS_PORT": "7000", "REDIS_DB": "3"}, "[::1]:7000 db 3"),
+    ({"REDIS_URL": "unix:///run/redis.sock?db=2"}, "unix:/run/redis.sock db 2"),
+    ({"REDIS_URL": "redis://:secret@cache:6380/5"}, "cache:6380 db 5"),
+])
+def test_the_start_up_line_names_where_redis_is_and_never_its_password(env, said):
+    from friendlyhello import redis_thread, settings
+
+    assert redis_thread.describe_redis(settings.load_config([], env)) == said

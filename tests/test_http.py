@@ -266,3 +266,22 @@ def test_a_target_is_read_as_rfc_9112_and_3986_say(head, status):
         answer = raw_exchange(server.port, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
     assert statuses(answer) == [status]
 
+
+def test_pages_and_the_replica_view_vary_by_accept_and_answer_200(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        answers = [server.get(path, headers=headers) for path in ("/", "/replicas")
+                   for headers in ({}, {"Accept": "application/json"})]
+        scraped = server.get("/metrics")
+    assert [(a.status, a.headers["Vary"]) for a in answers] == [(200, "Accept")] * 4
+    assert scraped.status == 200
+
+
+def test_a_head_past_the_limits_is_logged_counted_and_closed():
+    with serving(refused_env()) as server:
+        answer = raw_exchange(server.port, b"GET / HTTP/1.1\r\nX: " + b"v" * 20000 + b"\r\n\r\n")
+        log = server.log_lines()
+        scraped = server.get("/metrics").text
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"\r\nConnection: close\r\n" in answer
+    assert log == ['127.0.0.1 "- -" 431 0.0ms']
+    assert 'http_requests_total{method="other",route="other",code="431"} 1' in scraped
+    assert 'http_request_duration_seconds_bucket{method="other",route="other",le="0.005"} 1' in scraped

@@ -4,8 +4,10 @@ and scraped by a real Prometheus; and the JSON logs."""
 import json
 import os
 import platform
+import re
 import resource
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,7 +19,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from friendlyhello import metrics as metrics_module
 from friendlyhello.redis_state import OUTCOMES
 from friendlyhello.shared_memory import SharedSlots
-from helpers import Process, free_port, raw_exchange, redis_env, refused_env, serving, unavailable
+from helpers import (
+    Process,
+    free_port,
+    metric_sample,
+    raw_exchange,
+    redis_env,
+    refused_env,
+    serving,
+    unavailable,
+    wait_until,
+)
 
 FAMILIES = {
     "http_requests": "counter", "http_request_duration_seconds": "histogram",
@@ -338,3 +350,40 @@ def test_the_process_values_are_this_process_s_own():
     assert abs(process["process_virtual_memory_bytes"] - pages) < 16 * 1024 * 1024
     assert process["process_max_fds"] == max_fds == min(soft, 1000)
     assert 3 <= process["process_open_fds"] <= len(os.listdir("/proc/self/fd")) + 2
+
+
+def test_an_observation_on_a_bucket_bound_counts_in_that_bucket_and_every_sum_adds_up():
+    series = {}
+    histogram = metrics_module.Histogram(metrics_module.DURATION_BUCKETS, series)
+    for value in (0.005, 0.0051, 0.01, 10.0, 11.0):
+        histogram.observe(("GET", "/"), value)
+    snapshot = {"series": {"http_request_duration_seconds": series}, "process": {}}
+    text = metrics_module.exposition(metrics_module.merged([snapshot, snapshot]), redis_up=True)
+    buckets = dict(re.findall(r'^http_request_duration_seconds_bucket\{method="GET",route="/",le="([^"]+)"\} (\d+)$',
+                              text, re.M))
+    assert (buckets["0.005"], buckets["0.01"], buckets["0.025"], buckets["10.0"], buckets["+Inf"]) == \
+        ("2", "6", "6", "8", "10")
+    total = re.search(r'^http_request_duration_seconds_sum\{method="GET",route="/"\} (\S+)$', text, re.M).group(1)
+    assert float(total) == pytest.approx(2 * (0.005 + 0.0051 + 0.01 + 10.0 + 11.0))
+    assert 'http_request_duration_seconds_count{method="GET",route="/"} 10' in text
+
+
+def test_the_open_connections_gauge_follows_connections_coming_and_going():
+    with serving(refused_env()) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+        wait_until(lambda: metric_sample(server.get("/metrics").text, "friendlyhello_open_connections") == 4)
+        for sock in held:
+            sock.close()
+        wait_until(lambda: metric_sample(server.get("/metrics").text, "friendlyhello_open_connections") == 1)
+
+
+def test_requests_and_visits_are_counted_once_each(fake_redis):
+    with serving(redis_env(fake_redis)) as server:
+        for _ in range(3):
+            server.get("/")
+        server.get("/nope")
+        scraped = server.get("/metrics").text
+    assert 'http_requests_total{method="GET",route="/",code="200"} 3' in scraped
+    assert 'http_requests_total{method="GET",route="other",code="404"} 1' in scraped
+    assert metric_sample(scraped, "friendlyhello_visits_total") == 3
+    assert re.search(r'^friendlyhello_redis_replies_total\{outcome="ok"\} 3$', scraped, re.M)

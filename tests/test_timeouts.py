@@ -6,6 +6,8 @@ exact: a timeout cut short is the defect these catch."""
 import socket
 import time
 
+import pytest
+
 from fake_redis import Silence
 from friendlyhello import http_client
 from helpers import redis_env, refused_env, serving
@@ -92,3 +94,16 @@ def test_watch_s_client_gives_a_silent_server_its_whole_timeout_and_no_more():
             took = time.monotonic() - started
         conn.close()
     assert 0.3 <= took < 0.3 + SLACK
+
+
+@pytest.mark.parametrize("head, expected", [(b"GET / HTTP/1.1\r\nHost: slow", b"HTTP/1.1 408"), (b"", b"")],
+                         ids=["a slow head: 408", "idle: closed"])
+def test_the_idle_timeout_is_waited_out_in_full_before_a_connection_is_let_go(head, expected):
+    with serving({**refused_env(), "IDLE_TIMEOUT": "0.25"}) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        answer = sock.recv(100)
+        took = time.monotonic() - started
+    assert answer.startswith(expected) and (answer == b"") == (expected == b"")
+    assert 0.25 <= took < 0.25 + 1.0
