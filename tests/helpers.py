@@ -4,6 +4,7 @@ the counter in Redis, free ports, and skip-locally-fail-in-CI for missing servic
 import contextlib
 import http.client
 import io
+import json
 import os
 import re
 import selectors
@@ -34,13 +35,14 @@ def unavailable(message):
     pytest.skip(message)
 
 
-def wait_until(condition, within=5.0, what="the condition"):
-    """Poll until ``condition()`` is true (and return what it gave), failing the test after
-    ``within`` seconds: for state no event announces."""
+def wait_until(condition, within=5.0, what="the condition", pace=0.005, accept=bool):
+    """Poll, every ``pace`` seconds, until ``accept(condition())`` (by default: it is true),
+    and return what it gave; fail the test after ``within`` seconds. For state no event
+    announces: a slower ``pace`` for a condition that costs (a docker command, a scrape)."""
     deadline = time.monotonic() + within
-    while not (found := condition()):
+    while not accept(found := condition()):
         assert time.monotonic() < deadline, f"{what} did not come true within {within}s"
-        time.sleep(0.005)
+        time.sleep(pace)
     return found
 
 
@@ -266,3 +268,14 @@ def readme():
 def metric_sample(text, name):
     """One unlabelled sample of a metrics page's text."""
     return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+
+def replica_view(server):
+    """/replicas as JSON, from a server of this process."""
+    return json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body)
+
+
+def flagged(server):
+    """The replica view once its first replica is flagged with faults; else None."""
+    view = replica_view(server)
+    return view if view["replicas"] and view["replicas"][0]["faults"] else None

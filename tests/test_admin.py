@@ -16,7 +16,18 @@ import hello_server
 from fake_redis import Delay
 from friendlyhello import admin, listening, logs, settings
 from friendlyhello import server as server_module
-from helpers import Process, children, process_alive, redis_env, refused_env, request, serving, wait_until
+from helpers import (
+    Process,
+    children,
+    flagged,
+    process_alive,
+    redis_env,
+    refused_env,
+    replica_view,
+    request,
+    serving,
+    wait_until,
+)
 
 TOKEN = "test-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -471,14 +482,12 @@ def test_with_workers_the_supervisor_s_admin_port_reaches_every_worker_and_a_cra
         line = proc.wait_listening()
         port = int(re.search(r"admin port (\d+)\)", line).group(1))
         request(port, "/faults/ready?state=fail", method="POST", headers=BEARER)
-        deadline = time.monotonic() + 2
-        while {request(proc.port, "/readyz").status for _ in range(8)} != {503}:  # each worker, within a sweep
-            assert time.monotonic() < deadline, "a worker did not take the fault"
+        wait_until(lambda: {request(proc.port, "/readyz").status for _ in range(8)} == {503}, within=2,
+                   what="every worker taking the fault (within a sweep)")
         scraped = request(proc.port, "/metrics").text
         request(port, "/faults/ready?state=ok", method="POST", headers=BEARER)
-        deadline = time.monotonic() + 2
-        while {request(proc.port, "/readyz").status for _ in range(8)} != {200}:
-            assert time.monotonic() < deadline, "a worker did not let the fault go"
+        wait_until(lambda: {request(proc.port, "/readyz").status for _ in range(8)} == {200}, within=2,
+                   what="every worker letting the fault go")
         request(port, "/faults/hang?state=on", method="POST", headers=BEARER)
         time.sleep(0.6)  # two sweeps of each worker
         waiting = [socket.create_connection(("127.0.0.1", proc.port), timeout=3) for _ in range(6)]
@@ -493,9 +502,9 @@ def test_with_workers_the_supervisor_s_admin_port_reaches_every_worker_and_a_cra
         workers = children(proc.process.pid)
         answered = request(port, "/faults/crash?code=9", method="POST", headers=BEARER)
         code = proc.wait(5)
-        deadline = time.monotonic() + 2  # SIGKILL is sent, then the supervisor exits: they end a moment later
-        while [pid for pid in workers if process_alive(pid)] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # SIGKILL is sent, then the supervisor exits: the workers end a moment later.
+        wait_until(lambda: not [pid for pid in workers if process_alive(pid)], within=2,
+                   what="the workers' end after the crash")
     finally:
         _, err = proc.finish()
     assert 'friendlyhello_fault{kind="ready"} 1' in scraped
@@ -523,15 +532,8 @@ def test_a_fault_set_at_run_time_flags_the_replica_in_the_view_with_its_next_hea
     with with_admin(env) as server:
         server.get("/")
         ask(server, "POST", "/faults/errors?rate=0.25&status=502")
-        deadline = time.monotonic() + 5
-        while not (view := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
-                "replicas"] or not view["replicas"][0]["faults"]:
-            assert time.monotonic() < deadline, view
-            time.sleep(0.1)
+        view = wait_until(lambda: flagged(server), within=5, what="the fault in the view", pace=0.1)
         ask(server, "POST", "/faults/clear")
-        deadline = time.monotonic() + 5
-        while (cleared := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
-                "replicas"][0]["faults"]:
-            assert time.monotonic() < deadline, cleared
-            time.sleep(0.1)
+        wait_until(lambda: not replica_view(server)["replicas"][0]["faults"], within=5,
+                   what="the fault gone from the view", pace=0.1)
     assert view["replicas"][0]["faults"] == "errors 25% (502)"

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from helpers import DISABLED, ROOT, free_port, unavailable
+from helpers import DISABLED, ROOT, free_port, unavailable, wait_until
 
 pytestmark = pytest.mark.container
 
@@ -118,30 +118,31 @@ def get(port, path="/", timeout=5):
 
 def wait_for_200(port, path="/healthz", within=15):
     """Poll until the container answers; return seconds waited (the container is the event)."""
-    started = time.monotonic()
-    while True:
+    def answered():
         try:
-            if get(port, path, timeout=1)[0] == 200:
-                return time.monotonic() - started
+            return get(port, path, timeout=1)[0] == 200
         except (OSError, http.client.HTTPException):
-            pass
-        assert time.monotonic() - started < within, f"no 200 on port {port} within {within}s"
-        time.sleep(0.02)
+            return False
+
+    started = time.monotonic()
+    wait_until(answered, within, f"a 200 on port {port}", pace=0.02)
+    return time.monotonic() - started
 
 
 def wait_for_count(port, within=30):
     """Ask for the page until it shows a number (Redis ready too); return that number. Pages that
     said the counter is disabled counted nothing, so the first number is the first visit."""
-    deadline = time.monotonic() + within
-    while True:
+    def count():
         try:
             status, body = get(port, timeout=3)
-            if status == 200 and not body.endswith(DISABLED):
-                return int(body.rsplit(" ", 1)[1])
         except (OSError, http.client.HTTPException):
-            pass
-        assert time.monotonic() < deadline, f"port {port} showed no count within {within}s"
-        time.sleep(0.05)
+            return None
+        if status == 200 and not body.endswith(DISABLED):
+            return int(body.rsplit(" ", 1)[1])
+        return None
+
+    return wait_until(count, within, f"a count on port {port}", pace=0.05,
+                      accept=lambda number: number is not None)
 
 
 def test_the_slim_target_adds_only_our_code_to_its_base(engine, slim_image):
@@ -228,22 +229,26 @@ def test_health_check_reports_healthy(engine, image, containers):
         run(engine, "healthcheck", "run", container)
         state = run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)
     else:
-        deadline = time.monotonic() + 30
-        while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)) == "starting":
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        state = wait_until(lambda: health(engine, container), within=30, what="a health state", pace=0.5,
+                           accept=lambda state: state != "starting")
     assert state == "healthy"
 
 
 def wait_unhealthy(engine, container, within=60):
     """Until the engine says the container is unhealthy: past the image's start period (5 s),
     three failed checks in a row."""
-    deadline = time.monotonic() + within
-    while (state := run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)) != "unhealthy":
-        assert time.monotonic() < deadline, state
+    def unhealthy():
+        if health(engine, container) == "unhealthy":
+            return True
         if engine.endswith("podman"):  # without systemd, podman runs the check when asked
             run(engine, "healthcheck", "run", container, check=False)
-        time.sleep(1)
+        return False
+
+    wait_until(unhealthy, within=within, what="an unhealthy container", pace=1)
+
+
+def health(engine, container):
+    return run(engine, "inspect", "--format", "{{.State.Health.Status}}", container)
 
 
 def test_a_container_started_with_failing_liveness_turns_unhealthy_and_one_failing_readiness_still_serves(
@@ -334,10 +339,8 @@ def docker_cli(engine, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
     try:
-        deadline = time.monotonic() + 15
-        while subprocess.run([docker, "version"], env=env, capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, "podman's API service did not come up"
-            time.sleep(0.1)
+        wait_until(lambda: subprocess.run([docker, "version"], env=env, capture_output=True).returncode == 0,
+                   within=15, what="podman's API service", pace=0.1)
         yield docker, env
     finally:
         service.terminate()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from friendlyhello.faults import Faults
-from helpers import Process, redis_env, refused_env, run_to_exit, serving
+from helpers import Process, flagged, redis_env, refused_env, run_to_exit, serving, wait_until
 
 
 def test_pages_fail_at_the_rate_asked_each_failed_page_counting_nothing(fake_redis):
@@ -90,11 +90,7 @@ def test_a_replica_with_faults_on_is_flagged_in_the_replica_view(redis_server):
            "FAULT_READY": "fail", "FAULT_LATENCY": "0.01"}
     with serving(env) as server:
         server.get("/")
-        deadline = time.monotonic() + 5
-        while not (view := json.loads(server.get("/replicas", headers={"Accept": "application/json"}).body))[
-                "replicas"] or not view["replicas"][0]["faults"]:
-            assert time.monotonic() < deadline, view
-            time.sleep(0.05)
+        view = wait_until(lambda: flagged(server), within=5, what="the faults in the view", pace=0.05)
         html = server.get("/replicas").text
     assert view["replicas"][0]["faults"] == "latency 0.01 s, readiness fails"
     assert '<span class="bad">(faults on: latency 0.01 s, readiness fails)</span>' in html

@@ -140,11 +140,8 @@ def api(port, path, **query):
 
 
 def wait_for(check, within, what):
-    deadline = time.monotonic() + within
-    while (found := check()) is None:
-        assert time.monotonic() < deadline, f"{what} within {within}s"
-        time.sleep(0.2)
-    return found
+    """Until ``check()`` gives a value (0 is one): Prometheus's API, asked every 0.2 s."""
+    return wait_until(check, within, what, pace=0.2, accept=lambda found: found is not None)
 
 
 @pytest.mark.slow

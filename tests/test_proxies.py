@@ -17,7 +17,7 @@ import pytest
 
 from friendlyhello import proxies
 from friendlyhello.proxies import V2_SIGNATURE, ProxyRefused, Trusted, read_proxy_header
-from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable
+from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable, wait_until
 
 
 def v1(source="203.0.113.7", sport=40000, family="TCP4", destination="127.0.0.1", dport=80):
@@ -421,15 +421,15 @@ def fill(template, **values):
 
 
 def wait_for_port(port, process, within=10):
-    deadline = time.monotonic() + within
-    while True:
+    def listening():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return True
         except OSError:
             assert process.poll() is None, process.communicate(timeout=5)
-            assert time.monotonic() < deadline, f"nothing listens on {port} within {within}s"
-            time.sleep(0.05)
+            return False
+
+    wait_until(listening, within, f"a listener on {port}", pace=0.05)
 
 
 @pytest.fixture

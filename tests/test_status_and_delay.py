@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import raw_exchange, redis_env, refused_env, serving
+from helpers import raw_exchange, redis_env, refused_env, serving, wait_until
 
 STATUS_LINES = {200: b"HTTP/1.1 200 OK\r\n", 299: b"HTTP/1.1 299 \r\n", 418: b"HTTP/1.1 418 I'm a Teapot\r\n",
                 503: b"HTTP/1.1 503 Service Unavailable\r\n", 599: b"HTTP/1.1 599 \r\n"}
@@ -54,8 +54,7 @@ def test_others_paths_below_are_not_found():
 @pytest.mark.slow  # waits out real timeouts and delays
 def test_a_delayed_answer_comes_after_its_delay_and_holds_no_thread_while_others_are_served(fake_redis):
     with serving(redis_env(fake_redis)) as server:
-        server.get("/")  # the log's writers are started, and Redis is known to be up
-        time.sleep(0.05)
+        server.get("/")  # Redis is known to be up: its thread runs
         threads_before = threading.active_count()
         done = []
 
@@ -67,7 +66,7 @@ def test_a_delayed_answer_comes_after_its_delay_and_holds_no_thread_while_others
         clients = [threading.Thread(target=delayed) for _ in range(20)]
         for client in clients:
             client.start()
-        time.sleep(0.1)
+        wait_until(lambda: len(server.server.responder._held_until) == 20, what="twenty answers held")
         held = threading.active_count() - threads_before - len(clients)
         started = time.monotonic()
         page = server.get("/")

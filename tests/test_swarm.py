@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from friendlyhello import watch
-from helpers import ROOT, unavailable
+from helpers import ROOT, unavailable, wait_until
 
 pytestmark = pytest.mark.container
 
@@ -33,12 +33,11 @@ def docker(*args, check=True, timeout=180):
     return result.stdout.strip()
 
 
-def wait_until(check, within, what):
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within}s"
-        time.sleep(0.5)
-    return within - (deadline - time.monotonic())
+def swarm_wait(check, within, what):
+    """helpers.wait_until at the pace of docker commands; returns the seconds it took."""
+    started = time.monotonic()
+    wait_until(check, within, what, pace=0.5)
+    return time.monotonic() - started
 
 
 class Stack:
@@ -99,14 +98,14 @@ def stack():
     try:
         docker("stack", "deploy", "--resolve-image", "never", "-c", os.path.join(ROOT, "stack.yaml"),
                "-c", os.path.join(ROOT, "tests", "stack.test.yaml"), deployed.name)
-        took = wait_until(lambda: deployed.healthy(5), 120, "five healthy replicas")
+        took = swarm_wait(lambda: deployed.healthy(5), 120, "five healthy replicas")
         print(f"\nstack deployed, five replicas healthy after {took:.1f}s")
         yield deployed
     finally:
         for client in deployed.clients:
             docker("rm", "-f", client, check=False)
         docker("stack", "rm", deployed.name, check=False)
-        wait_until(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
+        swarm_wait(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
                    120, "the stack's removal")  # its tasks stop in their own time: up to the grace period each, in turn
         docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
 
@@ -142,14 +141,14 @@ def test_scaling_up_to_8_and_down_to_2_under_load_fails_no_request(stack):
     print(f"\nscale 5->8 in {up:.1f}s, 8->2 in {down:.1f}s: {seen['requests']} requests, "
           f"{seen['failed']} failed, statuses {dict(seen['statuses'])}, rise {rise}")
     assert_every_request_answered_and_counted_once(seen, rise)
-    wait_until(lambda: len(stack.tasks(stack.web)) == 2, 30, "the stopped replicas' exit")
+    swarm_wait(lambda: len(stack.tasks(stack.web)) == 2, 30, "the stopped replicas' exit")
 
 
 def roll_to(stack, version, *watch_options):
     """A rolling update to this VERSION with `watch` running throughout; what watch saw, the
     counter's rise, and how long the update took."""
     docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
-    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    swarm_wait(lambda: stack.healthy(5), 60, "five healthy replicas")
     old = {c for c, _ in stack.tasks(stack.web)}
     before = stack.counter()
     client = stack.watch(*watch_options)
@@ -192,16 +191,16 @@ def test_a_release_whose_liveness_fails_is_rolled_back_by_the_stack_s_own_update
     """stack.yaml's update_config (start-first, failure_action: rollback, monitor 5s): a new
     task that never becomes healthy fails the update, and Swarm puts the old spec back."""
     docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
-    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    swarm_wait(lambda: stack.healthy(5), 60, "five healthy replicas")
     before = stack.counter()
     client = stack.watch("--new-connection")
     started = time.monotonic()
     docker("service", "update", "--detach=false", "--env-add", "FAULT_LIVE=fail", stack.web, check=False,
            timeout=600)
     took = time.monotonic() - started
-    wait_until(lambda: docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", stack.web)
+    swarm_wait(lambda: docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", stack.web)
                in ("rollback_completed", "rollback_paused"), 180, "the rollback")
-    wait_until(lambda: stack.healthy(5), 120, "five healthy replicas again")
+    swarm_wait(lambda: stack.healthy(5), 120, "five healthy replicas again")
     seen = stack.finish(client)
     rise = stack.counter() - before
     state = docker("service", "inspect", "--format", "{{.UpdateStatus.State}}", stack.web)
@@ -229,16 +228,16 @@ def break_one_replica(stack, path):
     """Turn a fault on in one replica at run time, with `watch` running: how long until its
     container was unhealthy, and until Swarm had replaced it with a healthy task; what watch saw."""
     docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
-    wait_until(lambda: stack.healthy(5), 60, "five healthy replicas")
+    swarm_wait(lambda: stack.healthy(5), 60, "five healthy replicas")
     (victim, _), *_ = stack.tasks(stack.web)
     client = stack.watch("--new-connection")
     time.sleep(2)
     started = time.monotonic()
     answer = admin(victim, path)
-    unhealthy = wait_until(lambda: docker("inspect", "--format", "{{.State.Health.Status}}", victim, check=False)
+    unhealthy = swarm_wait(lambda: docker("inspect", "--format", "{{.State.Health.Status}}", victim, check=False)
                            in ("unhealthy", ""), 60, "the replica unhealthy")
     health = docker("inspect", "--format", "{{.State.Health.Status}}", victim, check=False)
-    wait_until(lambda: stack.healthy(5) and victim not in {c for c, _ in stack.tasks(stack.web)}, 120,
+    swarm_wait(lambda: stack.healthy(5) and victim not in {c for c, _ in stack.tasks(stack.web)}, 120,
                "a healthy task in its place")
     replaced = time.monotonic() - started
     time.sleep(2)
@@ -265,13 +264,13 @@ def test_redis_killed_is_replaced_and_the_count_goes_on_from_its_volume(stack):
     (redis, _), = stack.tasks(stack.redis)
     before = stack.counter()
     client = stack.load()
-    wait_until(lambda: stack.counter() > before, 30, "counting under load")
+    swarm_wait(lambda: stack.counter() > before, 30, "counting under load")
     docker("kill", redis)
     started = time.monotonic()
-    wait_until(lambda: [c for c, _ in stack.tasks(stack.redis) if c != redis], 120, "a new Redis task")
+    swarm_wait(lambda: [c for c, _ in stack.tasks(stack.redis) if c != redis], 120, "a new Redis task")
     replaced = time.monotonic() - started
     after_restart = stack.counter()
-    wait_until(lambda: stack.counter() > after_restart, 60, "counting again")
+    swarm_wait(lambda: stack.counter() > after_restart, 60, "counting again")
     seen = stack.finish(client)
     rise = stack.counter() - before
     print(f"\nRedis replaced in {replaced:.1f}s: {seen['requests']} requests, {seen['disabled']} pages "

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from fault_proxy import FaultProxy
-from helpers import DISABLED, Process, free_port, raw_exchange, redis_counter
+from helpers import DISABLED, Process, free_port, raw_exchange, redis_counter, wait_until
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -346,10 +346,7 @@ def test_twenty_thousand_requests_at_100_connections_count_exactly(redis, start_
     # Back to baseline: the same few threads throughout; memory stays put; client connections close.
     assert max(peaks) <= THREADS and threads_after <= THREADS
     assert rss_after <= rss_before + 4096
-    deadline = time.monotonic() + 5
-    while proc_status(proc)[2] > fds_before:
-        assert time.monotonic() < deadline, f"descriptors stay open: {proc_status(proc)[2]}"
-        time.sleep(0.05)
+    wait_until(lambda: proc_status(proc)[2] <= fds_before, what="the client descriptors closed", pace=0.05)
 
 
 # -- abuse from clients --------------------------------------------------------------------------
@@ -469,10 +466,7 @@ def test_pipelined_requests_and_clients_vanishing_mid_response_leak_nothing(redi
     watch = Watch(proc.port)
     time.sleep(0.5)
     watch.finish()
-    deadline = time.monotonic() + 5
-    while proc_status(proc)[2] > fds_before:
-        assert time.monotonic() < deadline, f"connections were not closed: {proc_status(proc)[2]} fds"
-        time.sleep(0.05)
+    wait_until(lambda: proc_status(proc)[2] <= fds_before, what="the connections closed", pace=0.05)
 
 
 # -- security -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from friendlyhello import watch
-from helpers import SERVER, Process, child_environment, free_port, redis_env, serving
+from helpers import SERVER, Process, child_environment, free_port, redis_env, serving, wait_until
 
 
 def start_watch(url, *options):
@@ -205,10 +205,7 @@ def test_an_answer_cut_short_is_a_reset_and_a_chunked_one_with_trailers_is_read_
 def test_a_second_signal_ends_it_at_once_and_the_requests_in_flight_are_counted_as_such():
     with misbehaving(never_answers) as (port, accepted):
         proc = start_watch(f"http://127.0.0.1:{port}/", "--timeout", "60", "--connections", "3", "--json")
-        deadline = time.monotonic() + 10
-        while len(accepted) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: len(accepted) == 3, within=10, what="watch's three requests", pace=0.02)
         started = time.monotonic()
         proc.signal(signal.SIGINT)  # stop sending: the three in flight have 60 s
         proc.signal(signal.SIGTERM)  # and now: no waiting
@@ -279,10 +276,9 @@ def test_ctrl_c_or_sigterm_ends_it_with_the_summary_even_if_it_started_ignoring_
                     for signum in (signal.SIGINT, signal.SIGTERM)}
         finally:
             signal.signal(signal.SIGINT, ignoring)
-        deadline = time.monotonic() + 10  # each has sent a request, so its handlers are set
-        while not all(any(f"/?{signum}" in line for line in server.log_lines()) for signum in runs):
-            assert time.monotonic() < deadline, server.log_lines()
-            time.sleep(0.02)
+        # Each has sent a request, so its handlers are set.
+        wait_until(lambda: all(any(f"/?{signum}" in line for line in server.log_lines()) for signum in runs),
+                   within=10, what="a request from each run", pace=0.02)
         for signum, proc in runs.items():
             proc.signal(signum)
         ended = [finish_watch(proc) for proc in runs.values()]

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from friendlyhello import settings
-from helpers import SERVER, Process, children, process_alive, redis_counter, request
+from helpers import SERVER, Process, children, process_alive, redis_counter, request, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +29,6 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return int(fields[11]) + int(fields[12])
-
-
-def wait_until(check, within, what):
-    deadline = time.monotonic() + within
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what} did not happen within {within}s"
-        time.sleep(0.05)
-    return found
 
 
 def requests_total(port):
