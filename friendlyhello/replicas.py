@@ -9,8 +9,8 @@ poke at it with redis-cli. A record it cannot read is shown flagged, never a rea
 the page, and the view reads a bounded number of them.
 """
 
-import collections
 import functools
+import typing
 
 import resp_client
 
@@ -81,17 +81,22 @@ end
 return out
 """
 
-Identity = collections.namedtuple("Identity", "replica_id hostname placement version")
-Identity.__doc__ = """Who this replica is: its id in /replicas, its host name, where it runs
-(``placement``: pod, namespace, node and pod_ip, as far as the Downward API said), and the
-VERSION it was started with."""
+class Identity(typing.NamedTuple):
+    """Who this replica is."""
 
-class Commands(collections.namedtuple("Commands", "one_visit heartbeat view visit_commands")):
-    """A replica's Redis commands, encoded: one visit, ``heartbeat(faults)`` (the faults on, in
-    words: made again only when they change), the view, and ``visit_commands``: its
-    VisitCommands."""
+    replica_id: str     # its id in /replicas
+    hostname: str
+    placement: dict     # pod, namespace, node and pod_ip, as far as the Downward API said
+    version: str        # the VERSION it was started with
 
-    __slots__ = ()
+
+class Commands(typing.NamedTuple):
+    """A replica's Redis commands, encoded."""
+
+    one_visit: bytes
+    heartbeat: typing.Callable    # heartbeat(faults on, in words): made again when they change
+    view: bytes
+    visit_commands: "VisitCommands"
 
 
 class VisitCommands:
