@@ -4,9 +4,7 @@ view they make is replica_view.py's.
 
 The visits are a MULTI/EXEC transaction, the heartbeat and the view Lua scripts, so that
 each runs whole or not at all; their arguments are fixed per process, so each command is
-encoded once, at start-up. The view trusts nothing it reads: Redis is shared, and people
-poke at it with redis-cli. A record it cannot read is shown flagged, never a reason to fail
-the page, and the view reads a bounded number of them.
+encoded once, at start-up.
 """
 
 import functools
