@@ -34,7 +34,7 @@ rm -rf mutants
   echo "only_mutate ="
   for module in "${modules[@]}"; do echo "    $module"; done
   echo "also_copy ="
-  for extra in pytest.ini README.md hello_server.py Dockerfile compose.yaml stack.yaml k8s/ scripts/ \
+  for extra in pytest.ini README.md docs/ hello_server.py Dockerfile compose.yaml stack.yaml k8s/ scripts/ \
                requirements-dev.txt .dockerignore; do echo "    $extra"; done
   echo "pytest_add_cli_args ="
   printf '    %s\n' -m "not slow and not container" -k "not port_80_refused and not nested" \
