@@ -123,6 +123,7 @@ class AdminPort:
         self.changed, self.crash = changed, crash
         self._token = hashlib.sha256(token.encode()).digest()
         self._closed = threading.Event()
+        self.loop = None  # the thread's _Loop, once it runs
         self._wake_reader, self._wake_writer = socket.socketpair()
         # A daemon: a process that is done serving exits without waiting for the admin port.
         self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
@@ -148,7 +149,7 @@ class AdminPort:
             self.listener.close()
 
     def _serve(self):
-        loop = _Loop(self)
+        loop = self.loop = _Loop(self)
         try:
             loop.run()
         finally:
@@ -372,7 +373,7 @@ class _Loop:
             params = params_of(request.query, body)
             status, answer, client.crash = self.port.answer(request.method, request.path, params,
                                                             client.who)
-            self.answer(client, response_bytes(status, answer, head_only=request.method == "HEAD"))
+            self.answer(client, response_bytes(status, answer))  # a HEAD got 405 in answer()
         except AdminError as exc:
             head_only = client.request is not None and client.request.method == "HEAD"
             refusal = response_bytes(exc.status, {"error": str(exc)}, exc.headers, head_only)

@@ -21,9 +21,7 @@ def outcome(error):
     at once while Redis is unavailable is named by what made it so, as the page names it."""
     if error is None:
         return "ok"
-    if not resp_client.means_unavailable(error):
-        return "error_reply"
-    if error.command_sent:
+    if error.command_sent and resp_client.means_unavailable(error):
         return "no_reply"  # the command left: Redis may have run it
     reason = why_unavailable(error)
     return "error_reply" if reason.startswith("error ") else reason.replace(" ", "_")

@@ -42,7 +42,7 @@ def with_admin(env):
         crashes = []
         port = hello_server.open_admin(config, listening.listen(config, "ADMIN_PORT"), server.server.faults,
                                        server.server.log, server.server.waker.wake, crashes.append)
-        server.admin, server.crashes = port.port, crashes
+        server.admin, server.crashes, server.admin_port = port.port, crashes, port
         try:
             yield server
         finally:
@@ -149,6 +149,15 @@ def test_a_request_it_cannot_take_gets_a_4xx_saying_what_is_allowed_and_changes_
     assert now == {"errors": {"rate": 0.0, "status": 500}, "latency": {"seconds": [0.0, 0.0]}, "ready": "ok",
                    "live": "ok", "hang": "off"}
     assert server.crashes == []
+
+
+def raw_bytes(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 def raw(port, data):
@@ -301,6 +310,7 @@ def test_without_the_token_nothing_of_the_request_is_read_or_answered_beyond_its
 
 
 @pytest.mark.parametrize("data, status", [
+    (b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\n\r\n", "HTTP/1.1 414 Request-URI Too Long"),
     (b"GET /faults\r\n\r\n", "HTTP/1.1 400 Bad Request"),         # HTTP/0.9: still a whole response
     (b"GET /\r\n\r\n", "HTTP/1.1 400 Bad Request"),
     (b"\x16\x03\x01\x00\xa5garbage\r\n\r\n", "HTTP/1.1 400 Bad Request"),
@@ -312,7 +322,64 @@ def test_without_the_token_nothing_of_the_request_is_read_or_answered_beyond_its
 def test_a_head_that_cannot_be_read_gets_a_whole_http_response_with_a_json_body(data, status):
     with with_admin(refused_env()) as server:
         answer = raw(server.admin, data)
-    assert answer[0] == status and set(answer[1]) == {"error"}
+    assert answer[0] == status and answer[1] == {"error": status.split(" ", 2)[2]}
+
+
+def test_a_request_that_comes_in_pieces_is_read_whole_and_a_body_too_large_gets_a_whole_413():
+    bearer = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    with with_admin(refused_env()) as server, socket.create_connection(("127.0.0.1", server.admin), timeout=5) as sock:
+        sock.sendall(b"POST /faults/ready HTTP/1.1\r\n")
+        time.sleep(0.05)  # the scenario: the head's rest, then the body, come later
+        sock.sendall(bearer + b"Content-Length: 10\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(b"state=fail")
+        pieced = b""
+        while chunk := sock.recv(65536):
+            pieced += chunk
+        big = raw_with_body(server.admin, b"POST /faults/clear HTTP/1.1\r\n" + bearer
+                            + b"Content-Length: 900000\r\n\r\n", b"x" * 900000)
+    assert pieced.startswith(b"HTTP/1.1 200 OK\r\n") and b'"ready": "fail"' in pieced
+    assert big.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n") and big.endswith(b"}\n")
+
+
+def raw_with_body(port, head, body):
+    """Send a head and a body the server will not take, at once; whatever comes back before
+    the connection ends (a reset would lose the answer: the server must drop the rest)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(head + body)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def test_every_answer_s_head_says_who_when_what_and_that_it_closes():
+    with with_admin(refused_env()) as server:
+        answer = raw_bytes(server.admin, b"GET /faults HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode()
+                           + b"\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK" and lines[1] == b"Server: friendlyhello-admin"
+    assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[2])
+    assert lines[3:] == [b"Content-Type: application/json", b"Content-Length: %d" % len(body),
+                         b"Cache-Control: no-store", b"Connection: close"]
+
+
+def test_the_connection_past_max_open_closes_the_oldest_and_only_it():
+    with with_admin(refused_env()) as server:
+        held = []
+        for _ in range(admin.MAX_OPEN):
+            held.append(socket.create_connection(("127.0.0.1", server.admin), timeout=5))
+        wait_until(lambda: len(server.admin_port.loop.clients) == admin.MAX_OPEN, what="all accepted")
+        answered = ask(server, "GET", "/faults")  # one more: the oldest goes
+        oldest_closed = _readable(held[0]) and held[0].recv(1) == b""
+        second_open = not _readable(held[1])
+        for sock in held:
+            sock.close()
+    assert answered[0] == 200 and oldest_closed and second_open
 
 
 class FlakyListener:

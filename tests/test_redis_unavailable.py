@@ -159,7 +159,10 @@ def test_a_redis_setup_that_fails_makes_redis_unavailable_not_an_answer(redis_se
     with serving(env) as server:
         page = json.loads(server.get("/", headers={"Accept": "application/json"}).body)
         ready = server.get("/readyz").text
+        scraped = server.get("/metrics").text
         errors = "\n".join(server.error_lines())
     assert page["visits"] is None and page["redis"] == "error ERR"
+    # In the page's words: an error reply (to the setup), though it makes Redis unavailable.
+    assert re.search(r'^friendlyhello_redis_replies_total\{outcome="error_reply"\} [1-9]', scraped, re.M)
     assert ready.startswith("ready\nredis: unavailable (error ERR) for ")
     assert "is unavailable (error ERR): " in errors
