@@ -123,7 +123,7 @@ class AdminPort:
         self.changed, self.crash = changed, crash
         self._token = hashlib.sha256(token.encode()).digest()
         self._closed = threading.Event()
-        self.loop = None  # the thread's _Loop, once it runs
+        self.loop = None  # the thread's _Loop, made by start()
         self._wake_reader, self._wake_writer = socket.socketpair()
         # A daemon: a process that is done serving exits without waiting for the admin port.
         self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
@@ -134,6 +134,7 @@ class AdminPort:
 
     def start(self):
         self.listener.setblocking(False)
+        self.loop = _Loop(self)
         self._thread.start()
 
     def close(self):
@@ -149,11 +150,10 @@ class AdminPort:
             self.listener.close()
 
     def _serve(self):
-        loop = self.loop = _Loop(self)
         try:
-            loop.run()
+            self.loop.run()
         finally:
-            loop.close()
+            self.loop.close()
             self.listener.close()
             self._wake_reader.close()
             self._wake_writer.close()
