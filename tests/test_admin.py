@@ -152,6 +152,7 @@ def test_a_request_it_cannot_take_gets_a_4xx_saying_what_is_allowed_and_changes_
 
 
 def raw_bytes(port, data):
+    """Bytes to the admin port; everything it answers until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(data)
         answer = b""
@@ -162,12 +163,7 @@ def raw_bytes(port, data):
 
 def raw(port, data):
     """Bytes to the admin port; its answer's status line and JSON body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(data)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, _, body = raw_bytes(port, data).partition(b"\r\n\r\n")
     return head.split(b"\r\n", 1)[0].decode(), json.loads(body)
 
 
