@@ -8,7 +8,7 @@ answered. Every value that came from the request is shown escaped as the logs es
 import json
 
 from .logs import printable, request_target
-from .proxies import conclude, forwarded_elements, x_forwarded_for
+from .proxies import conclude, forwarded_elements, not_believed, x_forwarded_for
 from .responses import JSON, TEXT, Response
 
 _VARY_ACCEPT = (("Vary", "Accept"),)
@@ -50,7 +50,7 @@ class Echo:
             "client_from": found.client_from,
             "forwarded_from": found.source,
             "forwarded_header": self.believed,
-            "not_believed": found.not_believed,
+            "not_believed": not_believed(headers, self.believed),
             "x_forwarded_for": hops,
             "forwarded": forwarded_elements(headers.get_all("Forwarded", ())),
         }

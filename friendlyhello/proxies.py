@@ -228,7 +228,6 @@ class Conclusion(typing.NamedTuple):
     client_from: str            # in words, the rule that gave it
     chain: list                 # the believed header's entries, left to right, as Hops
     source: str | None          # the believed header, when it had entries; else None
-    not_believed: list          # the other forwarding headers the request carried, by name
 
 
 _FOR_ENTRY = re.compile(r"\[([0-9a-fA-F:.]+)\](?::[0-9]{1,5})?"  # [IPv6]:port, [IPv6]
@@ -313,34 +312,38 @@ def _real_ip(headers, trusted):
 _CHAINS = {"X-Forwarded-For": x_forwarded_for, "Forwarded": _forwarded_for, "X-Real-IP": _real_ip}
 
 
+def not_believed(headers, believed):
+    """The forwarding headers a request carried that are not the one believed, by name (for
+    /echo: the client may have written them)."""
+    return [name for name in _CHAINS if name != believed and headers.get_all(name)]
+
+
 def conclude(peer, headers, trusted, believed, peer_is="the TCP peer"):
     """The client of a request from ``peer`` (the TCP peer's address, or the source a trusted
     PROXY header gave: ``peer_is`` says which), with ``headers`` (http.server's), under
     ``trusted`` (a Trusted), believing only the header named ``believed`` (FORWARDED_HEADERS'
     value: "X-Forwarded-For", "Forwarded", "X-Real-IP", or None for none)."""
-    not_believed = [name for name in _CHAINS if name != believed and headers.get_all(name)]
     chain = _CHAINS[believed](headers, trusted) if believed else []
     source = believed if chain else None
-    def concluded(client, because):
-        return Conclusion(client, because, chain, source, not_believed)
-
     if not trusted:
-        return concluded(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are not "
-                               "believed)")
+        return Conclusion(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are "
+                                "not believed)", chain, source)
     if not trusted.trusts(peer):
-        return concluded(peer, f"{peer_is}, which is not a trusted proxy (its headers are not "
-                               "believed)")
+        return Conclusion(peer, f"{peer_is}, which is not a trusted proxy (its headers are "
+                                "not believed)", chain, source)
     nearest = peer
     for n, hop in enumerate(reversed(chain), 1):
         place = len(chain) - n + 1
         if hop.address is None:
-            return concluded(nearest, f"the nearest trusted proxy: {source} entry {place} "
-                                      f"({hop.entry[:60]!r}) is not an address")
+            return Conclusion(nearest, f"the nearest trusted proxy: {source} entry {place} "
+                                       f"({hop.entry[:60]!r}) is not an address", chain, source)
         if not hop.trusted:
-            return concluded(str(hop.address), f"{source} entry {place}, the first from the right "
-                                               "that is not a trusted proxy")
+            return Conclusion(str(hop.address), f"{source} entry {place}, the first from the "
+                                                "right that is not a trusted proxy", chain, source)
         nearest = str(hop.address)
     if chain:
-        return concluded(nearest, "every hop is a trusted proxy: the leftmost is the client")
+        return Conclusion(nearest, "every hop is a trusted proxy: the leftmost is the client",
+                          chain, source)
     forwarded = f"no {believed}" if believed else "nothing (FORWARDED_HEADER is none)"
-    return concluded(nearest, f"{peer_is}, a trusted proxy that forwarded {forwarded}")
+    return Conclusion(nearest, f"{peer_is}, a trusted proxy that forwarded {forwarded}", chain,
+                      source)
