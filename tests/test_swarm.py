@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -19,6 +20,7 @@ import pytest
 
 from friendlyhello import watch
 from helpers import ROOT, unavailable, wait_until
+from registry import Docker, Registry
 
 pytestmark = pytest.mark.container
 
@@ -95,19 +97,30 @@ def stack():
         unavailable("no Docker engine in an active Swarm (run scripts/container-engine.sh as root)")
     docker("build", "-q", "-t", IMAGE, ROOT, timeout=600)
     deployed = Stack(f"fhtest{uuid.uuid4().hex[:6]}")
-    try:
-        docker("stack", "deploy", "--resolve-image", "never", "-c", os.path.join(ROOT, "stack.yaml"),
-               "-c", os.path.join(ROOT, "tests", "stack.test.yaml"), deployed.name)
-        took = swarm_wait(lambda: deployed.healthy(5), 120, "five healthy replicas")
-        print(f"\nstack deployed, five replicas healthy after {took:.1f}s")
-        yield deployed
-    finally:
-        for client in deployed.clients:
-            docker("rm", "-f", client, check=False)
-        docker("stack", "rm", deployed.name, check=False)
-        swarm_wait(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
-                   120, "the stack's removal")  # its tasks stop in their own time: up to the grace period each, in turn
-        docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
+    with Registry() as registry, tempfile.TemporaryDirectory() as config:
+        # As the tutorial's Part 3 does: the image pushed to a registry, and the stack naming it
+        # there; the replicas pull it with the login passed on (--with-registry-auth).
+        name = f"{registry.address}/learner/friendlyhello:swarm"
+        client = Docker(config, FRIENDLYHELLO_IMAGE=name)  # stack.yaml's image: ${FRIENDLYHELLO_IMAGE:-...}
+        assert client.login(registry).returncode == 0
+        client("tag", IMAGE, name)
+        client("push", name)
+        client("image", "rm", name)
+        try:
+            client("stack", "deploy", "--with-registry-auth", "-c", os.path.join(ROOT, "stack.yaml"),
+                   "-c", os.path.join(ROOT, "tests", "stack.test.yaml"), deployed.name)
+            took = swarm_wait(lambda: deployed.healthy(5), 120, "five healthy replicas")
+            image = docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", deployed.web)
+            print(f"\nstack deployed from {image}, five replicas healthy after {took:.1f}s")
+            assert image.startswith(name + "@sha256:")
+            yield deployed
+        finally:
+            for client_container in deployed.clients:
+                docker("rm", "-f", client_container, check=False)
+            docker("stack", "rm", deployed.name, check=False)
+            swarm_wait(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
+                       120, "the stack's removal")  # its tasks stop in their own time: up to the grace period each
+            docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
 
 
 def assert_every_request_answered_and_counted_once(seen, rise):
