@@ -12,7 +12,8 @@ It is built on ``http.server``'s request handler, which parses each request head
 change to how connections are served: one thread serves all connections, non-blocking, with
 a selector, and one more thread talks to Redis, sending the commands of all waiting requests
 in one round trip. It serves small pages to demo, learning and probe traffic; it is not a
-general web server (no request bodies, no TLS, no static files).
+general web server (no request bodies, no static files). With TLS_PORT it serves HTTPS too,
+from the same loop (``friendlyhello.tls``).
 
 This module is what runs (``python3 hello_server.py``, ``python3 -m hello_server``): the
 routes, how one serving process is wired, and ``main``. The machinery is in the package
@@ -27,6 +28,7 @@ import socket
 import sys
 
 import resp_client
+from friendlyhello.connection import Port
 from friendlyhello.echo import Echo
 from friendlyhello.faults import Faults
 from friendlyhello.healthcheck import healthcheck
@@ -42,7 +44,8 @@ from friendlyhello.routes import Route
 from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
 from friendlyhello.site import Site
-from friendlyhello.workers import STOP_SIGNALS, Supervisor
+from friendlyhello.tls import TLSFiles, TLSSetupError
+from friendlyhello.workers import HELD_SIGNALS, Supervisor
 
 PING = resp_client.encode_command(("PING",))
 
@@ -66,11 +69,14 @@ def route_table(config, site, echo, commands):
     }
 
 
-def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):
-    """One serving process, built from the settings: its identity and Redis commands, Redis
-    client and state, metrics (a slot of ``shared``, in a worker), faults (in a worker, the
-    supervisor's, shared), the site and its routes, the Redis thread and the server loop. Used
-    by main, by each worker and by the tests."""
+def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):
+    """One serving process on its ``ports`` (a listening socket, or connection.Ports), built
+    from the settings: its identity and Redis commands, Redis client and state, metrics (a
+    slot of ``shared``, in a worker), faults (in a worker, the supervisor's, shared), the site
+    and its routes, the Redis thread and the server loop. Used by main, by each worker and by
+    the tests."""
+    if isinstance(ports, socket.socket):
+        ports = [Port(ports)]
     me = identity(config, hostname)
     faults = faults or Faults(config)
     if faults.state.words():
@@ -79,6 +85,7 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     client = redis_client(config)
     status = RedisStatus(client.address, log)
     metrics = Metrics(shared, slot, log, config.version)
+    metrics.tls_files = next((port.tls for port in ports if port.tls), None)
     lifecycle = Lifecycle()
     site = Site(config, me, status, metrics, lifecycle, faults)
     waker = Waker()
@@ -91,17 +98,18 @@ def wire(config, listener, log, hostname, shared=None, slot=0, supervisor_pid=No
     lifecycle.needs("redis", redis_thread.is_alive)
     routes = route_table(config, site, Echo(config, me), commands)
     headers = CommonHeaders(me.replica_id, config.version)
-    return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, listener, log,
+    return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                        headers, faults, supervisor_pid)
 
 
-def open_admin(config, listener, faults, log, changed=lambda: None, crash=os._exit):
+def open_admin(config, listener, faults, log, changed=lambda: None, crash=os._exit, tls=None):
     """The admin port, on ``listener``: a thread of its own that sets ``faults`` (then calls
     ``changed``, to wake the serving loop) and, asked to crash, calls ``crash(code)``: in a
-    single process, the process exits; with workers, the supervisor ends them all and exits."""
+    single process, the process exits; with workers, the supervisor ends them all and exits.
+    With ``tls`` (TLSFiles) it serves HTTPS alone: its token must not cross a network in clear."""
     from friendlyhello.admin import AdminPort  # hashlib, hmac: only where there is an admin port
 
-    admin = AdminPort(listener, config.admin_token, faults, log, changed, crash)
+    admin = AdminPort(listener, config.admin_token, faults, log, changed, crash, tls)
     admin.start()
     return admin
 
@@ -120,7 +128,9 @@ def serve(server, log, started=None, worker=False):
     signal.signal(signal.SIGTERM, on_signal)
     # A worker leaves Ctrl-C to the supervisor, which passes it on once, as SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN if worker else on_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked in a worker until now
+    if server.tls is not None:  # SIGHUP: read the certificate and key again
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload_asked(server.tls, server.waker))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # blocked in a worker until now
     if started:
         log.started(started)
     server.serve()
@@ -128,17 +138,24 @@ def serve(server, log, started=None, worker=False):
     return 0
 
 
-def start_line(config, listener, admin, where):
+def reload_asked(tls, waker=None):
+    tls.asked = True
+    if waker is not None:
+        waker.wake()
+
+
+def start_line(config, ports, admin, where):
     """The line that says the server listens: where, Redis, where it runs, workers, admin."""
     host = f"[{config.bind}]" if ":" in config.bind else config.bind
-    port = listener.getsockname()[1]
+    urls = " and ".join(f"{'https' if port.tls else 'http'}://{host}:{port.sock.getsockname()[1]}"
+                        for port in ports)
     details = [f"redis {describe_redis(config)}"]
     details += [f"{key} {printable(value)}" for key, value in where.items()]
     if config.workers > 1:
         details.append(f"{config.workers} workers")
     if admin is not None:
         details.append(f"admin port {admin.getsockname()[1]}")
-    return f"friendlyhello listening on http://{host}:{port} ({', '.join(details)})"
+    return f"friendlyhello listening on {urls} ({', '.join(details)})"
 
 
 def main(argv=None, environ=None):
@@ -154,10 +171,15 @@ def main(argv=None, environ=None):
         return 2
     if args.healthcheck:
         return healthcheck(config)
+    try:
+        tls = TLSFiles(config) if config.tls_port is not None else None
+    except TLSSetupError as exc:
+        print(f"friendlyhello: {exc}", file=sys.stderr)
+        return 2
     raise_file_limit(config.max_connections + 64)
     workers = config.workers > 1
     try:
-        listener = listen(config, shared_port=workers, only_bind=workers)
+        ports = open_ports(config, tls, shared_port=workers, only_bind=workers)
         admin = None
         if config.admin_port is not None:
             admin = listen(config._replace(port=config.admin_port), "ADMIN_PORT")
@@ -171,32 +193,50 @@ def main(argv=None, environ=None):
         env = flag[2:].upper().replace("-", "_")
         log.warning("settings", f"{flag} is seen by every user of this machine in ps: "
                                 f"set {env} or {env}_FILE instead")
-    started = start_line(config, listener, admin, where)
+    if tls is not None:
+        tls.log = log
+        if tls.expired():  # served all the same, as nginx does: a demo may show what a client says
+            log.warning("tls", f"the certificate has expired: {tls.describe()}")
+    started = start_line(config, ports, admin, where)
     if workers:
-        return serve_workers(config, listener, admin, log, hostname, started)
-    server = wire(config, listener, log, hostname)
+        return serve_workers(config, ports, admin, log, hostname, started, tls)
+    server = wire(config, ports, log, hostname)
     if admin is not None:
-        open_admin(config, admin, server.faults, log, server.waker.wake)
+        open_admin(config, admin, server.faults, log, server.waker.wake, tls=tls)
     return serve(server, log, started)
 
 
-def serve_workers(config, listener, admin, log, hostname, started):
+def open_ports(config, tls, shared_port=False, only_bind=False):
+    """PORT (unless off) and TLS_PORT (with ``tls``, its TLSFiles), listening: Ports."""
+    ports = []
+    if config.port is not None:
+        ports.append(Port(listen(config, shared_port=shared_port, only_bind=only_bind)))
+    if tls is not None:
+        tls_config = config._replace(port=config.tls_port)
+        ports.append(Port(listen(tls_config, "TLS_PORT", shared_port, only_bind), tls))
+    return ports
+
+
+def serve_workers(config, ports, admin, log, hostname, started, tls):
     """WORKERS processes on the port, under a supervisor (this process), which serves the
     admin port: the faults it sets are shared with every worker."""
     from friendlyhello.shared_memory import SharedSlots  # mmap: only where there are workers
 
     shared = SharedSlots(config.workers)
     supervisor_pid = os.getpid()
-    port = listener.getsockname()[1]
+    bound = [port.sock.getsockname()[1] for port in ports]  # PORT=0: the port picked
+    numbers = config._replace(port=None if config.port is None else bound[0],
+                              tls_port=None if tls is None else bound[-1])
     faults = Faults(config, shared=SharedSlots(1))  # the supervisor's: it writes, workers read
     faults.set(faults.state)
 
     def start_worker(slot, listening):
-        listener.close()  # the supervisor's: this worker listens on a socket of its own
+        for port in ports:
+            port.sock.close()  # the supervisor's: this worker listens on sockets of its own
         if admin is not None:
             admin.close()  # the supervisor serves it
         try:
-            own = listen(config._replace(port=port), shared_port=True)
+            own = open_ports(numbers, tls, shared_port=True)
         except ListenError as exc:
             log.error("worker", str(exc))
             return 1
@@ -206,8 +246,11 @@ def serve_workers(config, listener, admin, log, hostname, started):
         return serve(server, log, worker=True)
 
     supervisor = Supervisor(config, log, start_worker)
+    if tls is not None:  # SIGHUP: the supervisor's admin port reloads, and every worker
+        signal.signal(signal.SIGHUP, lambda signum, frame: (reload_asked(tls),
+                                                            supervisor.pass_on(signal.SIGHUP)))
     if admin is not None:
-        open_admin(config, admin, faults, log, crash=supervisor.crash)
+        open_admin(config, admin, faults, log, crash=supervisor.crash, tls=tls)
     code = supervisor.run(started)
     log.close()
     return code

@@ -4,34 +4,35 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
 ``resp_client`` (beside it too) knows nothing of HTTP. tests/test_layout.py keeps it so.
 
     proxies         what proxies say of the client: PROXY headers, forwarded headers
+    tls             the certificate from files, reloaded; each connection's TLS layer
     faults          faults turned on to break it on purpose
     settings        the settings table, read once into one Config
-                        -> faults, proxies, resp_client
+                        -> faults, proxies, resp_client, tls
     logs            access and event lines that never block serving
     redis_state     how a Redis call ended, in one vocabulary; Redis's state  -> resp_client
     redis_thread    the Redis thread, and the client the settings describe
                         -> redis_state, resp_client
-    metrics         what is counted; the Prometheus text format  -> redis_state
+    metrics         what is counted; the Prometheus text format  -> redis_state, tls
     shared_memory   the workers' metrics slots (imported with workers only)
     responses       what a route answers; the bytes of every answer
     routes          the route table's rows; what an answer is given
     lifecycle       what the probes say of the process: stopping, its threads alive
     http11          http.server's handler, held to RFC 9112  -> responses, routes
-    connection      one client connection and its states  -> proxies
+    connection      one client connection and its states  -> proxies, tls
     replicas        what replicas keep in Redis: the counter, their records  -> resp_client
     replica_view    /replicas: the records read, as a table or JSON
                         -> redis_state, replicas, resp_client
     site            the page, the probes, /metrics, /replicas, /status/ and /delay/
                         -> redis_state, replica_view, resp_client, responses
-    echo            /echo: what arrived, and from whom  -> logs, proxies, responses
+    echo            /echo: what arrived, and from whom  -> logs, proxies, responses, tls
     responder       each answer held, counted, logged and written
                         -> connection, proxies, resp_client, responses
-    server          the selector loop  -> connection, http11, responder, resp_client
+    server          the selector loop  -> connection, http11, responder, responses, resp_client
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes
     admin           the admin port: faults turned on and off at run time
-                        -> connection, faults, http11, proxies
+                        -> connection, faults, http11, proxies, tls
     http_client     watch's HTTP/1.1 client: each answer within one deadline
     watch           `hello_server.py watch URL`: a client that counts a rollout
                         -> http_client, responses

@@ -23,7 +23,9 @@ Parameters come in the query or a form-encoded body. Every request must carry
 said: the token is checked as soon as the head is read, before the method, the path or a body
 is looked at. Only a head that cannot be read at all (malformed, too long) is answered before
 it. Every answer is a whole HTTP/1.1 response with a JSON body, and every change is logged with
-the address that asked for it.
+the address that asked for it. With TLS_CERT set it speaks HTTPS only (the certificate the
+main port serves, reloaded with it), as the token must not cross a network in clear; a client
+whose handshake's messages do not go out at once is dropped (it is not for load).
 """
 
 import email.utils
@@ -42,6 +44,7 @@ from .connection import HeadRefused, head_size
 from .faults import error_rate, latency_range
 from .http11 import malformed_lines
 from .proxies import normal_address
+from .tls import Channel, Closed, HandshakeRefused
 
 ADMIN_TIMEOUT = 2.0  # seconds a client may take to send its request and read the answer, in all
 MAX_BODY = 4096      # bytes of form-encoded parameters at most
@@ -116,8 +119,9 @@ class AdminPort:
     to ``faults`` (a Faults: ``state`` and ``set``), then ``changed()`` is called (to wake the
     serving loop); a crash asked for calls ``crash(code)`` once the answer is sent."""
 
-    def __init__(self, listener, token, faults, log, changed=lambda: None, crash=None):
+    def __init__(self, listener, token, faults, log, changed=lambda: None, crash=None, tls=None):
         self.listener = listener
+        self.tls = tls  # a tls.TLSFiles: HTTPS only
         self.faults = faults
         self.log = log
         self.changed, self.crash = changed, crash
@@ -201,10 +205,12 @@ class AdminPort:
 class _Client:
     """One admin connection: what it sent, its request's head once read, what to send it."""
 
-    __slots__ = ("sock", "who", "deadline", "received", "request", "outgoing", "crash", "lingering")
+    __slots__ = ("sock", "who", "deadline", "received", "request", "outgoing", "crash", "lingering",
+                 "tls")
 
-    def __init__(self, sock, who, deadline):
+    def __init__(self, sock, who, deadline, tls=None):
         self.sock = sock
+        self.tls = tls  # a tls.Channel, on HTTPS
         self.who = who
         self.deadline = deadline
         self.received = bytearray()
@@ -308,6 +314,9 @@ class _Loop:
             if self.paused_until is not None:
                 deadlines.append(self.paused_until)
             wait = max(min(deadlines, default=now + 1.0) - now, 0.0)
+            if self.port.tls is not None:
+                self.port.tls.look(now)
+                wait = min(wait, 1.0)
             for key, events in self.selector.select(wait):
                 if key.fileobj is self.port.listener:
                     self.accept()
@@ -331,7 +340,8 @@ class _Loop:
                 self.drop(next(iter(self.clients.values())))
             sock.setblocking(False)
             deadline = time.monotonic() + ADMIN_TIMEOUT
-            self.clients[sock] = _Client(sock, normal_address(address[0]), deadline)
+            tls = self.port.tls and Channel(self.port.tls.context)
+            self.clients[sock] = _Client(sock, normal_address(address[0]), deadline, tls)
             self.selector.register(sock, selectors.EVENT_READ)
 
     def serve(self, client, events):
@@ -353,6 +363,10 @@ class _Loop:
 
     def read(self, client):
         data = client.sock.recv(65536)
+        if data and client.tls is not None:
+            data = self.decrypt(client, data)
+            if data is None:
+                return
         if not data:
             self.drop(client)
             return
@@ -379,7 +393,25 @@ class _Loop:
             refusal = response_bytes(exc.status, {"error": str(exc)}, exc.headers, head_only)
             self.answer(client, refusal)
 
+    def decrypt(self, client, data):
+        """The plain bytes of what came on HTTPS (None: none yet); b"" when it must go."""
+        try:
+            plain = client.tls.receive(data)
+        except HandshakeRefused as refused:
+            if refused.outcome != "plain_http":
+                return b""
+            self.answer(client, response_bytes(400, {"error": "this port speaks HTTPS"}))
+            return None
+        except Closed:
+            return b""
+        output = client.tls.output()
+        if output and client.sock.send(output) < len(output):
+            return b""  # the handshake's messages did not go at once
+        return plain or None
+
     def answer(self, client, data):
+        if client.tls is not None and client.tls.done:
+            data = client.tls.encrypt(data, close=True)
         client.outgoing = data
         self.selector.modify(client.sock, selectors.EVENT_WRITE)
 

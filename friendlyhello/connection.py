@@ -5,8 +5,10 @@ import re
 import selectors
 import socket
 import time
+import typing
 
 from .proxies import ProxyRefused, normal_address, read_proxy_header
+from .tls import Channel, Closed, HandshakeRefused
 
 MAX_REQUEST_LINE = 8 * 1024  # longer gets 414
 MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
@@ -48,6 +50,8 @@ def head_size(buffer, max_line=MAX_REQUEST_LINE, max_head=MAX_HEAD):
 class Connection:
     """One client connection: its bytes, its deadline and its state.
 
+    HANDSHAKE TLS is being set up (on the TLS port; after the PROXY header, where one comes):
+              it must be done by the deadline
     READING   waiting for (the rest of) a request head; the head must arrive by the deadline
     READY     more requests are buffered than one turn of the loop serves: the rest wait for
               the next turn, so a client that pipelines thousands cannot hold up the others
@@ -58,12 +62,13 @@ class Connection:
     CLOSED    done
     """
 
-    READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
-        "reading", "ready", "waiting", "sending", "lingering", "closed")
+    HANDSHAKE, READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
+        "handshake", "reading", "ready", "waiting", "sending", "lingering", "closed")
     # What the selector watches the socket for in each state. READY and WAITING go on reading
     # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
     # costs no change to the selector, where unwatching and watching again cost two syscalls.
     EVENTS = {
+        HANDSHAKE: selectors.EVENT_READ,  # and EVENT_WRITE while its output waits to go
         READING: selectors.EVENT_READ,
         READY: selectors.EVENT_READ,
         WAITING: selectors.EVENT_READ,
@@ -73,11 +78,11 @@ class Connection:
     }
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline",
-                 "buffer", "outgoing", "handler", "started", "close_after", "linger", "held")
+                 "buffer", "outgoing", "handler", "started", "close_after", "linger", "held", "tls")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
-    def __init__(self, sock, address, selector, expect_proxy=False):
+    def __init__(self, sock, address, selector, expect_proxy=False, tls=None):
         self.sock, self.selector = sock, selector
         # The TCP peer (host, port) and the client's address, which a PROXY header's source
         # replaces: an IPv4 peer of a dual-stack socket (::ffff:192.0.2.1) as its IPv4 address.
@@ -94,11 +99,14 @@ class Connection:
         self.close_after = False   # close once the response is sent...
         self.linger = False        # ...and linger, since the client may still be sending
         self.held = None           # an answer held until its deadline or the hang's end (WAITING)
+        self.tls = tls             # a tls.Channel on the TLS port; its bytes pass through it
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
         the selector then watches the socket for what that state waits for."""
         events = self.EVENTS[state]
+        if state is self.HANDSHAKE and self.outgoing:
+            events |= selectors.EVENT_WRITE
         if (state is self.READY or state is self.WAITING) and len(self.buffer) >= READ_AHEAD:
             events = 0  # enough is read ahead: the rest waits in the kernel
         self._watch(events)
@@ -123,6 +131,32 @@ class Connection:
             else:
                 self.selector.modify(self.sock, events, self)
             self.events = events
+
+    def receive(self, decrypt=True):
+        """What the client sent: None when nothing is there yet, b"" when it closed (or reset,
+        or ended TLS). On TLS, the plain bytes once the handshake is done (what TLS has to
+        send meanwhile, such as a key update, goes out with the next answer)."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        if not data or not decrypt or self.tls is None or not self.tls.done:
+            return data
+        try:
+            data = self.tls.decrypt(data)
+        except Closed:
+            return b""
+        self.outgoing += self.tls.output()
+        return data or None
+
+    def queue(self, data, close=False):
+        """Put ``data`` to be sent (then TLS's close_notify, on TLS, with ``close``)."""
+        if self.tls is None or not self.tls.done:
+            self.outgoing = data
+        else:
+            self.outgoing += self.tls.encrypt(data, close)
 
     def send(self):
         """Send what is waiting to go: True when all of it went, False when some is left for
@@ -166,18 +200,23 @@ class Connection:
         return head
 
 
+class Port(typing.NamedTuple):
+    """A listening socket, and for the TLS port its tls.TLSFiles (None: plain HTTP)."""
+
+    sock: socket.socket
+    tls: object = None
+
+
 class Connections:
-    """The open connections: accepted from ``listener`` while fewer than ``max_connections``
+    """The open connections: accepted from the ``ports`` while fewer than ``max_connections``
     are open (the rest wait in the backlog), each closed once, counted in
     ``metrics.open_connections``. ``stopping`` keeps the listener closed once it is. With
     ``proxies`` (a proxies.Trusted, when the PROXY protocol is on) a peer outside it is closed
     as soon as it is accepted, and counted."""
 
-    LISTENER = object()  # the selector's key for the listener
-
-    def __init__(self, listener, selector, max_connections, idle_timeout, metrics, log,
+    def __init__(self, ports, selector, max_connections, idle_timeout, metrics, log,
                  proxies=None):
-        self.listener, self.selector = listener, selector
+        self.ports, self.selector = ports, selector
         self.max_connections, self.idle_timeout = max_connections, idle_timeout
         self.metrics, self.log = metrics, log
         # With the PROXY protocol on: the only peers taken, each to send a PROXY header first.
@@ -185,6 +224,11 @@ class Connections:
         self.stopping = False
         self._open = set()
         self._accepting = False
+
+    def port_numbers(self):
+        """The plain port's number (else the TLS port's), and the TLS port's (or None)."""
+        numbers = {port.tls is not None: port.sock.getsockname()[1] for port in self.ports}
+        return numbers.get(False, numbers.get(True)), numbers.get(True)
 
     def busy(self):
         """True while a request is being answered."""
@@ -195,20 +239,21 @@ class Connections:
         stopping."""
         on = on and not self.stopping and len(self._open) < self.max_connections
         if on != self._accepting:
-            if on:
-                self.selector.register(self.listener, selectors.EVENT_READ, self.LISTENER)
-            else:
-                self.selector.unregister(self.listener)
+            for port in self.ports:
+                if on:
+                    self.selector.register(port.sock, selectors.EVENT_READ, port)
+                else:
+                    self.selector.unregister(port.sock)
             self._accepting = on
 
-    def accept_waiting(self):
-        """Take the connections waiting in the backlog, a bounded number per turn."""
+    def accept_waiting(self, port):
+        """Take the connections waiting in the port's backlog, a bounded number per turn."""
         for _ in range(64):
             if len(self._open) >= self.max_connections:
                 self.accept(False)  # the rest wait in the backlog
                 return
             try:
-                sock, address = self.listener.accept()
+                sock, address = port.sock.accept()
             except BlockingIOError:
                 return
             except OSError as exc:  # out of file descriptors, say: stop until the next sweep
@@ -221,10 +266,15 @@ class Connections:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, address, self.selector, expect_proxy=self.proxies is not None)
+            tls = None if port.tls is None else Channel(port.tls.context)
+            conn = Connection(sock, address, self.selector, self.proxies is not None, tls)
             self._open.add(conn)
             self.metrics.open_connections += 1
-            conn.enter(Connection.READING, self.idle_timeout)
+            if tls is None:
+                conn.enter(Connection.READING, self.idle_timeout)
+            else:
+                self.metrics.tls_connections += 1
+                conn.enter(Connection.HANDSHAKE, self.idle_timeout)
 
     def take_proxy_header(self, conn, mode):
         """Read the PROXY header (PROXY_PROTOCOL ``mode``) the connection must begin with: True
@@ -245,26 +295,83 @@ class Connections:
             conn.address = conn.proxy.source[0]
         return True
 
+    def handshake(self, conn, proxy_mode):
+        """Read the TLS port's first bytes: the PROXY header (PROXY_PROTOCOL ``proxy_mode``),
+        where one must come, then TLS's handshake. What it came to: "done" (what TLS still has
+        to send is to be flushed, then requests read), "plain_http" (the client spoke HTTP in
+        clear: to be answered so), or None (not yet, or closed)."""
+        if conn.outgoing:  # the handshake's messages waited to go
+            if not conn.send():
+                return None
+            conn.enter(Connection.HANDSHAKE, conn.deadline - time.monotonic())  # reading alone
+        data = conn.receive(decrypt=False)
+        if not data:
+            return None if data is None else self.close(conn)
+        if conn.proxy is Connection.PROXY_PENDING:
+            conn.buffer += data
+            if not self.take_proxy_header(conn, proxy_mode):
+                return None
+            data, conn.buffer = bytes(conn.buffer), bytearray()
+            if not data:
+                return None
+        try:
+            plain = conn.tls.receive(data)
+        except HandshakeRefused as refused:
+            self.metrics.tls_handshake(refused.outcome)
+            if refused.outcome == "plain_http":
+                conn.buffer += data
+                return refused.outcome
+            conn.outgoing += refused.alert
+            conn.send()  # what went wrong, as TLS says it; then closed
+            return self.close(conn)
+        conn.outgoing += conn.tls.output()
+        if not conn.tls.done:
+            conn.send()
+            return conn.enter(Connection.HANDSHAKE, conn.deadline - time.monotonic())
+        self.metrics.tls_handshake("ok")
+        conn.buffer += plain
+        conn.close_after = False
+        return "done"
+
     def close(self, conn):
         if conn.state is Connection.CLOSED:
             return
         conn.close()
         self._open.discard(conn)
         self.metrics.open_connections -= 1
+        if conn.tls is not None:
+            self.metrics.tls_connections -= 1
         self.accept()
+
+    def end_expired(self, conn):
+        """Close an expired connection unless a request of it is to be answered (a head that
+        never finished, an answer waiting): True when closed. A PROXY header or handshake
+        that never came whole is counted."""
+        if conn.proxy is Connection.PROXY_PENDING:
+            self.metrics.proxy_refused("timeout")
+        elif conn.state is Connection.HANDSHAKE:
+            self.metrics.tls_handshake("timeout")
+        elif conn.state is Connection.WAITING or conn.state is Connection.READING and conn.buffer:
+            return False
+        self.close(conn)  # idle, not reading what we send, or done lingering
+        return True
 
     def expired(self, now):
         return [c for c in self._open if c.deadline < now]
 
-    def with_requests(self):
-        """The connections reading, with bytes of requests not yet served."""
-        return [c for c in self._open if c.state is Connection.READING and c.buffer]
+    def ready_again(self):
+        """The connections reading, with bytes of requests not yet served, moved to READY."""
+        ready = [c for c in self._open if c.state is Connection.READING and c.buffer]
+        for conn in ready:
+            conn.enter(Connection.READY, None)
+        return ready
 
     def stop_accepting(self):
         """Close the port, and every connection that is not answering a request."""
         self.accept(False)
         self.stopping = True
-        self.listener.close()
+        for port in self.ports:
+            port.sock.close()
         for conn in [c for c in self._open if not c.handler]:
             self.close(conn)
 

@@ -10,6 +10,7 @@ import json
 from .logs import printable, request_target
 from .proxies import conclude, forwarded_elements, not_believed, x_forwarded_for
 from .responses import JSON, TEXT, Response
+from .tls import forwarded_client_cert
 
 _VARY_ACCEPT = (("Vary", "Accept"),)
 _AS_GIVEN = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Real-IP")
@@ -56,9 +57,23 @@ class Echo:
         }
         for name in _AS_GIVEN:
             seen[_key(name)] = headers.get(name)
+        tls = request.connection.tls
+        seen["tls"] = tls.info() if tls is not None and tls.done else None
+        seen["forwarded_client_cert"] = self._client_cert(headers, peer_host)
         seen["replica"] = self.me.replica_id
         seen["version"] = self.me.version
         return seen
+
+
+    def _client_cert(self, headers, peer):
+        """X-Forwarded-Client-Cert (Envoy's): what a trusted proxy says of the client's
+        certificate; from anyone else, not read (the client may have written it)."""
+        value = headers.get("X-Forwarded-Client-Cert")
+        if value is None:
+            return None
+        if not self.trusted.trusts(peer):
+            return {"from_trusted_proxy": False, "elements": None}
+        return {"from_trusted_proxy": True, "elements": forwarded_client_cert(value)}
 
 
 def _proxy_header(proxy):
@@ -93,6 +108,12 @@ def as_text(seen):
     lines.append(f"forwarded: {_shown(json.dumps(seen['forwarded']))}")
     for name in _AS_GIVEN:
         lines.append(f"{name.lower()}: {_shown(seen[_key(name)] or '-')}")
+    lines.append(f"tls: {_shown(_tls_words(seen['tls']))}")
+    cert = seen["forwarded_client_cert"]
+    if cert is not None:
+        said = json.dumps(cert["elements"]) if cert["from_trusted_proxy"] else "not read: the " \
+            "peer is not a trusted proxy"
+        lines.append(f"x-forwarded-client-cert: {_shown(said)}")
     lines.append(f"replica: {_shown(seen['replica'])}")
     lines.append(f"version: {seen['version']}")
     return "\n".join(lines) + "\n"
@@ -107,6 +128,18 @@ def _proxy_words(proxy):
         destination = _host_port(*proxy["destination"])
         words += f" from {source} to {destination}"
     return words + f", {proxy['tlv_bytes']} bytes of TLVs"
+
+
+def _tls_words(tls):
+    if tls is None:
+        return "none (plain HTTP)"
+    words = f"{tls['version']} {tls['cipher']}, sni {tls['sni'] or '-'}, alpn {tls['alpn'] or '-'}"
+    words += f", resumed {'yes' if tls['resumed'] else 'no'}"
+    cert = tls["client_certificate"]
+    if cert is None:
+        return words + ", no client certificate"
+    return words + f", client certificate {cert['subject']} from {cert['issuer']} " \
+                   f"(sha256 {cert['sha256']})"
 
 
 def _shown(text):

@@ -62,9 +62,9 @@ class Log:
         """Lines dropped because a stream's reader was slow or gone."""
         return self.out.dropped + self.err.dropped
 
-    def request(self, address, method, target, status, seconds, probe, peer=None):
+    def request(self, address, method, target, status, seconds, probe, peer=None, tls=None):
         """A request's line: the client's ``address`` and, when the connection came from
-        elsewhere (a proxy), its ``peer``."""
+        elsewhere (a proxy), its ``peer``; on TLS, its version (``tls``) at the end."""
         if not self.access or (probe and not self.probes):
             return
         peer = None if peer == address else peer
@@ -77,11 +77,14 @@ class Log:
                       "duration_ms": round(seconds * 1000, 3), "client": address}
             if peer:
                 fields["peer"] = peer
+            if tls:
+                fields["tls"] = tls
             self.out.put(self._object("info", **fields))
         else:
             via = f" via {peer}" if peer else ""
+            over = f" {tls}" if tls else ""
             self.out.put(f'{address}{via} "{printable(method or "-")} '
-                         f'{printable(target or "-")}" {status} {seconds * 1000:.1f}ms')
+                         f'{printable(target or "-")}" {status} {seconds * 1000:.1f}ms{over}')
 
     def started(self, message):
         """The start-up line, on stdout: what a user running it sees first."""

@@ -19,6 +19,7 @@ import typing
 
 from . import VERSION
 from .redis_state import OUTCOMES
+from .tls import HANDSHAKE_OUTCOMES
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 ROUND_TRIP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -57,6 +58,13 @@ FAMILIES = (
     Family("friendlyhello_proxy_refused_total", "counter",
            "Connections closed unanswered for their PROXY header: by reason.", ("reason",),
            every=PROXY_REFUSALS),
+    Family("friendlyhello_tls_handshakes_total", "counter",
+           "TLS handshakes on the TLS port, by outcome.", ("outcome",), every=HANDSHAKE_OUTCOMES),
+    Family("friendlyhello_tls_connections_open", "gauge",
+           "Client connections open on the TLS port."),
+    Family("friendlyhello_tls_certificate_not_after_seconds", "gauge",
+           "When the certificate served lapses (its notAfter), in seconds since the epoch.",
+           read=True, combine=min),
     Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
     Family("friendlyhello_build_info", "gauge",
            "The VERSION this replica was started with, friendlyhello's release and Python's "
@@ -123,6 +131,10 @@ class Metrics:
         self.series["friendlyhello_redis_replies_total"] = self.redis_replies
         self.proxy_refusals = collections.Counter(self.series["friendlyhello_proxy_refused_total"])
         self.series["friendlyhello_proxy_refused_total"] = self.proxy_refusals
+        self.handshakes = collections.Counter(self.series["friendlyhello_tls_handshakes_total"])
+        self.series["friendlyhello_tls_handshakes_total"] = self.handshakes
+        self.tls_connections = 0
+        self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
         sizes = self.series["friendlyhello_redis_pipeline_size"]
         self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)
         self.visits = self.series["friendlyhello_visits_total"].get((), 0)
@@ -140,15 +152,22 @@ class Metrics:
     def proxy_refused(self, reason):
         self.proxy_refusals[(reason,)] += 1
 
+    def tls_handshake(self, outcome):
+        self.handshakes[(outcome,)] += 1
+
     def snapshot(self):
         """This process's numbers as plain data: {"series": {family: {labels: value}},
         "process": {family: value}}."""
         self.series["friendlyhello_visits_total"] = {(): self.visits}
         self.series["friendlyhello_open_connections"] = {(): self.open_connections}
+        self.series["friendlyhello_tls_connections_open"] = {(): self.tls_connections}
         dropped = self._log.dropped if self._log else 0
         self.series["friendlyhello_log_lines_dropped_total"] = {(): dropped}
         series = {name: dict(values) for name, values in self.series.items()}
-        return {"series": series, "process": self._process()}
+        process = self._process()
+        if self.tls_files is not None:
+            process["friendlyhello_tls_certificate_not_after_seconds"] = self.tls_files.not_after
+        return {"series": series, "process": process}
 
     def publish(self):
         if self.shared is not None:

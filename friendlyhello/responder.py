@@ -53,8 +53,9 @@ class Responder:
         self.metrics.request(handler.command, handler.route_label, response.status, seconds)
         client = conn.address if self._trusted is None else self._client(conn, handler)
         target = handler.path or handler.requestline
+        tls = conn.tls and conn.tls.done and conn.tls.tls.version()
         self.log.request(client, handler.command, target, response.status, seconds, handler.probe,
-                         conn.peer[0])
+                         conn.peer[0], tls)
         close = handler.close_connection or self.stopping
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
@@ -98,17 +99,22 @@ class Responder:
             due.append(heapq.heappop(self._held_until)[2])
         return due
 
-    def end_hang(self):
-        """The hang has ended: the connections whose answers it held, in the order held."""
+    def follow_hang(self, hangs):
+        """Start or end hanging (the hang fault is ``hangs``): at its end, the connections whose
+        answers it held, in the order held, to release; None while it has not ended."""
+        ended, self.hanging = self.hanging and not hangs, hangs
+        if not ended:
+            return None
         held, self._held_by_hang = self._held_by_hang, []
         return held
 
-    def refuse(self, conn, status):
-        """Answer a request that never became one (too large, too slow), and close."""
+    def refuse(self, conn, status, response=None):
+        """Answer a request that never became one (too large, too slow, plain HTTP on the TLS
+        port), with ``response`` (else the status's own), and close."""
         self.metrics.request(None, "other", status, 0.0)
         self.log.request(conn.address, None, None, status, 0.0, False, conn.peer[0])
         conn.handler = None
-        data = response_bytes(error_response(status), self._headers(), close=True)
+        data = response_bytes(response or error_response(status), self._headers(), close=True)
         self._send(conn, data, True, linger=True)
 
     def internal_error(self, conn, exc):
@@ -116,7 +122,7 @@ class Responder:
         self.refuse(conn, 500)
 
     def _send(self, conn, data, close, linger):
-        conn.outgoing = data
+        conn.queue(data, close)
         conn.close_after = close
         conn.linger = linger
         return self.flush(conn)

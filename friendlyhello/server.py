@@ -14,14 +14,17 @@ import time
 
 import resp_client
 
-from .connection import Connection, Connections, HeadRefused
+from .connection import ClientGone, Connection, Connections, HeadRefused, Port
 from .http11 import RequestHandler
 from .responder import Responder
+from .responses import TEXT, Response
 
 SWEEP_INTERVAL = 0.25  # how often expired connections are looked for (and faults read)
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
 WAIT_MARGIN = 0.5      # beyond Redis's own timeouts, how long a request may wait for its reply
 INPUT_WHILE_HANGING = 64 * 1024  # while hanging, what a connection may send before it is closed
+PLAIN_HTTP_ON_TLS = Response(400, TEXT, "400 Bad Request: this port speaks HTTPS; the request "
+                                        "was sent in plain HTTP (use https://)\n")
 
 
 class Waker:
@@ -82,13 +85,14 @@ def no_reply_within(seconds):
 
 
 class HelloServer:
-    """Serves HTTP on ``listener``: accepts, reads heads, hands each to a RequestHandler with
-    the ``routes``, has the Responder send the answer (or submits its Redis command to
-    ``redis_thread``, which wakes the loop with ``waker``), and sweeps expired connections;
-    none expires while the hang fault is on (``faults``). ``stop()`` (safe from a signal
-    handler) turns readiness to 503 at once (``lifecycle``); then Shutdown's timers run."""
+    """Serves HTTP on the ``ports`` (connection.Port: plain, or TLS with its files): accepts,
+    sets up TLS, reads heads, hands each to a RequestHandler with the ``routes``, has the
+    Responder send the answer (or submits its Redis command to ``redis_thread``, which wakes the
+    loop with ``waker``), and sweeps expired connections; none expires while the hang fault is
+    on (``faults``). ``stop()`` (safe from a signal handler) turns readiness to 503 at once
+    (``lifecycle``); then Shutdown's timers run."""
 
-    def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, listener, log,
+    def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                  headers, faults, supervisor_pid=None):
         self.config = config
         self.routes = routes
@@ -99,15 +103,16 @@ class HelloServer:
         self.lifecycle = lifecycle
         self.log = log
         self.supervisor_pid = supervisor_pid  # in a worker: it stops when the supervisor is gone
-        self.port = listener.getsockname()[1]
+        self.tls = next((port.tls for port in ports if port.tls), None)  # the TLSFiles
         self.stopping = False
         # How long a request may wait on Redis: a round trip (connect, then reply), and a margin.
         self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
         self._selector = selectors.DefaultSelector()
         proxies = config.trusted_proxies if config.proxy_protocol != "off" else None
-        self.connections = Connections(listener, self._selector, config.max_connections,
+        self.connections = Connections(ports, self._selector, config.max_connections,
                                        config.idle_timeout, metrics, log, proxies)
         self.responder = Responder(config, self.connections, metrics, log, headers)
+        self.port, self.tls_port = self.connections.port_numbers()
         self._ready = []  # connections in state READY, served next turn
         self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
 
@@ -144,20 +149,27 @@ class HelloServer:
             self._shut_down()
 
     def _handle(self, data, events):
-        if data is Connections.LISTENER:
-            self.connections.accept_waiting()
+        if type(data) is Port:
+            self.connections.accept_waiting(data)
         elif data is _WAKE:
             self.waker.clear()
             self._take_replies()
-            if self.faults.state.hangs != self.responder.hanging:  # the admin port woke us
-                self._follow_hang()
+            self._follow_hang()  # if the admin port woke us for it
         else:
             try:
-                if events & selectors.EVENT_WRITE:
+                if data.state is Connection.HANDSHAKE:  # HTTP in clear is answered in clear
+                    step = self.connections.handshake(data, self.config.proxy_protocol)
+                    if step == "plain_http":
+                        self.responder.refuse(data, 400, PLAIN_HTTP_ON_TLS)
+                    elif step == "done" and self.responder.flush(data):  # its last messages
+                        self._serve_requests(data)
+                elif events & selectors.EVENT_WRITE:
                     if self.responder.flush(data):
                         self._serve_requests(data)
                 else:
                     self._read(data)
+            except ClientGone:
+                self.connections.close(data)
             except Exception as exc:  # noqa: BLE001 - a bug of ours ends this connection only
                 self.log.error(data.address, f"internal error: {exc!r}")
                 self.connections.close(data)
@@ -170,33 +182,26 @@ class HelloServer:
 
     def _follow_hang(self):
         """Start or end hanging as the faults say; at its end, answer what was asked meanwhile."""
-        hangs = self.faults.state.hangs
-        if hangs == self.responder.hanging:
-            return
-        self.responder.hanging = hangs
-        if hangs:
-            return
-        for conn in self.responder.end_hang():
-            self._release(conn)
-        for conn in self.connections.with_requests():
-            conn.enter(Connection.READY, None)
-            self._ready.append(conn)
+        held = self.responder.follow_hang(self.faults.state.hangs)
+        if held is not None:  # it has ended
+            for conn in held:
+                self._release(conn)
+            self._ready += self.connections.ready_again()
 
     def _sweep(self, now):
         self.faults.refresh()  # with workers: what the supervisor's admin port set
         self._follow_hang()
+        if self.tls is not None:
+            self.tls.look(now)  # the files changed, or SIGHUP asked
         for conn in [] if self.responder.hanging else self.connections.expired(now):
-            if conn.proxy is Connection.PROXY_PENDING:
-                self.metrics.proxy_refused("timeout")  # its PROXY header never came whole
-                self.connections.close(conn)
-            elif conn.state is Connection.READING and conn.buffer:
+            if self.connections.end_expired(conn):
+                continue
+            if conn.state is Connection.READING:
                 self.responder.refuse(conn, 408)  # a head that never finished arriving
-            elif conn.state is Connection.WAITING and conn.held is not None:
+            elif conn.held is not None:
                 self._release(conn)
-            elif conn.state is Connection.WAITING:
-                self._answer(conn, None, no_reply_within(self.redis_wait))
             else:
-                self.connections.close(conn)  # idle, not reading what we send, or done lingering
+                self._answer(conn, None, no_reply_within(self.redis_wait))
         self.connections.accept()  # after a failed accept(), try again
         self.metrics.publish()
         orphaned = self.supervisor_pid is not None and os.getppid() != self.supervisor_pid
@@ -205,12 +210,9 @@ class HelloServer:
             self.stop()
 
     def _read(self, conn):
-        try:
-            data = conn.sock.recv(65536)
-        except BlockingIOError:
+        data = conn.receive(decrypt=conn.state is not Connection.LINGERING)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if conn.state is Connection.READY or conn.state is Connection.WAITING:
             conn.read_ahead(data)  # served after the answer under way
         elif not data:

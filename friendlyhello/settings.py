@@ -18,6 +18,7 @@ import resp_client
 
 from .faults import error_rate, latency_range
 from .proxies import FORWARDED_HEADERS, PROXY_MODES, Trusted, trusted_networks
+from .tls import check_tls_settings
 
 
 class ConfigError(Exception):
@@ -98,6 +99,23 @@ def _token(text):
     if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}=*", text):
         raise ValueError("16 to 256 letters, digits or -._~+/ "
                          "(make one with: openssl rand -hex 16)")
+    return text
+
+
+def _port_or_off(text):
+    """PORT: a port, or off (TLS_PORT alone serves)."""
+    if text.lower() == "off":
+        return None
+    try:
+        return _whole(0, 65535)(text)
+    except ValueError:
+        raise ValueError("a whole number from 0 to 65535, or off (serve TLS_PORT alone)") from None
+
+
+def _path(text):
+    """A file's path: shown in messages, so printable; its contents never are."""
+    if not text or len(text) > 4096 or not _printable(text):
+        raise ValueError("the path of a file, in printable characters")
     return text
 
 
@@ -197,8 +215,8 @@ SETTINGS = [
     Setting("VERSION", "1", _version,
             "this release's name: in a header of every answer, the JSON answer, /replicas and "
             "/metrics, so a rolling update can be watched"),
-    Setting("PORT", 80, _whole(0, 65535),
-            "TCP port to listen on (0 picks a free one)"),
+    Setting("PORT", 80, _port_or_off,
+            "TCP port to serve plain HTTP on (0 picks a free one), or off to serve TLS_PORT alone"),
     Setting("BIND", "0.0.0.0", _host,
             "address to listen on"),
     Setting("REDIS_URL", None, _redis_url,
@@ -257,6 +275,19 @@ SETTINGS = [
     Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES),
             "v1, v2 or any: every connection must begin with a PROXY header (HAProxy's PROXY "
             "protocol) from one of TRUSTED_PROXIES; off: none is read"),
+    Setting("TLS_PORT", None, _whole(0, 65535),
+            "a TCP port to serve HTTPS on, beside PORT; needs TLS_CERT and TLS_KEY; unset: no TLS"),
+    Setting("TLS_CERT", None, _path,
+            "PEM file of the certificate, then its chain; read again within 5 s of changing, and "
+            "on SIGHUP"),
+    Setting("TLS_KEY", None, _path,
+            "PEM file of the certificate's private key, unencrypted (its bytes are never shown)"),
+    Setting("TLS_CLIENT_CA", None, _path,
+            "PEM file of the CA certificates that client certificates must chain to"),
+    Setting("TLS_CLIENT_AUTH", "off", _choice("off", "optional", "require"),
+            "client certificates: off (none asked for), optional (checked and shown in /echo if "
+            "sent), require (a handshake without one fails); optional and require need "
+            "TLS_CLIENT_CA"),
     # Faults to break it on purpose (see faults.py); all off by default.
     Setting("FAULT_ERRORS", "0", error_rate,
             "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS and counting no "
@@ -399,4 +430,8 @@ def load_config(argv=None, environ=None, args=None):
     if values["admin_port"] and values["admin_port"] == values["port"]:
         raise ConfigError(f"ADMIN_PORT={values['admin_port']} is PORT too: the admin port must "
                           "be another")
+    try:
+        check_tls_settings(values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(**values)

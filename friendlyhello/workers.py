@@ -13,6 +13,7 @@ import signal
 import time
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+HELD_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}  # blocked in a new worker until it has handlers
 
 class Supervisor:
     """Runs WORKERS processes on one port, each listening on a socket of its own (SO_REUSEPORT).
@@ -68,7 +69,7 @@ class Supervisor:
     def _start(self, slot):
         # Signals wait until the worker has its own handlers (serve() lets them through): a
         # SIGTERM passed on at once must not run the supervisor's handler in the worker.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
@@ -78,7 +79,11 @@ class Supervisor:
                 os._exit(code)
         self.workers[pid] = slot
         self.started[slot] = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+    def pass_on(self, signum):
+        for pid in list(self.workers):
+            _kill(pid, signum)
 
     def crash(self, code):
         """The admin port's crash: every worker ends at once and the supervisor exits with

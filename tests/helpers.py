@@ -19,7 +19,7 @@ import time
 import pytest
 
 import hello_server
-from friendlyhello import listening, logs, replicas, settings
+from friendlyhello import logs, replicas, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "hello_server.py")
@@ -118,7 +118,7 @@ class Running:
     def __init__(self, server, thread, access_log, error_log):
         self.server, self.thread = server, thread
         self.access_log, self.error_log = access_log, error_log
-        self.port = server.port
+        self.port, self.tls_port = server.port, server.tls_port
 
     def get(self, path="/", **options):
         return request(self.port, path, **options)
@@ -139,7 +139,9 @@ def serving(env=None, hostname=None, bind="127.0.0.1"):
     config = settings.load_config(["--port", "0", "--bind", bind], env or {})
     access_log, error_log = io.StringIO(), io.StringIO()
     log = logs.Log(config.access_log, config.log_format, {}, access_log, error_log)
-    server = hello_server.wire(config, listening.listen(config), log, hostname or socket.gethostname())
+    tls = hello_server.TLSFiles(config, log) if config.tls_port is not None else None
+    ports = hello_server.open_ports(config, tls)
+    server = hello_server.wire(config, ports, log, hostname or socket.gethostname())
     died = []
 
     def serve():
@@ -202,7 +204,7 @@ class Process:
         self.process = subprocess.Popen([sys.executable, SERVER, *args], env=full_env, start_new_session=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         Process.running.append(self)
-        self.port = None
+        self.port = self.tls_port = None
         self.first_line = None
 
     def wait_listening(self, timeout=10):
@@ -212,8 +214,10 @@ class Process:
         if not selector.select(timeout):
             raise AssertionError(f"no start-up line within {timeout}s")
         self.first_line = self.process.stdout.readline().decode()
-        assert "listening on http://" in self.first_line, self.first_line + self.stderr_now()
-        self.port = int(self.first_line.split("listening on http://", 1)[1].split(" ")[0].rsplit(":", 1)[1])
+        urls = re.match(r".*listening on (https?://\S+)(?: and (https://\S+))?", self.first_line)
+        assert urls, self.first_line + self.stderr_now()
+        ports = {url.split(":")[0]: int(url.rsplit(":", 1)[1]) for url in urls.groups() if url}
+        self.port, self.tls_port = ports.get("http", ports.get("https")), ports.get("https")
         return self.first_line
 
     def stderr_now(self):

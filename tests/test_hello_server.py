@@ -442,7 +442,8 @@ def test_bad_setting_exits_2_with_one_line_naming_it(capsys, env, args, named):
 def test_a_bad_setting_stops_the_real_process_before_it_binds():
     code, out, err = run_to_exit({"PORT": "eighty"})
     assert (code, out) == (2, "")
-    assert err == "friendlyhello: PORT='eighty' is not valid: expected a whole number from 0 to 65535\n"
+    assert err == ("friendlyhello: PORT='eighty' is not valid: expected a whole number from 0 to 65535, "
+                   "or off (serve TLS_PORT alone)\n")
 
 
 def test_flags_and_the_environment_give_the_same_settings_and_the_environment_alone_needs_no_flag_parser(

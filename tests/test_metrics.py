@@ -38,7 +38,8 @@ FAMILIES = {
     "friendlyhello_build_info": "gauge", "process_cpu_seconds": "counter", "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge", "process_open_fds": "gauge",
     "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter", "friendlyhello_proxy_refused": "counter",
-    "friendlyhello_fault": "gauge",
+    "friendlyhello_fault": "gauge", "friendlyhello_tls_handshakes": "counter",
+    "friendlyhello_tls_connections_open": "gauge",
 }
 
 
@@ -247,7 +248,14 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# TYPE friendlyhello_proxy_refused_total counter\n"
         + "".join(f'friendlyhello_proxy_refused_total{{reason="{r}"}} 0\n'
                   for r in ("malformed", "missing", "timeout", "untrusted_peer"))
-        +        "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
+        + "# HELP friendlyhello_tls_handshakes_total TLS handshakes on the TLS port, by outcome.\n"
+        "# TYPE friendlyhello_tls_handshakes_total counter\n"
+        + "".join(f'friendlyhello_tls_handshakes_total{{outcome="{o}"}} 0\n'
+                  for o in ("client_certificate_refused", "ok", "plain_http", "protocol_error", "timeout"))
+        + "# HELP friendlyhello_tls_connections_open Client connections open on the TLS port.\n"
+        "# TYPE friendlyhello_tls_connections_open gauge\n"
+        "friendlyhello_tls_connections_open 0\n"
+        "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
         "# TYPE friendlyhello_redis_up gauge\n"
         "friendlyhello_redis_up 0\n"
         "# HELP friendlyhello_build_info The VERSION this replica was started with, friendlyhello's release and "

@@ -600,6 +600,7 @@ x-forwarded-proto: https
 x-forwarded-host: demo.example
 x-forwarded-port: 443
 x-real-ip: 203.0.113.5
+tls: none (plain HTTP)
 replica: web-1
 version: 7
 """
@@ -621,6 +622,7 @@ x-forwarded-proto: -
 x-forwarded-host: -
 x-forwarded-port: -
 x-real-ip: -
+tls: none (plain HTTP)
 replica: web-1
 version: 1
 """
@@ -668,6 +670,6 @@ def test_echo_as_json_says_the_same():
         "forwarded_from": None, "forwarded_header": "X-Forwarded-For", "not_believed": [],
         "x_forwarded_for": [], "forwarded": [],
         "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
-        "replica": "web-1", "version": "1",
+        "tls": None, "forwarded_client_cert": None, "replica": "web-1", "version": "1",
     }
     assert isinstance(seen["peer"]["port"], int) and seen["peer"]["port"] > 0
