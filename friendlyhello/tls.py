@@ -12,7 +12,6 @@ HTTP/1.1 only (ALPN offers http/1.1, never h2); TLS 1.2 and 1.3; Mozilla's "inte
 ciphers for 1.2 (1.3's are all modern); no renegotiation, no compression.
 """
 
-import hashlib
 import os
 import ssl
 import threading
@@ -351,6 +350,8 @@ def distinguished_name(rdns):
 
 def client_certificate(decoded, der):
     """A verified client certificate, as /echo shows it."""
+    import hashlib  # only where a client certificate is shown
+
     name = distinguished_name
 
     return {
