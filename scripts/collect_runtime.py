@@ -4,7 +4,8 @@
 
 Standard library only; no network and no pip. It runs the server from DIR with this very
 interpreter along every path it can take (the page, JSON, probes, a bad request, --help,
---healthcheck, a bad setting, rediss://, a unix socket, a name lookup, SIGTERM), each with
+--healthcheck, a bad setting, rediss://, a unix socket, a name lookup, HTTPS with a client
+certificate, SIGTERM), each with
 `-X importtime`, and copies into ROOT:
 
 * the interpreter, at its own path, and a link to it at --entry;
@@ -115,6 +116,35 @@ def with_admin(env):
     return {**env, "ADMIN_PORT": str(admin_port), "ADMIN_TOKEN": ADMIN_TOKEN}, serve
 
 
+def with_tls(app, env, scratch, clients):
+    """Settings that serve HTTPS alone (PORT=off) with a certificate made here by the openssl
+    command line (Debian's ca-certificates, in the base image, brings it), the certificate its
+    own CA for client certificates; and what asks for pages over TLS, with one, then runs the
+    health check (its imports added to ``clients``)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise SystemExit("collect_runtime: no openssl command, to make a certificate for the TLS path")
+    cert, key = os.path.join(scratch, "tls.crt"), os.path.join(scratch, "tls.key")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    env = {**env, "PORT": "off", "TLS_PORT": str(free_port()), "TLS_CERT": cert, "TLS_KEY": key,
+           "TLS_CLIENT_CA": cert, "TLS_CLIENT_AUTH": "optional"}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(cert, key)
+
+    def serve(port):
+        for path in ("/", "/echo", "/healthz"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, context.wrap_socket(sock) as tls:
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                while tls.recv(65536):
+                    pass
+        ask(port, b"GET / HTTP/1.1\r\n\r\n")  # HTTP in clear, on the TLS port
+        clients.append(run_module(app, ["--healthcheck"], env=env))
+    return env, serve
+
+
 def imported_modules(app):
     """Every module any path of the server imports, by name."""
     fake_redis = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a timeout path
@@ -137,6 +167,7 @@ def imported_modules(app):
             run_module(app, ["--healthcheck"], env={"PORT": str(free_port())}),
         ]
         clients = []  # the health check and `watch`, run against a server
+        runs.append(run_module(app, env=(tls := with_tls(app, base, scratch, clients))[0], serve=tls[1]))
         runs.append(run_module(app, env=base, serve=lambda port: clients.extend([
             run_module(app, ["--healthcheck"], env={"PORT": str(port), "BIND": "127.0.0.1"}),
             run_module(app, ["watch", f"http://127.0.0.1:{port}/", "--duration", "0.5", "--json"]),

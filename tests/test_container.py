@@ -11,6 +11,8 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import ssl
 import subprocess
 import tarfile
 import time
@@ -18,6 +20,7 @@ import uuid
 
 import pytest
 
+from certificates import certificates
 from helpers import DISABLED, ROOT, free_port, unavailable, wait_until
 
 pytestmark = pytest.mark.container
@@ -569,3 +572,86 @@ def test_the_tiny_image_runs_two_workers_and_stops_them_promptly(engine, image, 
     run(engine, "stop", "-t", "10", container)
     assert time.monotonic() - started < 2
     assert run(engine, "inspect", "--format", "{{.State.ExitCode}}", container) == "0"
+
+
+def https_page(port, ca, timeout=3):
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock, \
+            context.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        return response.status, response.read().decode(), tls.version()
+
+
+def test_the_tiny_image_serves_https_alone_from_files_mounted_read_only_and_checks_its_health_so(
+        engine, image, containers, tmp_path):
+    certs = certificates()
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    shutil.copy(certs.pem("ecdsa"), folder / "tls.crt")
+    shutil.copy(certs.key("ecdsa"), folder / "tls.key")
+    for path in (folder / "tls.crt", folder / "tls.key"):
+        path.chmod(0o644)  # readable by the server's user, as a Secret volume's defaultMode makes them
+    folder.chmod(0o755)
+    tmp_path.chmod(0o755)
+    port = free_port()
+    container = containers("-p", f"127.0.0.1:{port}:8443", "-v", f"{folder}:/tls:ro", "-e", "PORT=off",
+                           "-e", "TLS_PORT=8443", "-e", "TLS_CERT=/tls/tls.crt", "-e", "TLS_KEY=/tls/tls.key",
+                           "--read-only", "--cap-drop", "ALL", image)
+
+    def served():
+        try:
+            return https_page(port, certs.ca)
+        except (OSError, http.client.HTTPException):
+            return None
+
+    status, body, version = wait_until(served, 15, "an HTTPS answer", pace=0.05, accept=lambda got: got is not None)
+    if engine.endswith("podman"):
+        run(engine, "healthcheck", "run", container)
+    health_state = wait_until(lambda: health(engine, container), 30, "a health state", pace=0.5,
+                              accept=lambda state: state != "starting")
+    started = time.monotonic()
+    run(engine, "stop", "-t", "10", container)
+    took = time.monotonic() - started
+    logs = run(engine, "logs", container)
+    assert status == 200 and body.startswith(f"<h3>Hello World!</h3><b>Hostname:</b> {container[:12]}")
+    assert version == "TLSv1.3" and health_state == "healthy"
+    assert took < 3 and run(engine, "inspect", "--format", "{{.State.ExitCode}}", container) == "0"
+    assert "listening on https://0.0.0.0:8443 " in logs and '"GET /" 200' in logs
+
+
+def test_compose_with_its_tls_file_serves_https_beside_the_page_from_mounted_secrets(engine, image, tmp_path):
+    certs = certificates()
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    for source, name in ((certs.pem("ecdsa"), "tls.crt"), (certs.key("ecdsa"), "tls.key")):
+        shutil.copy(source, folder / name)
+        (folder / name).chmod(0o644)
+    for path in (folder, tmp_path):
+        path.chmod(0o755)
+    project = f"fhtest{uuid.uuid4().hex[:8]}"
+    port, tls_port = free_port(), free_port()
+    compose = [*_compose(engine), "-p", project, "-f", os.path.join(ROOT, "compose.yaml"),
+               "-f", os.path.join(ROOT, "compose.tls.yaml")]
+    env = {**os.environ, "WEB_PORT": str(port), "WEB_TLS_PORT": str(tls_port), "TLS_DIR": str(folder)}
+
+    def compose_run(*args):
+        result = subprocess.run([*compose, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    try:
+        compose_run("up", "-d")
+        first = wait_for_count(port)
+
+        def served():
+            try:
+                return https_page(tls_port, certs.ca)
+            except (OSError, http.client.HTTPException):
+                return None
+
+        status, body, version = wait_until(served, 15, "an HTTPS answer", pace=0.1, accept=lambda got: got is not None)
+    finally:
+        compose_run("down", "-v")
+    assert status == 200 and version == "TLSv1.3"
+    assert body.startswith("<h3>Hello World!</h3>") and body.endswith(f"<b>Visits:</b> {first + 1}")

@@ -21,10 +21,11 @@ LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernet
 
 
 def manifest_files():
+    """Every whole manifest: the base's and the optional ones (not the overlays' patches)."""
     found = []
     for folder, _, files in os.walk(K8S):
         found += [os.path.relpath(os.path.join(folder, f), K8S) for f in files if f.endswith(".yaml")]
-    return sorted(f for f in found if f != "kustomization.yaml")
+    return sorted(f for f in found if not f.endswith("kustomization.yaml") and not f.startswith("tls/"))
 
 
 def load(name):
@@ -54,10 +55,86 @@ def web_container():
 
 # -- the schemas and the kustomization ----------------------------------------------------------
 
+# cert-manager's Certificate and Issuer (v1), which the API's own schemas do not hold: their
+# fields as cert-manager's API reference gives them, those this project uses and their neighbours.
+CERT_MANAGER_FIELDS = {
+    "Certificate": {"secretName", "issuerRef", "dnsNames", "ipAddresses", "uriSANs", "emailAddresses",
+                    "commonName", "duration", "renewBefore", "privateKey", "usages", "isCA", "subject",
+                    "secretTemplate", "keystores", "revisionHistoryLimit", "encodeUsagesInRequest"},
+    "Issuer": {"selfSigned", "ca", "acme", "vault", "venafi"},
+}
+PRIVATE_KEY_FIELDS = {"algorithm", "size", "rotationPolicy", "encoding"}
+
+
+def validate(document):
+    if document["apiVersion"] != "cert-manager.io/v1":
+        return kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = document["spec"]
+    assert set(spec) <= CERT_MANAGER_FIELDS[document["kind"]], document["kind"]
+    if document["kind"] == "Certificate":
+        assert {"secretName", "issuerRef"} <= set(spec) and set(spec["issuerRef"]) <= {"name", "kind", "group"}
+        assert set(spec["privateKey"]) <= PRIVATE_KEY_FIELDS and spec["privateKey"]["algorithm"] in (
+            "RSA", "ECDSA", "Ed25519")
+        assert all(re.fullmatch(r"\d+h", spec[field]) for field in ("duration", "renewBefore"))
+    return None
+
+
 @pytest.mark.parametrize("name", manifest_files())
 def test_every_manifest_validates_strictly_against_the_kubernetes_api(name):
     for document in load(name):
+        validate(document)
+
+
+def merged(base, patch):
+    """A strategic merge patch, as kustomize applies one, for what k8s/tls/'s patch holds:
+    maps merged, lists of named items merged by name, other values replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{key: merged(base.get(key), value) for key, value in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all("name" in item for item in base + patch):
+        by_name = {item["name"]: item for item in base}
+        for item in patch:
+            by_name[item["name"]] = merged(by_name.get(item["name"]), item)
+        return list(by_name.values())
+    return patch
+
+
+def tls_resources():
+    """What `kubectl apply -k k8s/tls/` creates: the base, with the overlay's patches merged."""
+    (overlay,) = load(os.path.join("tls", "kustomization.yaml"))
+    assert overlay["resources"] == [".."]
+    patches = [doc for patch in overlay["patches"] for doc in load(os.path.join("tls", patch["path"]))]
+    rendered = []
+    for resource in resources():
+        for patch in patches:
+            if (patch["kind"], patch["metadata"]["name"]) == (resource["kind"], resource["metadata"]["name"]):
+                resource = merged(resource, patch)
+        rendered.append(resource)
+    return rendered
+
+
+def test_the_tls_overlay_validates_and_its_pods_meet_the_restricted_standard():
+    rendered = tls_resources()
+    for document in rendered:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    (deployment,) = [r for r in rendered if r["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    (service,) = [r for r in rendered if r["kind"] == "Service" and r["metadata"]["name"] == "friendlyhello"]
+    (container,) = pod["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "https": 8443}
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (80, "http"), "https": (443, "https")}
+
+
+def test_the_cert_manager_certificate_issues_the_secret_the_tls_overlay_mounts():
+    (issuer, certificate) = load("optional/certificate.yaml")
+    (deployment,) = [r for r in tls_resources() if r["kind"] == "Deployment"]
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"] == "friendlyhello-tls"
+    assert certificate["spec"]["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer",
+                                                "group": "cert-manager.io"}
+    assert "friendlyhello" in certificate["spec"]["dnsNames"]
 
 
 def test_kustomization_lists_every_manifest_but_the_optional_ones():
@@ -228,3 +305,34 @@ def test_the_image_and_version_are_the_ones_the_readme_and_server_name():
     with open(os.path.join(ROOT, "Dockerfile")) as dockerfile:
         assert re.search(r"^USER (\d+)", dockerfile.read(), re.M).group(1) == \
             str(web_container()["securityContext"]["runAsUser"])
+
+
+def test_the_tls_pod_serves_https_from_the_secret_s_two_files_beside_its_probes(tmp_path):
+    """The overlay's environment, with the Secret's mount moved to a folder here holding what a
+    kubernetes.io/tls Secret holds: tls.crt and tls.key."""
+    from certificates import certificates
+    from test_tls import client_context, https
+    certs = certificates()
+    (deployment,) = [r for r in tls_resources() if r["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (mount,) = container["volumeMounts"]
+    env = pod_environment(container)
+    folder = tmp_path / "secret"
+    folder.mkdir()
+    for source, name in ((certs.pem("ecdsa"), "tls.crt"), (certs.key("ecdsa"), "tls.key")):
+        with open(source) as file:
+            (folder / name).write_text(file.read())
+    moved = {k: v.replace(mount["mountPath"], str(folder)) for k, v in env.items()}
+    plain, tls_port = free_port(), free_port()
+    proc = Process({**moved, "PORT": str(plain), "TLS_PORT": str(tls_port), "BIND": "127.0.0.1",
+                    "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port()), "REDIS_TIMEOUT": "0.5"})
+    try:
+        proc.wait_listening()
+        probe = request(plain, container["readinessProbe"]["httpGet"]["path"]).status
+        status, _, body = https(tls_port, "/", client_context(certs))
+    finally:
+        proc.signal()
+        proc.finish()
+    assert env["TLS_CERT"] == mount["mountPath"] + "/tls.crt" and env["TLS_KEY"] == mount["mountPath"] + "/tls.key"
+    assert mount["readOnly"] is True and env["TLS_PORT"] == "8443"
+    assert probe == 200 and status == 200 and body.startswith(b"<h3>Hello")

@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from certificates import certificates
 from friendlyhello import watch
 from helpers import ROOT, unavailable, wait_until
 from registry import Docker, Registry
@@ -106,9 +107,14 @@ def stack():
         client("tag", IMAGE, name)
         client("push", name)
         client("image", "rm", name)
+        certs = certificates()  # HTTPS too (stack.tls.yaml), its pair kept as Swarm secrets
+        for secret, path in TLS_SECRETS.items():
+            docker("secret", "rm", secret, check=False)
+            docker("secret", "create", secret, path(certs))
         try:
             client("stack", "deploy", "--with-registry-auth", "-c", os.path.join(ROOT, "stack.yaml"),
-                   "-c", os.path.join(ROOT, "tests", "stack.test.yaml"), deployed.name)
+                   "-c", os.path.join(ROOT, "stack.tls.yaml"), "-c", os.path.join(ROOT, "tests", "stack.test.yaml"),
+                   deployed.name)
             took = swarm_wait(lambda: deployed.healthy(5), 120, "five healthy replicas")
             image = docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", deployed.web)
             print(f"\nstack deployed from {image}, five replicas healthy after {took:.1f}s")
@@ -121,6 +127,40 @@ def stack():
             swarm_wait(lambda: not docker("network", "ls", "-q", "--filter", f"name={deployed.network}"),
                        120, "the stack's removal")  # its tasks stop in their own time: up to the grace period each
             docker("volume", "rm", f"{deployed.name}_redis-data", check=False)
+            for secret in TLS_SECRETS:
+                docker("secret", "rm", secret, check=False)
+
+
+TLS_SECRETS = {"friendlyhello_tls_cert": lambda certs: certs.pem("ecdsa"),
+               "friendlyhello_tls_key": lambda certs: certs.key("ecdsa")}
+HTTPS_CLIENT = """
+import collections, http.client, json, socket, ssl
+context = ssl.create_default_context(cafile="/certs/ca.pem")
+seen = collections.Counter()
+for _ in range(40):  # a new connection each time: tasks.web names each replica in turn
+    with socket.create_connection(("tasks.web", 8443), timeout=5) as sock, \\
+            context.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(b"GET / HTTP/1.1\\r\\nHost: web\\r\\nAccept: application/json\\r\\nConnection: close\\r\\n\\r\\n")
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        seen[f"{response.status} {tls.version()} {json.loads(response.read())['hostname']}"] += 1
+print(json.dumps(seen))
+"""
+KEY_MODE = ("import os; st = os.stat('/run/secrets/tls.key'); "
+            "print(st.st_uid, st.st_gid, oct(st.st_mode & 0o777))")
+
+
+def test_https_is_served_by_every_replica_from_the_swarm_s_secrets_readable_by_its_user_alone(stack):
+    certs = certificates()
+    out = docker("run", "--rm", "--network", stack.network, "-v", f"{certs.folder}:/certs:ro", CLIENT_IMAGE,
+                 "python", "-c", HTTPS_CLIENT, timeout=120)
+    seen = json.loads(out.splitlines()[-1])
+    (replica, _), *_ = stack.tasks(stack.web)
+    mode = docker("exec", replica, "/usr/local/bin/python3", "-S", "-c", KEY_MODE)
+    print(f"\nHTTPS through tasks.web: {seen}")
+    assert sum(seen.values()) == 40 and all(answer.startswith("200 TLSv1.3 ") for answer in seen)
+    assert len(seen) == 5  # every replica answered
+    assert mode == "10001 10001 0o400"
 
 
 def assert_every_request_answered_and_counted_once(seen, rise):
