@@ -187,23 +187,29 @@ def test_a_handshake_that_stalls_or_is_garbage_holds_one_connection_and_delays_n
         stalled[1].sendall(hello[:len(hello) // 2])      # half a ClientHello
         garbage = socket.create_connection(("127.0.0.1", server.tls_port))
         garbage.sendall(b"\x16\x03\x01\x00\x05" + os.urandom(64))  # a handshake record of noise
+        midway = socket.create_connection(("127.0.0.1", server.tls_port), timeout=3)
+        midway.sendall(hello)  # a real ClientHello, the server's answer, then noise as its Finished
+        flight = midway.recv(65536)
+        midway.sendall(b"\x17\x03\x03\x00\x40" + os.urandom(64))
         started = time.monotonic()
         served = [https(server.tls_port, "/healthz", context)[0] for _ in range(20)]
         took = time.monotonic() - started
         garbage.settimeout(2)
         alert = garbage.recv(100)
+        midway_end = b"".join(iter(lambda: midway.recv(65536), b""))
         for sock in stalled:
             sock.settimeout(3)
             assert sock.recv(100) == b""  # closed at IDLE_TIMEOUT
         closed_after = time.monotonic() - started
         metrics = server.get("/metrics").text
-    for sock in [*stalled, garbage]:
+    for sock in [*stalled, garbage, midway]:
         sock.close()
     assert served == [200] * 20 and took < 1
     assert alert[:1] == b"\x15"  # a TLS alert says what went wrong, then the connection closes
+    assert flight[:1] == b"\x16" and midway_end[:1] in (b"\x15", b"\x17")  # an alert (encrypted, in 1.3)
     assert 0.9 < closed_after < 2.5
     assert metric_sample(metrics, 'friendlyhello_tls_handshakes_total{outcome="timeout"}') == 3
-    assert metric_sample(metrics, 'friendlyhello_tls_handshakes_total{outcome="protocol_error"}') == 1
+    assert metric_sample(metrics, 'friendlyhello_tls_handshakes_total{outcome="protocol_error"}') == 2
 
 
 def test_records_already_received_are_served_at_once_not_when_the_socket_turns_readable(certs):

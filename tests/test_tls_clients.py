@@ -110,6 +110,9 @@ def test_openssl_s_client_versions_alpn_and_a_resumed_session(server, certs, tmp
     session = str(tmp_path / "session.pem")
     first = s_client(port, "-CAfile", certs.ca, "-sess_out", session, "-ign_eof", stdin=request)
     second = s_client(port, "-CAfile", certs.ca, "-sess_in", session, "-ign_eof", stdin=request)
+    renegotiate = s_client(port, "-tls1_2", stdin="R\n")  # s_client's command: renegotiate
+    chained = server(TLS_CERT=certs.chain("ecdsa"))
+    chain = s_client(chained.tls_port, "-showcerts", "-CAfile", certs.ca, "-verify_return_error", stdin="")
     assert refused.returncode != 0 and "alert protocol version" in refused.stdout + refused.stderr
     assert "Protocol  : TLSv1.2" in tls12.stdout and "Verify return code: 0 (ok)" in tls12.stdout
     assert "HTTP/1.1 200 OK" in tls12.stdout
@@ -117,6 +120,9 @@ def test_openssl_s_client_versions_alpn_and_a_resumed_session(server, certs, tmp
     assert "ALPN protocol: http/1.1" in both.stdout
     assert "New, TLSv1.3" in first.stdout and "Reused, TLSv1.3" in second.stdout, second.stdout[-2000:]
     assert "HTTP/1.1 200 OK" in second.stdout
+    said = renegotiate.stdout + renegotiate.stderr
+    assert "RENEGOTIATING" in said and "unexpected eof" in said  # refused: the connection is closed
+    assert chain.stdout.count("-----BEGIN CERTIFICATE-----") == 2 and "Verify return code: 0 (ok)" in chain.stdout
 
 
 @pytest.fixture
