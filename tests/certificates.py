@@ -33,6 +33,11 @@ class Certificates:
                    ca="other-ca")
         self.issue("expired", "localhost", "ec", SERVER_NAMES, "serverAuth", dates=("20200101000000Z",
                                                                                  "20200201000000Z"))
+        # notAfter as GeneralizedTime (2050 and later), and on a leap day
+        self.issue("far", "localhost", "ec", SERVER_NAMES, "serverAuth", dates=("20260101000000Z",
+                                                                             "20510301000000Z"))
+        self.issue("leap", "localhost", "ec", SERVER_NAMES, "serverAuth", dates=("20260101000000Z",
+                                                                              "20280229123456Z"))
         self._run("pkey", "-in", self.key("ecdsa"), "-aes256", "-passout", "pass:secret",
                   "-out", self.path("encrypted.key"))
 

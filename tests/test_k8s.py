@@ -307,6 +307,7 @@ def test_the_image_and_version_are_the_ones_the_readme_and_server_name():
             str(web_container()["securityContext"]["runAsUser"])
 
 
+@pytest.mark.slow  # a server process, for the quick loop's time
 def test_the_tls_pod_serves_https_from_the_secret_s_two_files_beside_its_probes(tmp_path):
     """The overlay's environment, with the Secret's mount moved to a folder here holding what a
     kubernetes.io/tls Secret holds: tls.crt and tls.key."""

@@ -5,6 +5,8 @@ HTTP sent in clear, handshakes that stall or are garbage, a PROXY header before 
 records decrypted at once, settings refused before binding, rotation, the admin port, metrics.
 """
 
+import calendar
+import datetime
 import hashlib
 import http.client
 import json
@@ -14,12 +16,15 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
 import pytest
 
 from certificates import certificates
+from friendlyhello.settings import ConfigError, load_config
+from friendlyhello.tls import TLSFiles, TLSSetupError, certificate_not_after, distinguished_name, forwarded_client_cert
 from helpers import (
     Process,
     metric_sample,
@@ -237,8 +242,8 @@ def test_records_already_received_are_served_at_once_not_when_the_socket_turns_r
         while answers.count(b"HTTP/1.1 ") < 3 and time.monotonic() < deadline:
             incoming.write(sock.recv(65536))
             try:
-                while True:  # every record received (the client's own side of the same lesson)
-                    answers += tls.read(65536)
+                while chunk := tls.read(65536):  # every record received (the client's side of it)
+                    answers += chunk
             except ssl.SSLWantReadError:
                 pass
         sock.close()
@@ -266,7 +271,7 @@ def key_bytes(certs, name):
         return [line for line in file.read().splitlines() if not line.startswith("-----")]
 
 
-@pytest.mark.parametrize("case, settings, words", [
+BAD_TLS_SETTINGS = [
     ("no such file", {"TLS_CERT": "/nonexistent/cert.pem"}, "TLS_CERT=/nonexistent/cert.pem: cannot read it: "
                                                              "No such file or directory"),
     ("a key for a certificate", {"TLS_CERT": "KEY:rsa"}, "holds no PEM certificate"),
@@ -279,9 +284,10 @@ def key_bytes(certs, name):
     ("require without a CA", {"TLS_CLIENT_AUTH": "require"}, "TLS_CLIENT_AUTH=require needs TLS_CLIENT_CA"),
     ("PORT off without TLS", {"TLS_PORT": None, "TLS_CERT": None, "TLS_KEY": None, "PORT": "off"},
      "PORT=off needs TLS_PORT"),
-])
-def test_a_tls_setting_that_cannot_work_stops_it_before_it_binds_with_one_line_and_no_key(certs, case, settings,
-                                                                                          words):
+]
+
+
+def bad_env(certs, settings):
     env = {**tls_env(certs), "TLS_KEY": certs.key("rsa")}
     for name, value in settings.items():
         if value is None:
@@ -292,6 +298,30 @@ def test_a_tls_setting_that_cannot_work_stops_it_before_it_binds_with_one_line_a
             env[name] = certs.path(value)
         else:
             env[name] = value
+    return env
+
+
+@pytest.mark.parametrize("case, settings, words", BAD_TLS_SETTINGS)
+def test_what_cannot_work_is_refused_with_one_line_naming_the_setting_and_no_byte_of_the_key(certs, case,
+                                                                                            settings, words):
+    env = bad_env(certs, settings)
+    try:
+        config = load_config([], env)
+        TLSFiles(config)  # as main does, before anything binds
+    except (ConfigError, TLSSetupError) as exc:
+        said = str(exc)
+    else:
+        raise AssertionError(f"{case}: accepted")
+    assert words in said and "\n" not in said, said
+    assert "KEY-----" not in said
+    assert not any(line in said for line in key_bytes(certs, "rsa") + key_bytes(certs, "ecdsa"))
+
+
+@pytest.mark.slow  # the same, end to end: a process that exits 2
+@pytest.mark.parametrize("case, settings, words", [BAD_TLS_SETTINGS[3], BAD_TLS_SETTINGS[6]])
+def test_a_tls_setting_that_cannot_work_stops_it_before_it_binds_with_one_line_and_no_key(certs, case, settings,
+                                                                                          words):
+    env = bad_env(certs, settings)
     code, out, err = run_to_exit(env)
     assert (code, out) == (2, ""), case
     assert err.count("\n") == 1 and err.startswith("friendlyhello: ") and words in err, err
@@ -508,7 +538,6 @@ def test_x_forwarded_client_cert_is_what_a_trusted_proxy_says_and_read_from_no_o
 
 def test_tls_metrics_count_handshakes_and_connections_open_and_give_the_certificate_s_lapse(certs):
     with open(certs.pem("rsa"), "rb") as file:
-        from friendlyhello.tls import certificate_not_after
         lapse = certificate_not_after(file.read(), "TLS_CERT", "rsa.pem")
     with serving(tls_env(certs)) as server:
         held = [connect(server.tls_port, client_context(certs)) for _ in range(3)]
@@ -524,3 +553,99 @@ def test_tls_metrics_count_handshakes_and_connections_open_and_give_the_certific
     assert metric_sample(metrics, "friendlyhello_tls_certificate_not_after_seconds") == lapse
     assert abs(lapse - time.time() - 30 * 86400) < 3600  # the test certificate: 30 days
     assert metric_sample(closed, 'friendlyhello_tls_handshakes_total{outcome="ok"}') == 3
+
+
+@pytest.mark.parametrize("name", ["rsa", "ecdsa", "expired", "client", "far", "leap"])
+def test_the_certificate_s_lapse_is_read_from_its_der_as_openssl_reads_it(certs, name):
+    said = subprocess.run(["openssl", "x509", "-in", certs.pem(name), "-noout", "-enddate"], capture_output=True,
+                          text=True, check=True).stdout.strip().split("=", 1)[1]
+    with open(certs.pem(name), "rb") as file:
+        assert certificate_not_after(file.read(), "TLS_CERT", name) == ssl.cert_time_to_seconds(said)
+
+
+def test_days_from_the_epoch_agree_with_the_calendar_on_every_day_of_two_centuries():
+    from friendlyhello.tls import _days_since_epoch
+    day = datetime.date(1950, 1, 1)
+    while day.year < 2150:
+        assert _days_since_epoch(day.year, day.month, day.day) * 86400 == calendar.timegm(day.timetuple()), day
+        day += datetime.timedelta(days=1)
+
+
+def test_a_certificate_file_that_is_not_one_is_refused_in_words(tmp_path):
+    for text, words in ((b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n", "cannot be read"),
+                        (b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n", "cannot be read"),
+                        (b"-----BEGIN CERTIFICATE-----\n", "holds no PEM certificate")):
+        with pytest.raises(TLSSetupError) as refused:
+            certificate_not_after(text, "TLS_CERT", "c.pem")
+        assert str(refused.value).startswith("TLS_CERT=c.pem: ") and words in str(refused.value)
+
+
+def test_names_are_written_as_rfc_4514_writes_them():
+    name = ((("countryName", "US"),), (("organizationName", "Acme, Inc."),),
+            (("commonName", 'a+b "c" <d>;e\\f'), ("userId", "x")), (("emailAddress", "#1 "),))
+    assert distinguished_name(name) == ('emailAddress=\\#1 ,CN=a\\+b \\"c\\" \\<d\\>\\;e\\\\f+UID=x,'
+                                        'O=Acme\\, Inc.,C=US')
+    assert distinguished_name(((("commonName", " lead"),),)) == "CN=\\ lead"
+    assert distinguished_name(()) == ""
+
+
+@pytest.mark.parametrize("value, elements", [
+    ("Hash=abc", [{"hash": "abc"}]),
+    ('By=a;Subject="CN=x,O=y;z";URI=u,By=b', [{"by": "a", "subject": "CN=x,O=y;z", "uri": "u"}, {"by": "b"}]),
+    ('Subject="say \\"hi\\""; DNS=a ;DNS=b;DNS=c', [{"subject": 'say "hi"', "dns": ["a ", "b", "c"]}]),
+    ("By=a, By=b,By=c", [{"by": "a"}, {"by": "b"}, {"by": "c"}]),
+    ("Hash=", [{"hash": ""}]),
+    ("junk", []),
+])
+def test_x_forwarded_client_cert_is_parsed_as_envoy_writes_it(value, elements):
+    assert forwarded_client_cert(value) == elements
+
+
+def test_a_client_hello_in_pieces_and_a_request_in_records_with_a_piece_of_the_next_are_served(certs):
+    with serving(tls_env(certs)) as server:
+        sock = socket.create_connection(("127.0.0.1", server.tls_port), timeout=5)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context(certs).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        for piece in (hello[:3], hello[3:11], hello[11:]):  # the later pieces begin with any byte
+            sock.sendall(piece)
+            time.sleep(0.02)
+        while True:
+            incoming.write(sock.recv(65536))
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+        sock.sendall(outgoing.read())
+        tls.write(b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.write(b"GET /status/202 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        records = outgoing.read()
+        second = records.rindex(b"\x17\x03\x03")
+        sock.sendall(records[:second + 7])  # the first record whole, and a piece of the second
+        time.sleep(0.1)
+        sock.sendall(records[second + 7:])
+        answers = b""
+        while b"HTTP/1.1 202" not in answers:
+            data = sock.recv(65536)
+            assert data, answers
+            incoming.write(data)
+            try:
+                while chunk := tls.read(65536):  # b"": the server's close_notify
+                    answers += chunk
+            except ssl.SSLWantReadError:
+                pass
+        sock.close()
+    assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"201", b"202"]
+
+
+def test_a_client_that_goes_before_its_handshake_counts_no_handshake(certs):
+    with serving(tls_env(certs)) as server:
+        for _ in range(3):
+            socket.create_connection(("127.0.0.1", server.tls_port)).close()
+        metrics = wait_until(lambda: server.get("/metrics").text, 2, "the connections closed",
+                             accept=lambda text: metric_sample(text, "friendlyhello_tls_connections_open") == 0)
+    assert all(metric_sample(metrics, f'friendlyhello_tls_handshakes_total{{outcome="{o}"}}') == 0
+               for o in ("ok", "timeout", "plain_http", "protocol_error", "client_certificate_refused"))
