@@ -61,16 +61,16 @@ def check_tls_settings(values):
         raise ValueError("TLS_CERT needs TLS_KEY, and TLS_KEY needs TLS_CERT: set both")
     if cert is not None and port is None:
         raise ValueError("TLS_CERT and TLS_KEY need TLS_PORT: the port to serve HTTPS on, "
-                          "e.g. TLS_PORT=443")
+                         "e.g. TLS_PORT=443")
     if values["port"] is None and port is None:
         raise ValueError("PORT=off needs TLS_PORT: with neither, nothing would be served")
     if port and port in (values["port"], values["admin_port"]):
         raise ValueError(f"TLS_PORT={port} is {'PORT' if port == values['port'] else 'ADMIN_PORT'}"
-                          " too: it must be a port of its own")
+                         " too: it must be a port of its own")
     auth, ca = values["tls_client_auth"], values["tls_client_ca"]
     if auth != "off" and ca is None:
         raise ValueError(f"TLS_CLIENT_AUTH={auth} needs TLS_CLIENT_CA: the CA certificates "
-                          "that client certificates are checked against")
+                         "that client certificates are checked against")
     if ca is not None and (auth == "off" or port is None):
         raise ValueError("TLS_CLIENT_CA needs TLS_PORT and TLS_CLIENT_AUTH=optional or require")
 
