@@ -45,12 +45,13 @@ from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
 from friendlyhello.site import Site
 from friendlyhello.tls import TLSFiles, TLSSetupError
+from friendlyhello.websocket import Upgrade
 from friendlyhello.workers import HELD_SIGNALS, Supervisor
 
 PING = resp_client.encode_command(("PING",))
 
 
-def route_table(config, site, echo, commands):
+def route_table(config, site, echo, commands, upgrade):
     """Every path the server answers: the Site's answer, the Redis command sent first (none
     when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
     (left out of the access log by default). A path ending in "/" takes the rest of the path
@@ -66,6 +67,7 @@ def route_table(config, site, echo, commands):
         "/echo":     Route(echo.answer),
         "/status/":  Route(site.status),  # /status/418
         "/delay/":   Route(site.delay),   # /delay/1.5
+        "/ws":       Route(upgrade.answer),  # WebSocket: greets, echoes, ?ticks=S
     }
 
 
@@ -96,7 +98,7 @@ def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None,
     redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
                                commands.visit_commands)
     lifecycle.needs("redis", redis_thread.is_alive)
-    routes = route_table(config, site, Echo(config, me), commands)
+    routes = route_table(config, site, Echo(config, me), commands, Upgrade(config, me))
     headers = CommonHeaders(me.replica_id, config.version)
     return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                        headers, faults, supervisor_pid)

@@ -15,6 +15,7 @@ MAX_HEAD = 16 * 1024         # request line plus headers; more gets 431
 LINGER = 2.0                 # after closing our side, how long to drop what a client still sends
 READ_AHEAD = 64 * 1024       # what a client may send while its request waits; the rest waits
                              # in the kernel
+MAX_BACKLOG = 256 * 1024     # a WebSocket's frames waiting to go, past which its own are not read
 
 
 class HeadRefused(Exception):
@@ -56,14 +57,16 @@ class Connection:
     READY     more requests are buffered than one turn of the loop serves: the rest wait for
               the next turn, so a client that pipelines thousands cannot hold up the others
     WAITING   a request waits for Redis (or its delay)
+    WEBSOCKET upgraded (websocket.py): frames both ways, no deadline of its own (pings say
+              whether the client is there); not read while MAX_BACKLOG waits to go to it
     SENDING   a response is going out; the client must take it by the deadline
     LINGERING our side is shut after a response: what the client still sends is read and
               dropped until it closes or the deadline, so it can read our answer (RFC 9112 9.6)
     CLOSED    done
     """
 
-    HANDSHAKE, READING, READY, WAITING, SENDING, LINGERING, CLOSED = (
-        "handshake", "reading", "ready", "waiting", "sending", "lingering", "closed")
+    HANDSHAKE, READING, READY, WAITING, SENDING, WEBSOCKET, LINGERING, CLOSED = (
+        "handshake", "reading", "ready", "waiting", "sending", "websocket", "lingering", "closed")
     # What the selector watches the socket for in each state. READY and WAITING go on reading
     # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
     # costs no change to the selector, where unwatching and watching again cost two syscalls.
@@ -73,12 +76,14 @@ class Connection:
         READY: selectors.EVENT_READ,
         WAITING: selectors.EVENT_READ,
         SENDING: selectors.EVENT_WRITE,
+        WEBSOCKET: selectors.EVENT_READ,  # and EVENT_WRITE while frames wait to go
         LINGERING: selectors.EVENT_READ,
         CLOSED: 0,
     }
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline",
-                 "buffer", "outgoing", "handler", "started", "close_after", "linger", "held", "tls")
+                 "buffer", "outgoing", "handler", "started", "close_after", "linger", "held", "tls",
+                 "ws")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
@@ -100,12 +105,15 @@ class Connection:
         self.linger = False        # ...and linger, since the client may still be sending
         self.held = None           # an answer held until its deadline or the hang's end (WAITING)
         self.tls = tls             # a tls.Channel on the TLS port; its bytes pass through it
+        self.ws = None             # a websocket.Session, once upgraded
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
         the selector then watches the socket for what that state waits for."""
         events = self.EVENTS[state]
-        if state is self.HANDSHAKE and self.outgoing:
+        if state is self.WEBSOCKET and len(self.outgoing) >= MAX_BACKLOG:
+            events = 0  # a client that does not read has its frames left unread
+        if (state is self.HANDSHAKE or state is self.WEBSOCKET) and self.outgoing:
             events |= selectors.EVENT_WRITE
         if (state is self.READY or state is self.WAITING) and len(self.buffer) >= READ_AHEAD:
             events = 0  # enough is read ahead: the rest waits in the kernel
@@ -154,7 +162,7 @@ class Connection:
     def queue(self, data, close=False):
         """Put ``data`` to be sent (then TLS's close_notify, on TLS, with ``close``)."""
         if self.tls is None or not self.tls.done:
-            self.outgoing = data
+            self.outgoing += data  # after a WebSocket's frames still waiting, if any
         else:
             self.outgoing += self.tls.encrypt(data, close)
 
@@ -222,6 +230,7 @@ class Connections:
         # With the PROXY protocol on: the only peers taken, each to send a PROXY header first.
         self.proxies = proxies
         self.stopping = False
+        self.going_away = lambda conn: None  # the WebSockets' (set by the loop)
         self._open = set()
         self._accepting = False
 
@@ -231,8 +240,8 @@ class Connections:
         return numbers.get(False, numbers.get(True)), numbers.get(True)
 
     def busy(self):
-        """True while a request is being answered."""
-        return any(c.handler for c in self._open)
+        """True while a request is being answered, or a WebSocket is open."""
+        return any(c.handler or c.ws for c in self._open)
 
     def accept(self, on=True):
         """Watch the listener for new connections (or stop), unless the table is full or it is
@@ -372,8 +381,10 @@ class Connections:
         self.stopping = True
         for port in self.ports:
             port.sock.close()
-        for conn in [c for c in self._open if not c.handler]:
+        for conn in [c for c in self._open if not c.handler and c.ws is None]:
             self.close(conn)
+        for conn in [c for c in self._open if c.ws is not None]:
+            self.going_away(conn)  # a Close each, and the drain for their answers
 
     def close_all(self):
         for conn in list(self._open):

@@ -65,6 +65,13 @@ FAMILIES = (
     Family("friendlyhello_tls_certificate_not_after_seconds", "gauge",
            "When the certificate served lapses (its notAfter), in seconds since the epoch.",
            read=True, combine=min),
+    Family("friendlyhello_websockets_open", "gauge", "WebSockets open now."),
+    Family("friendlyhello_websocket_messages_total", "counter",
+           "WebSocket messages, by direction (a greeting, an echo and a tick are each one sent).",
+           ("direction",), every=("received", "sent")),
+    Family("friendlyhello_websocket_closes_total", "counter",
+           "WebSockets closed, by the close code that ended them (cut: no Close came or went).",
+           ("code",)),
     Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
     Family("friendlyhello_build_info", "gauge",
            "The VERSION this replica was started with, friendlyhello's release and Python's "
@@ -134,6 +141,11 @@ class Metrics:
         self.handshakes = collections.Counter(self.series["friendlyhello_tls_handshakes_total"])
         self.series["friendlyhello_tls_handshakes_total"] = self.handshakes
         self.tls_connections = 0
+        self.websockets_open = 0
+        messages = "friendlyhello_websocket_messages_total"
+        closes = "friendlyhello_websocket_closes_total"
+        self.ws_messages = self.series[messages] = collections.Counter(self.series[messages])
+        self.ws_closes = self.series[closes] = collections.Counter(self.series[closes])
         self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
         sizes = self.series["friendlyhello_redis_pipeline_size"]
         self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)
@@ -155,12 +167,19 @@ class Metrics:
     def tls_handshake(self, outcome):
         self.handshakes[(outcome,)] += 1
 
+    def websocket_message(self, direction):
+        self.ws_messages[(direction,)] += 1
+
+    def websocket_close(self, code):
+        self.ws_closes[(str(code),)] += 1  # RFC 6455's codes and "cut": bounded
+
     def snapshot(self):
         """This process's numbers as plain data: {"series": {family: {labels: value}},
         "process": {family: value}}."""
         self.series["friendlyhello_visits_total"] = {(): self.visits}
         self.series["friendlyhello_open_connections"] = {(): self.open_connections}
         self.series["friendlyhello_tls_connections_open"] = {(): self.tls_connections}
+        self.series["friendlyhello_websockets_open"] = {(): self.websockets_open}
         dropped = self._log.dropped if self._log else 0
         self.series["friendlyhello_log_lines_dropped_total"] = {(): dropped}
         series = {name: dict(values) for name, values in self.series.items()}

@@ -56,6 +56,10 @@ class Responder:
         tls = conn.tls and conn.tls.done and conn.tls.tls.version()
         self.log.request(client, handler.command, target, response.status, seconds, handler.probe,
                          conn.peer[0], tls)
+        if response.upgrade is not None:  # 101: its greeting follows, in WebSocket's frames
+            conn.ws, greeting = response.upgrade
+            data = response_bytes(response, self._headers()) + greeting
+            return self._send(conn, data, False, False)
         close = handler.close_connection or self.stopping
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
@@ -138,6 +142,9 @@ class Responder:
             conn.enter(Connection.SENDING, self.idle_timeout)
         elif not conn.close_after:
             conn.handler = None
+            if conn.ws is not None:  # upgraded: the loop's WebSockets take it on
+                conn.enter(Connection.WEBSOCKET, None)
+                return True
             conn.enter(Connection.READING, self.idle_timeout)
             return True
         elif conn.linger and conn.shut_sending():

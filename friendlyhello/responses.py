@@ -25,6 +25,7 @@ class Response(typing.NamedTuple):
     body: str
     headers: tuple = ()   # (name, value) pairs beyond the common ones
     delay: float = 0.0    # seconds to hold it before it is sent (held by the loop, not a thread)
+    upgrade: tuple | None = None  # a 101's (websocket.Session, its greeting frame)
 
 
 def error_response(status):
@@ -37,7 +38,7 @@ def error_response(status):
 # A reason phrase is optional (RFC 9112 4): codes without one of http's get none.
 _STATUS_LINES = {code: f"HTTP/1.1 {code} \r\n" for code in range(200, 600)}
 _STATUS_LINES.update({s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus})
-_NO_CONTENT = {204, 304}  # answers that carry no content, nor a Content-Length
+_NO_CONTENT = {101, 204, 304}  # answers that carry no content, nor a Content-Length
 REPLICA_HEADER, VERSION_HEADER = "Friendlyhello-Replica", "Friendlyhello-Version"
 
 
@@ -68,8 +69,9 @@ def response_bytes(response, common, *, head_only=False, close=False, keep_alive
     """The whole response, in one buffer: status, the ``common`` fields (a CommonHeaders'
     text), the route's, the body."""
     body = response.body.encode()
-    parts = [_STATUS_LINES[response.status], common,
-             "Content-Type: ", response.content_type, "\r\n"]
+    parts = [_STATUS_LINES[response.status], common]
+    if response.content_type:  # none on a 101
+        parts += ["Content-Type: ", response.content_type, "\r\n"]
     head_only = head_only or response.status in _NO_CONTENT
     if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
         parts += ["Content-Length: ", str(len(body)), "\r\n"]

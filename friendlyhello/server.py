@@ -18,6 +18,7 @@ from .connection import ClientGone, Connection, Connections, HeadRefused, Port
 from .http11 import RequestHandler
 from .responder import Responder
 from .responses import TEXT, Response
+from .websocket import WebSockets
 
 SWEEP_INTERVAL = 0.25  # how often expired connections are looked for (and faults read)
 REQUESTS_PER_TURN = 8  # pipelined requests of one connection served per turn of the loop
@@ -77,6 +78,13 @@ class Shutdown:
         return wait
 
 
+def until(wait, *due):
+    """``wait``, or less: until the soonest of the times ``due`` comes (an answer held, a
+    WebSocket's ping or tick; None: nothing due)."""
+    soonest = min((t for t in due if t is not None), default=None)
+    return wait if soonest is None else min(wait, max(soonest - time.monotonic(), 0.0))
+
+
 def no_reply_within(seconds):
     """The error of a request whose Redis reply did not come back in time."""
     error = resp_client.RedisTimeoutError(f"no reply from the Redis thread within {seconds:g}s")
@@ -113,6 +121,7 @@ class HelloServer:
                                        config.idle_timeout, metrics, log, proxies)
         self.responder = Responder(config, self.connections, metrics, log, headers)
         self.port, self.tls_port = self.connections.port_numbers()
+        self.websockets = WebSockets(self.connections, metrics, config.ws_ping_interval)
         self._ready = []  # connections in state READY, served next turn
         self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
 
@@ -130,9 +139,7 @@ class HelloServer:
                     wait = shutdown.next_wait(time.monotonic(), self.connections, wait)
                     if wait is None:
                         return
-                released_at = self.responder.next_release()
-                if released_at is not None:
-                    wait = min(wait, max(released_at - time.monotonic(), 0.0))
+                wait = until(wait, self.responder.next_release(), self.websockets.next_due())
                 if self._for_redis:  # the turn's Redis commands, together (as auto-pipelining does)
                     self.redis_thread.submit(self._for_redis)
                     self._for_redis = []
@@ -140,6 +147,7 @@ class HelloServer:
                     self._handle(key.data, events)
                 self._serve_ready()
                 now = time.monotonic()
+                self.websockets.turn(now)
                 for conn in self.responder.due(now):
                     self._release(conn)
                 if now >= next_sweep:
@@ -157,7 +165,9 @@ class HelloServer:
             self._follow_hang()  # if the admin port woke us for it
         else:
             try:
-                if data.state is Connection.HANDSHAKE:  # HTTP in clear is answered in clear
+                if data.state is Connection.WEBSOCKET:
+                    self.websockets.handle(data, events)
+                elif data.state is Connection.HANDSHAKE:  # HTTP in clear is answered in clear
                     step = self.connections.handshake(data, self.config.proxy_protocol)
                     if step == "plain_http":
                         self.responder.refuse(data, 400, PLAIN_HTTP_ON_TLS)
@@ -176,8 +186,7 @@ class HelloServer:
 
     def stop(self):
         """Safe from a signal handler or another thread."""
-        self.stopping = self.responder.stopping = True
-        self.lifecycle.shutting_down = True
+        self.stopping = self.responder.stopping = self.lifecycle.shutting_down = True
         self.waker.wake()
 
     def _follow_hang(self):
@@ -204,8 +213,7 @@ class HelloServer:
                 self._answer(conn, None, no_reply_within(self.redis_wait))
         self.connections.accept()  # after a failed accept(), try again
         self.metrics.publish()
-        orphaned = self.supervisor_pid is not None and os.getppid() != self.supervisor_pid
-        if orphaned and not self.stopping:
+        if self.supervisor_pid not in (None, os.getppid()) and not self.stopping:
             self.log.warning("worker", "the supervisor is gone: shutting down")
             self.stop()
 
@@ -235,8 +243,10 @@ class HelloServer:
 
     def _serve_requests(self, conn):
         """Answer the complete requests the connection has sent, until one has to wait or
-        this turn's share is served."""
+        this turn's share is served (or it became a WebSocket)."""
         for _ in range(REQUESTS_PER_TURN):
+            if conn.state is Connection.WEBSOCKET:  # its 101 went: frames from now on
+                return self.websockets.opened(conn)
             if conn.state is not Connection.READING or self.responder.hanging:
                 return
             try:

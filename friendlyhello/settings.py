@@ -288,6 +288,12 @@ SETTINGS = [
             "client certificates: off (none asked for), optional (checked and shown in /echo if "
             "sent), require (a handshake without one fails); optional and require need "
             "TLS_CLIENT_CA"),
+    Setting("WS_MAX_MESSAGE", 1024 * 1024, _whole(125, 64 * 1024 * 1024),
+            "bytes of one WebSocket message at most (its fragments together); more closes it "
+            "with 1009"),
+    Setting("WS_PING_INTERVAL", 20.0, _seconds(0, 3600),
+            "seconds between the pings each WebSocket is sent; one unanswered by the next closes "
+            "it"),
     # Faults to break it on purpose (see faults.py); all off by default.
     Setting("FAULT_ERRORS", "0", error_rate,
             "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS and counting no "

@@ -85,7 +85,10 @@ def serve_every_page(port):
                 b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n",
                 b"GET / HTTP/1.1\r\nHost: x\r\nSec-Purpose: prefetch\r\n\r\n",
                 b"\x16\x03\x01\x00\x01\x00\r\n\r\n",
-                b"GET / HTTP/2.0\r\n\r\n"):
+                b"GET / HTTP/2.0\r\n\r\n",
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                b"\x81\x82abcd\x09\x0b" b"\x88\x80abcd"):  # a WebSocket: "hi", then Close
         ask(port, raw + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 

@@ -39,7 +39,8 @@ FAMILIES = {
     "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge", "process_open_fds": "gauge",
     "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter", "friendlyhello_proxy_refused": "counter",
     "friendlyhello_fault": "gauge", "friendlyhello_tls_handshakes": "counter",
-    "friendlyhello_tls_connections_open": "gauge",
+    "friendlyhello_tls_connections_open": "gauge", "friendlyhello_websockets_open": "gauge",
+    "friendlyhello_websocket_messages": "counter", "friendlyhello_websocket_closes": "counter",
 }
 
 
@@ -255,6 +256,17 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         + "# HELP friendlyhello_tls_connections_open Client connections open on the TLS port.\n"
         "# TYPE friendlyhello_tls_connections_open gauge\n"
         "friendlyhello_tls_connections_open 0\n"
+        "# HELP friendlyhello_websockets_open WebSockets open now.\n"
+        "# TYPE friendlyhello_websockets_open gauge\n"
+        "friendlyhello_websockets_open 0\n"
+        "# HELP friendlyhello_websocket_messages_total WebSocket messages, by direction (a greeting, an echo and a "
+        "tick are each one sent).\n"
+        "# TYPE friendlyhello_websocket_messages_total counter\n"
+        'friendlyhello_websocket_messages_total{direction="received"} 0\n'
+        'friendlyhello_websocket_messages_total{direction="sent"} 0\n'
+        "# HELP friendlyhello_websocket_closes_total WebSockets closed, by the close code that ended them (cut: no "
+        "Close came or went).\n"
+        "# TYPE friendlyhello_websocket_closes_total counter\n"
         "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
         "# TYPE friendlyhello_redis_up gauge\n"
         "friendlyhello_redis_up 0\n"

@@ -26,6 +26,7 @@ def closed_after(sock):
     return time.monotonic() - started, received
 
 
+@pytest.mark.slow  # waits out a whole timeout: for the quick loop's time
 def test_a_kept_alive_connection_is_let_idle_the_whole_idle_timeout_after_an_answer():
     with serving(refused_env(IDLE_TIMEOUT="0.3")) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -35,6 +36,7 @@ def test_a_kept_alive_connection_is_let_idle_the_whole_idle_timeout_after_an_ans
     assert received == b"" and 0.3 <= took < 0.3 + SLACK
 
 
+@pytest.mark.slow  # waits out a whole timeout: for the quick loop's time
 def test_a_kept_alive_connection_still_serves_just_before_its_idle_timeout():
     with serving(refused_env(IDLE_TIMEOUT="0.5")) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -44,6 +46,7 @@ def test_a_kept_alive_connection_still_serves_just_before_its_idle_timeout():
             time.sleep(pause)  # the idle time itself: most of the timeout, twice over in all
 
 
+@pytest.mark.slow  # waits out a whole timeout: for the quick loop's time
 def test_a_proxy_header_that_never_finishes_is_waited_for_the_whole_idle_timeout():
     env = refused_env(TRUSTED_PROXIES="127.0.0.1", PROXY_PROTOCOL="v1", IDLE_TIMEOUT="0.3")
     with serving(env) as server, socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -71,6 +74,7 @@ def test_the_shutdown_delay_goes_on_serving_for_its_whole_length_then_the_port_c
     assert during.status == 200 and 0.3 <= took < 0.3 + SLACK
 
 
+@pytest.mark.slow  # waits out a whole timeout: for the quick loop's time
 def test_the_drain_waits_for_a_request_in_flight_for_the_drain_timeout_and_no_longer(fake_redis):
     fake_redis.script(Silence())
     with serving({**redis_env(fake_redis), "REDIS_TIMEOUT": "20", "DRAIN_TIMEOUT": "0.3"}) as server, \

@@ -1,0 +1,386 @@
+"""WebSocket at /ws, with clients not written here (the `websockets` package, a strict client;
+`wsproto`, frames crafted at will) and raw sockets for frames no client would send: the
+greeting, the echo, ticks, fragments with control frames between them, the close handshake,
+each broken frame's close code, pings, a client that does not read, TLS, and a stop."""
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+import websockets.sync.client
+import wsproto
+import wsproto.events
+
+from certificates import certificates
+from helpers import Process, free_port, metric_sample, raw_exchange, refused_env, serving, unavailable, wait_until
+from test_proxies import fill, wait_for_port
+from test_tls import tls_env
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """One server for the tests that need nothing of their own (it starts in 50 ms, but there
+    are many of them): REPLICA_ID web-1, VERSION 7."""
+    with serving(refused_env(REPLICA_ID="web-1", VERSION="7")) as server:
+        yield server
+
+
+def client_frame(opcode, payload=b"", final=True, mask=True, rsv=0, length=None):
+    """A frame as a client sends it (masked), or as it must not."""
+    first = (0x80 if final else 0) | rsv | opcode
+    length = len(payload) if length is None else length
+    if length < 126:
+        head = struct.pack("!BB", first, (0x80 if mask else 0) | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first, (0x80 if mask else 0) | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_frame(sock):
+    """One server frame: (opcode, payload); None when the connection closed."""
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    head = exactly(2)
+    if head is None:
+        return None
+    assert not head[1] & 0x80, "a server's frame is never masked"
+    length = head[1] & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", exactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", exactly(8))[0]
+    return head[0] & 0x0F, exactly(length) if length else b""
+
+
+def opened(port, path=b"/ws", buffers=None):
+    """A raw socket past the upgrade and the greeting (its kernel buffers this small, if
+    ``buffers``); the greeting's JSON."""
+    sock = socket.socket()
+    if buffers:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(UPGRADE.replace(b"/ws", path, 1))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), head
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head  # RFC 6455's example
+    opcode, greeting = read_frame(sock)
+    assert opcode == 1
+    return sock, json.loads(greeting)
+
+
+def closed_with(sock):
+    """The close code of the server's Close, and whether the connection then ended."""
+    while True:
+        got = read_frame(sock)
+        if got is None:
+            return None, True
+        opcode, payload = got
+        if opcode == 8:
+            code = struct.unpack("!H", payload[:2])[0] if payload else None
+            return code, read_frame(sock) is None
+
+
+def test_a_websocket_greets_with_who_answered_then_echoes_text_as_text_and_binary_as_binary(shared):
+    server = shared
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws",
+                                        additional_headers={"X-Test": "yes"}) as ws:
+        greeting = json.loads(ws.recv())
+        ws.send("héllo, wörld")
+        text = ws.recv()
+        ws.send(b"\x00\xff" * 40000)
+        binary = ws.recv()
+        lines = server.log_lines()
+    assert (greeting["replica"], greeting["version"]) == ("web-1", "7") and greeting["hostname"]
+    assert ["X-Test", "yes"] in greeting["headers"] and ["Upgrade", "websocket"] in greeting["headers"]
+    assert text == "héllo, wörld" and binary == b"\x00\xff" * 40000
+    assert any('"GET /ws" 101' in line for line in lines)
+
+
+def test_ticks_name_the_replica_every_interval(shared):
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{shared.port}/ws?ticks=0.1") as ws:
+        ws.recv()
+        started = time.monotonic()
+        ticks = [json.loads(ws.recv()) for _ in range(3)]
+        took = time.monotonic() - started
+    assert [t["tick"] for t in ticks] == [1, 2, 3] and {t["replica"] for t in ticks} == {"web-1"}
+    assert 0.25 < took < 0.6
+
+
+@pytest.mark.parametrize("request_bytes, status, words", [
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 426, b"send Upgrade: websocket"),
+    (UPGRADE.replace(b"Version: 13", b"Version: 8"), 426, b"Sec-WebSocket-Version: 13\r\n"),
+    (UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"), 400, b"16 bytes in base64"),
+    (UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"), 426, b"GET and HTTP/1.1"),
+    (UPGRADE.replace(b"/ws", b"/ws?ticks=0"), 400, b"ticks: seconds from"),
+    (UPGRADE.replace(b"GET", b"POST"), 405, b"Allow: GET, HEAD"),
+])
+def test_what_is_not_an_upgrade_it_takes_is_answered_in_http_saying_why(shared, request_bytes, status, words):
+    server = shared
+    closing = request_bytes.replace(b"Connection: Upgrade", b"Connection: Upgrade, close")
+    if closing == request_bytes:
+        closing = request_bytes.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    answer = raw_exchange(server.port, closing, timeout=3)
+    assert answer.startswith(b"HTTP/1.1 %d " % status) and words in answer, answer[:300]
+
+
+def test_fragments_with_a_ping_between_them_make_one_message_and_the_close_code_is_echoed(shared):
+    connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = shared
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(connection.send(wsproto.events.Request(host="x", target="/ws")))
+    events = []
+
+    def until(kind):
+        while not any(isinstance(e, kind) for e in events):
+            connection.receive_data(sock.recv(65536))
+            events.extend(connection.events())
+        return [e for e in events if isinstance(e, kind)]
+
+    until(wsproto.events.TextMessage)  # the greeting
+    events.clear()
+    sock.sendall(connection.send(wsproto.events.TextMessage(data="hel", message_finished=False)))
+    sock.sendall(connection.send(wsproto.events.Ping(payload=b"between")))
+    sock.sendall(connection.send(wsproto.events.TextMessage(data="lo", message_finished=True)))
+    (pong,) = until(wsproto.events.Pong)
+    echoed = until(wsproto.events.TextMessage)
+    sock.sendall(connection.send(wsproto.events.CloseConnection(code=4000, reason="bye")))
+    (close,) = until(wsproto.events.CloseConnection)
+    end = sock.recv(100)
+    sock.close()
+    assert pong.payload == b"between" and "".join(e.data for e in echoed) == "hello"
+    assert close.code == 4000 and end == b""
+
+
+BROKEN = [
+    ("a reserved bit", client_frame(1, b"x", rsv=0x40), 1002),
+    ("a reserved opcode", client_frame(3, b"x"), 1002),
+    ("an unmasked frame", client_frame(1, b"x", mask=False), 1002),
+    ("a control frame of 126 bytes", client_frame(9, b"p" * 126), 1002),
+    ("a fragmented ping", client_frame(9, b"p", final=False), 1002),
+    ("a continuation first", client_frame(0, b"x"), 1002),
+    ("a new message inside a fragmented one", client_frame(1, b"a", final=False) + client_frame(1, b"b"), 1002),
+    ("a 64-bit length with its top bit set", struct.pack("!BBQ", 0x81, 0xFF, 1 << 63) + b"\0" * 4, 1002),
+    ("text that is not UTF-8", client_frame(1, b"\xff\xfe"), 1007),
+    ("a fragment's first bad byte, before the end", client_frame(1, b"ok\xc3\x28", final=False), 1007),
+    ("a message over WS_MAX_MESSAGE", client_frame(2, length=2_000_000), 1009),
+    ("fragments over WS_MAX_MESSAGE together", client_frame(2, b"x" * 600_000, final=False)
+     + client_frame(0, b"x" * 600_000), 1009),
+    ("a Close of one byte", client_frame(8, b"\x03"), 1002),
+    ("a Close with code 1005", client_frame(8, struct.pack("!H", 1005)), 1002),
+    ("a Close reason that is not UTF-8", client_frame(8, struct.pack("!H", 1000) + b"\xff"), 1007),
+]
+
+
+@pytest.mark.parametrize("case, data, code", BROKEN, ids=[case for case, _, _ in BROKEN])
+def test_a_broken_frame_closes_with_its_code_and_then_the_connection(shared, case, data, code):
+    server = shared
+    sock, _ = opened(server.port)
+    sock.sendall(data)
+    got, ended = closed_with(sock)
+    sock.close()
+    still = server.get("/healthz").status
+    assert (got, ended, still) == (code, True, 200), case
+
+
+def test_a_frame_sent_a_byte_at_a_time_is_echoed(shared):
+    server = shared
+    sock, _ = opened(server.port)
+    for byte in client_frame(1, b"a byte at a time"):
+        sock.send(bytes([byte]))
+    echoed = read_frame(sock)
+    sock.close()
+    assert echoed == (1, b"a byte at a time")
+
+
+@pytest.mark.slow
+def test_an_unanswered_ping_closes_with_1008_and_an_answering_client_stays():
+    with serving(refused_env(WS_PING_INTERVAL="0.2")) as server:
+        silent, _ = opened(server.port)
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws") as answering:
+            answering.recv()
+            ping = read_frame(silent)
+            started = time.monotonic()
+            got, ended = closed_with(silent)
+            took = time.monotonic() - started
+            time.sleep(0.5)
+            answering.send("still here")
+            echoed = answering.recv()
+        silent.close()
+    assert ping == (9, b"friendlyhello") and (got, ended) == (1008, True) and 0.1 < took < 0.5
+    assert echoed == "still here"
+
+
+@pytest.mark.slow
+def test_a_client_that_does_not_read_has_its_frames_left_unread_and_loses_none():
+    """40 messages of 64 KiB sent, none read: the server stops reading when a backlog is
+    waiting (and past what the kernel's buffers hold, the sender is stopped too); then every
+    echo arrives, whole and in order."""
+    with serving(refused_env()) as server:
+        sock, _ = opened(server.port, buffers=65536)
+        (conn,) = [c for c in server.server.connections._open if c.ws is not None]
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # no room to hide a backlog in
+        sock.setblocking(False)
+        sent, messages = 0, [bytes([n]) * 65536 for n in range(40)]
+        data = b"".join(client_frame(2, m) for m in messages)
+        deadline = time.monotonic() + 1
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += sock.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        held = len(conn.outgoing) + len(conn.buffer)
+        reading = conn.events & selectors.EVENT_READ
+        sock.setblocking(True)
+        echoes = []
+        reader = threading.Thread(target=lambda: echoes.extend(read_frame(sock) for _ in messages))
+        reader.start()  # reading now, the rest can be sent
+        sock.sendall(data[sent:])
+        reader.join(10)
+        sock.close()
+    assert sent < len(data) and not reading  # the server stopped taking them
+    assert held < 512 * 1024  # bounded: a backlog and a read, not the 2.6 MB sent
+    assert echoes == [(2, m) for m in messages]
+
+
+def test_a_client_flooding_small_frames_delays_no_other(shared):
+    server = shared
+    flood, _ = opened(server.port)
+    flood.sendall(b"".join(client_frame(9, b"f") for _ in range(20000)))  # pings, pongs unread
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws") as other:
+        other.recv()
+        started = time.monotonic()
+        for n in range(20):
+            other.send(str(n))
+            assert other.recv() == str(n)
+        took = time.monotonic() - started
+    flood.close()
+    assert took < 1.0
+
+
+def test_wss_is_the_same_websocket_over_tls():
+    certs = certificates()
+    context = ssl.create_default_context(cafile=certs.ca)
+    with serving(tls_env(certs)) as server, websockets.sync.client.connect(
+            f"wss://localhost:{server.tls_port}/ws", ssl=context) as ws:
+        greeting = json.loads(ws.recv())
+        ws.send("over TLS")
+        echoed = ws.recv()
+        lines = server.log_lines()
+    assert greeting["replica"] and echoed == "over TLS"
+    assert any('"GET /ws" 101' in line and line.endswith("TLSv1.3") for line in lines)
+
+
+def test_websockets_count_under_max_connections_and_in_metrics():
+    with serving(refused_env(MAX_CONNECTIONS="3")) as server:
+        first = websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws").__enter__()
+        second = websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws").__enter__()
+        for ws in (first, second):
+            ws.recv()
+            ws.send("one")
+            ws.recv()
+        metrics = server.get("/metrics").text  # the third connection
+        first.close(code=1000)
+        second.close(code=4001)
+        after = wait_until(lambda: server.get("/metrics").text, 2, "the closes counted",
+                           accept=lambda text: metric_sample(text, "friendlyhello_websockets_open") == 0)
+    assert metric_sample(metrics, "friendlyhello_websockets_open") == 2
+    assert metric_sample(after, 'friendlyhello_websocket_messages_total{direction="received"}') == 2
+    assert metric_sample(after, 'friendlyhello_websocket_messages_total{direction="sent"}') == 4  # greetings, echoes
+    assert metric_sample(after, 'friendlyhello_websocket_closes_total{code="1000"}') == 1
+    assert metric_sample(after, 'friendlyhello_websocket_closes_total{code="4001"}') == 1
+
+
+@pytest.mark.slow
+def test_a_stopping_replica_takes_upgrades_during_its_delay_then_closes_each_with_1001_and_exits_0():
+    proc = Process({**refused_env(), "PORT": "0", "BIND": "127.0.0.1", "SHUTDOWN_DELAY": "0.6",
+                    "DRAIN_TIMEOUT": "3"})
+    try:
+        proc.wait_listening()
+        early, _ = opened(proc.port)
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late, _ = opened(proc.port)  # during the delay: balancers have not learned yet
+        started = time.monotonic()
+        codes = []
+        for sock in (early, late):
+            while (got := read_frame(sock)) is not None and got[0] != 8:
+                pass
+            codes.append(struct.unpack("!H", got[1][:2])[0])
+            sock.sendall(client_frame(8, got[1][:2]))  # the close handshake, answered
+        ends = [read_frame(sock) for sock in (early, late)]
+        for sock in (early, late):
+            sock.close()  # as a client does once the server's side has ended
+        code = proc.wait(5)
+        took = time.monotonic() - started
+    finally:
+        out, _ = proc.finish()
+    assert codes == [1001, 1001] and ends == [None, None]
+    assert code == 0 and took < 2
+    assert out.count('"GET /ws" 101') == 2
+
+
+@pytest.mark.slow  # real nginx and HAProxy, started for it
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_through_nginx_and_haproxy_the_websocket_greets_echoes_and_closes_cleanly(kind, tmp_path):
+    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        unavailable(f"{kind} is not installed (apt-get install haproxy nginx-light)")
+    front = free_port()
+    with serving(refused_env(REPLICA_ID="behind")) as server:
+        config = tmp_path / f"{kind}.conf"
+        config.write_text(fill("nginx-ws.conf" if kind == "nginx" else "haproxy-ws.cfg", scratch=tmp_path,
+                               front_port=front, plain_port=server.port))
+        command = [binary, "-c", str(config)] if kind == "nginx" else [binary, "-db", "-f", str(config)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(front, process)
+            with websockets.sync.client.connect(f"ws://127.0.0.1:{front}/ws?ticks=0.1") as ws:
+                greeting = json.loads(ws.recv())
+                tick = json.loads(ws.recv())
+                ws.send("through " + kind)
+                while (echoed := ws.recv()).startswith("{"):
+                    pass  # ticks meanwhile
+            closed = ws.close_code
+        finally:
+            process.kill()
+            process.communicate(timeout=10)
+    assert greeting["replica"] == "behind" and tick["replica"] == "behind"
+    assert echoed == "through " + kind and closed == 1000
+
+
+def test_the_websocket_docs_quote_the_proxy_configurations_the_tests_run():
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "websocket.md")) as file:
+        text = file.read()
+    blocks = [block for language, block in re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M) if not language]
+    quoted = [line.strip() for block in blocks for line in block.splitlines()]
+    used = {line.strip() for name in ("nginx-ws.conf", "haproxy-ws.cfg") for line in fill(name).splitlines()}
+    assert quoted and [line for line in quoted if line and line not in used] == []
