@@ -23,7 +23,10 @@ import wsproto.events
 
 from certificates import certificates
 from helpers import Process, free_port, metric_sample, raw_exchange, refused_env, serving, unavailable, wait_until
+from test_browser import page_server
 from test_proxies import fill, wait_for_port
+
+__all__ = ["page_server"]  # a fixture, used by name
 from test_tls import tls_env
 
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -384,3 +387,35 @@ def test_the_websocket_docs_quote_the_proxy_configurations_the_tests_run():
     quoted = [line.strip() for block in blocks for line in block.splitlines()]
     used = {line.strip() for name in ("nginx-ws.conf", "haproxy-ws.cfg") for line in fill(name).splitlines()}
     assert quoted and [line for line in quoted if line and line not in used] == []
+
+
+CHROMIUM_PAGE = """<!doctype html><title>waiting</title><body><script>
+const ws = new WebSocket(%r);
+const seen = [];
+ws.onmessage = (event) => {
+  seen.push(event.data);
+  if (seen.length === 1) ws.send("from chromium: " + JSON.parse(event.data).replica);
+  else ws.close(4321, "done");
+};
+ws.onclose = (event) => {
+  document.title = "closed " + event.code + " " + event.wasClean;
+  document.body.textContent = JSON.stringify(seen);
+};
+</script></body>"""
+
+
+@pytest.mark.slow  # a real browser
+def test_headless_chromium_s_websocket_gets_the_greeting_its_echo_and_a_clean_close(page_server, tmp_path):
+    from test_browser import CHROMIUM_FLAGS, chromium_path
+    browser = chromium_path()
+    pages, page_url = page_server
+    with serving(refused_env(REPLICA_ID="for-chromium")) as server:
+        pages["html"] = CHROMIUM_PAGE % f"ws://127.0.0.1:{server.port}/ws"
+        dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                              "--virtual-time-budget=5000", "--dump-dom", page_url],
+                             capture_output=True, text=True, timeout=60).stdout
+        metrics = server.get("/metrics").text
+    seen = json.loads(re.search(r"<body>(.*?)</body>", dom, re.S).group(1))  # what the page wrote there
+    assert "<title>closed 4321 true</title>" in dom
+    assert json.loads(seen[0])["replica"] == "for-chromium" and seen[1] == "from chromium: for-chromium"
+    assert metric_sample(metrics, 'friendlyhello_websocket_closes_total{code="4321"}') == 1
