@@ -140,6 +140,8 @@ def test_ticks_name_the_replica_every_interval(shared):
 
 @pytest.mark.parametrize("request_bytes, status, words", [
     (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 426, b"send Upgrade: websocket"),
+    (UPGRADE.replace(b"Connection: Upgrade\r\n", b""), 426, b"send Upgrade: websocket"),
+    (UPGRADE.replace(b"Upgrade: websocket\r\n", b""), 426, b"send Upgrade: websocket"),
     (UPGRADE.replace(b"Version: 13", b"Version: 8"), 426, b"Sec-WebSocket-Version: 13\r\n"),
     (UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"), 400, b"16 bytes in base64"),
     (UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"), 426, b"GET and HTTP/1.1"),
@@ -153,6 +155,8 @@ def test_what_is_not_an_upgrade_it_takes_is_answered_in_http_saying_why(shared, 
         closing = request_bytes.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
     answer = raw_exchange(server.port, closing, timeout=3)
     assert answer.startswith(b"HTTP/1.1 %d " % status) and words in answer, answer[:300]
+    if b"send Upgrade" in words or b"GET and HTTP/1.1" in words:  # RFC 9110 15.5.22: 426 names what to send
+        assert b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" in answer
 
 
 def test_fragments_with_a_ping_between_them_make_one_message_and_the_close_code_is_echoed(shared):
@@ -419,3 +423,21 @@ def test_headless_chromium_s_websocket_gets_the_greeting_its_echo_and_a_clean_cl
     assert "<title>closed 4321 true</title>" in dom
     assert json.loads(seen[0])["replica"] == "for-chromium" and seen[1] == "from chromium: for-chromium"
     assert metric_sample(metrics, 'friendlyhello_websocket_closes_total{code="4321"}') == 1
+
+
+def test_every_length_encoding_and_more_frames_than_a_turn_takes_come_back_whole(shared):
+    """Payloads at the edges of the 7-, 16- and 64-bit lengths, both ways; then 200 frames in
+    one write, more than one turn of the loop handles (64), all echoed in order."""
+    sizes = [0, 125, 126, 65535, 65536, 70000]
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{shared.port}/ws", max_size=None) as ws:
+        ws.recv()
+        echoed = []
+        for size in sizes:
+            ws.send(b"z" * size)
+            echoed.append(len(ws.recv()))
+    sock, _ = opened(shared.port)
+    sock.sendall(b"".join(client_frame(1, str(n).encode()) for n in range(200)))
+    answers = [read_frame(sock) for _ in range(200)]
+    sock.close()
+    assert echoed == sizes
+    assert answers == [(1, str(n).encode()) for n in range(200)]
