@@ -41,6 +41,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def cpu_per(pid, run, seconds):
+    """A process's CPU time per unit of work done, in µs: ``run(seconds)`` does the work for
+    that long and says how much it did; one second of it first, to warm up."""
+    run(1)
+    before = cpu_seconds(pid)
+    done = run(seconds)
+    return (cpu_seconds(pid) - before) / done * 1e6
+
+
 def redis_call(port, *args):
     payload = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

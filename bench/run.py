@@ -215,7 +215,7 @@ def figure_outage(app, pages):
         command, env = APPS[app](port, silent.port)
         process = start(command, env)
         try:
-            wait_until(lambda: _listening(port), 15, f"{app} start")
+            wait_until(lambda: listening(port), 15, f"{app} start")
             timings = []
             for _ in range(pages + 1):
                 started = time.monotonic()
@@ -229,7 +229,7 @@ def figure_outage(app, pages):
             "outage_pages_after_first": pages}
 
 
-def _listening(port):
+def listening(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True

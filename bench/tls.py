@@ -14,18 +14,18 @@ plain. Every process it starts is stopped by its pid; all traffic stays on 127.0
 """
 
 import argparse
+import functools
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from cpu import cpu_seconds
-from run import PROCESSES, free_port, start, stop, wait_until
+from cpu import cpu_per
+from run import PROCESSES, free_port, listening, start, stop, wait_until
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -60,14 +60,6 @@ def certificate(scratch, kind):
     return cert, key
 
 
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def s_time(port, seconds):
     """Full handshakes (TLS 1.3) in ``seconds``: how many."""
     result = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
@@ -78,24 +70,10 @@ def s_time(port, seconds):
     return int(found.group(1))
 
 
-def per_handshake(pid, port, seconds):
-    s_time(port, 1)  # warm up
-    before = cpu_seconds(pid)
-    done = s_time(port, seconds)
-    return (cpu_seconds(pid) - before) / done * 1e6
-
-
 def wrk(url, seconds):
     out = subprocess.run(["wrk", "-t1", "-c10", f"-d{round(seconds)}s", url], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     return int(re.search(r"(\d+) requests in", out).group(1))
-
-
-def per_request(pid, url, seconds):
-    wrk(url, 1)  # warm up
-    before = cpu_seconds(pid)
-    done = wrk(url, seconds)
-    return (cpu_seconds(pid) - before) / done * 1e6
 
 
 def friendlyhello(cert, key):
@@ -136,8 +114,8 @@ def main():
                 server, _, tls_port = friendlyhello(cert, key)
                 web, web_port = nginx(scratch, cert, key)
                 for n in range(args.rounds):
-                    ours.append(per_handshake(server.pid, tls_port, seconds))
-                    theirs.append(per_handshake(web.pid, web_port, seconds))
+                    ours.append(cpu_per(server.pid, functools.partial(s_time, tls_port), seconds))
+                    theirs.append(cpu_per(web.pid, functools.partial(s_time, web_port), seconds))
                     print(f"{kind} round {n + 1}: friendlyhello {ours[-1]:.0f} µs, nginx {theirs[-1]:.0f} µs "
                           f"per handshake", flush=True)
                 stop(web)
@@ -148,8 +126,9 @@ def main():
             server, port, tls_port = friendlyhello(cert, key)
             tls, plain = [], []
             for n in range(args.rounds):
-                plain.append(per_request(server.pid, f"http://127.0.0.1:{port}/healthz", seconds))
-                tls.append(per_request(server.pid, f"https://127.0.0.1:{tls_port}/healthz", seconds))
+                plain.append(cpu_per(server.pid, functools.partial(wrk, f"http://127.0.0.1:{port}/healthz"), seconds))
+                tls.append(cpu_per(server.pid, functools.partial(wrk, f"https://127.0.0.1:{tls_port}/healthz"),
+                                   seconds))
                 print(f"keep-alive round {n + 1}: TLS {tls[-1]:.1f} µs, plain {plain[-1]:.1f} µs per request",
                       flush=True)
             stop(server)

@@ -14,6 +14,7 @@ starts is stopped by its pid; all traffic stays on 127.0.0.1.
 """
 
 import argparse
+import functools
 import os
 import resource
 import socket
@@ -23,8 +24,8 @@ import sys
 import threading
 import time
 
-from cpu import cpu_seconds
-from run import PROCESSES, free_port, start, stop, wait_until
+from cpu import cpu_per
+from run import PROCESSES, free_port, listening, start, stop, wait_until
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -46,14 +47,6 @@ asyncio.run(main())
 """
 MESSAGE = b"\x81\xa0" + b"\x00" * 4 + b"m" * 32  # a masked text frame of 32 bytes (a zero mask)
 BURST = 50
-
-
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def open_ws(port, greeting):
@@ -100,13 +93,6 @@ def echo_load(port, seconds, greeting, connections=10):
     return sum(done)
 
 
-def per_message(process, port, seconds, greeting):
-    echo_load(port, 1, greeting)  # warm up
-    before = cpu_seconds(process.pid)
-    done = echo_load(port, seconds, greeting)
-    return (cpu_seconds(process.pid) - before) / done * 1e6
-
-
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as status:
         return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
@@ -151,7 +137,8 @@ def main():
         for n in range(args.rounds):
             for side, (make, greets) in enumerate(((ours, True), (peer, False))):
                 process, port = make()
-                figures["cpu"][side].append(per_message(process, port, args.seconds, greets))
+                figures["cpu"][side].append(cpu_per(process.pid, functools.partial(echo_load, port, greeting=greets),
+                                                          args.seconds))
                 figures["idle"][side].append(per_idle(process, port, args.idle, greets))
                 stop(process)
             print(f"round {n + 1}: CPU per message {figures['cpu'][0][-1]:.1f} µs against "
