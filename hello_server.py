@@ -72,13 +72,11 @@ def route_table(config, site, echo, commands, upgrade):
 
 
 def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):
-    """One serving process on its ``ports`` (a listening socket, or connection.Ports), built
-    from the settings: its identity and Redis commands, Redis client and state, metrics (a
-    slot of ``shared``, in a worker), faults (in a worker, the supervisor's, shared), the site
-    and its routes, the Redis thread and the server loop. Used by main, by each worker and by
-    the tests."""
-    if isinstance(ports, socket.socket):
-        ports = [Port(ports)]
+    """One serving process on its ``ports`` (connection.Ports, from open_ports()), built from
+    the settings: its identity and Redis commands, Redis client and state, metrics (a slot of
+    ``shared``, in a worker), faults (in a worker, the supervisor's, shared), the site and its
+    routes, the Redis thread and the server loop. Used by main, by each worker and by the
+    tests."""
     me = identity(config, hostname)
     faults = faults or Faults(config)
     if faults.state.words():

@@ -410,7 +410,7 @@ class _Loop:
         return plain or None
 
     def answer(self, client, data):
-        if client.tls is not None and client.tls.done:
+        if client.tls is not None and client.tls.version:
             data = client.tls.encrypt(data, close=True)
         client.outgoing = data
         self.selector.modify(client.sock, selectors.EVENT_WRITE)

@@ -150,7 +150,7 @@ class Connection:
             return None
         except OSError:
             return b""
-        if not data or not decrypt or self.tls is None or not self.tls.done:
+        if not data or not decrypt or self.tls is None or not self.tls.version:
             return data
         try:
             data = self.tls.decrypt(data)
@@ -161,7 +161,7 @@ class Connection:
 
     def queue(self, data, close=False):
         """Put ``data`` to be sent (then TLS's close_notify, on TLS, with ``close``)."""
-        if self.tls is None or not self.tls.done:
+        if self.tls is None or not self.tls.version:
             self.outgoing += data  # after a WebSocket's frames still waiting, if any
         else:
             self.outgoing += self.tls.encrypt(data, close)
@@ -334,7 +334,7 @@ class Connections:
             conn.send()  # what went wrong, as TLS says it; then closed
             return self.close(conn)
         conn.outgoing += conn.tls.output()
-        if not conn.tls.done:
+        if not conn.tls.version:
             conn.send()
             return conn.enter(Connection.HANDSHAKE, conn.deadline - time.monotonic())
         self.metrics.tls_handshake("ok")

@@ -58,7 +58,7 @@ class Echo:
         for name in _AS_GIVEN:
             seen[_key(name)] = headers.get(name)
         tls = request.connection.tls
-        seen["tls"] = tls.info() if tls is not None and tls.done else None
+        seen["tls"] = tls.info() if tls is not None and tls.version else None
         seen["forwarded_client_cert"] = self._client_cert(headers, peer_host)
         seen["replica"] = self.me.replica_id
         seen["version"] = self.me.version

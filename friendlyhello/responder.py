@@ -53,7 +53,7 @@ class Responder:
         self.metrics.request(handler.command, handler.route_label, response.status, seconds)
         client = conn.address if self._trusted is None else self._client(conn, handler)
         target = handler.path or handler.requestline
-        tls = conn.tls and conn.tls.done and conn.tls.tls.version()
+        tls = conn.tls and conn.tls.version
         self.log.request(client, handler.command, target, response.status, seconds, handler.probe,
                          conn.peer[0], tls)
         if response.upgrade is not None:  # 101: its greeting follows, in WebSocket's frames

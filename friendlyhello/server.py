@@ -81,8 +81,10 @@ class Shutdown:
 def until(wait, *due):
     """``wait``, or less: until the soonest of the times ``due`` comes (an answer held, a
     WebSocket's ping or tick; None: nothing due)."""
-    soonest = min((t for t in due if t is not None), default=None)
-    return wait if soonest is None else min(wait, max(soonest - time.monotonic(), 0.0))
+    for when in due:
+        if when is not None:
+            wait = min(wait, max(when - time.monotonic(), 0.0))
+    return wait
 
 
 def no_reply_within(seconds):

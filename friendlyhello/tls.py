@@ -91,8 +91,8 @@ class TLSFiles:
         self._next_look = time.monotonic() + LOOK_EVERY
         self._looking = threading.Lock()  # the admin port's thread looks too
 
-    def expired(self, now=None):
-        return self.not_after < (time.time() if now is None else now)
+    def expired(self):
+        return self.not_after < time.time()
 
     def look(self, now):
         """Load the files again if they changed (or SIGHUP asked); at most every LOOK_EVERY s."""
@@ -248,20 +248,20 @@ class Channel:
     """One connection's TLS: bytes from the socket go in, the request's bytes come out, and
     what TLS has to send (its handshake, records, alerts) is taken by the caller to send."""
 
-    __slots__ = ("_incoming", "_outgoing", "tls", "started", "done")
+    __slots__ = ("_incoming", "_outgoing", "tls", "started", "version")
 
     def __init__(self, context):
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self.started = False  # the handshake has had its first bytes
-        self.done = False     # the handshake is over
+        self.version = None   # once the handshake is over, the version it agreed (TLSv1.3)
 
     def receive(self, data):
         """Bytes from the socket in, the plain bytes they complete out (b"": none yet).
         HandshakeRefused when the handshake fails (its outcome "plain_http" when the client
         spoke HTTP in clear: TLS begins with a handshake record, HTTP with a letter); Closed
         when TLS has ended."""
-        if self.done:
+        if self.version:
             return self.decrypt(data)
         if not self.started and data[0] != _RECORD_HANDSHAKE:
             plain = data[:1].isalpha()
@@ -282,7 +282,7 @@ class Channel:
             refused = reason in _CLIENT_REFUSED
             outcome = "client_certificate_refused" if refused else "protocol_error"
             raise HandshakeRefused(outcome, reason, self._outgoing.read()) from None
-        self.done = True
+        self.version = self.tls.version()
         return self.decrypt(b"")
 
     def decrypt(self, data):
@@ -323,7 +323,7 @@ class Channel:
         cipher = self.tls.cipher()
         der = self.tls.getpeercert(binary_form=True)
         return {
-            "version": self.tls.version(),
+            "version": self.version,
             "cipher": cipher[0] if cipher else None,
             "sni": getattr(self.tls, "server_name_sent", None),
             "alpn": self.tls.selected_alpn_protocol(),

@@ -24,6 +24,7 @@ from .connection import LINGER, ClientGone, Connection
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES, CONTROL_OPCODES = {CONTINUATION, TEXT, BINARY}, {CLOSE, PING, PONG}
+OPCODES = DATA_OPCODES | CONTROL_OPCODES
 FRAMES_PER_TURN = 64        # frames of one connection handled per turn of the loop
 CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 GOING_AWAY, PROTOCOL_ERROR, NOT_UTF8, TOO_BIG, POLICY = 1001, 1002, 1007, 1009, 1008
@@ -107,11 +108,11 @@ def unmask(masked, key):
 
 
 class Session:
-    """One WebSocket's state: the message being assembled, whether a Close went out, what it
-    sent and received, and its timers (the loop keeps them: ``next_ping``, ``next_tick``)."""
+    """One WebSocket's state: the message being assembled, whether a Close went out, how it
+    ended, its ticks and whether a ping waits for its pong (the loop keeps its timers)."""
 
     __slots__ = ("me", "max_message", "opcode", "fragments", "size", "decoder", "close_sent",
-                 "closed_by", "ticks", "sequence", "pong_due", "received", "sent")
+                 "closed_by", "ticks", "sequence", "pong_due")
 
     def __init__(self, me, max_message, ticks=None):
         self.me, self.max_message = me, max_message
@@ -124,7 +125,6 @@ class Session:
         self.ticks = ticks      # seconds between ticks, or None
         self.sequence = 0
         self.pong_due = False   # a ping went out, unanswered
-        self.received = self.sent = 0  # messages
 
     def frames(self, buffer):
         """Take the whole frames at the start of ``buffer`` (a bytearray), at most
@@ -135,7 +135,7 @@ class Session:
             final, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
             if first & 0x70:
                 raise ProtocolError(PROTOCOL_ERROR, "a reserved bit is set (no extension)")
-            if opcode not in DATA_OPCODES | CONTROL_OPCODES:
+            if opcode not in OPCODES:
                 raise ProtocolError(PROTOCOL_ERROR, f"opcode {opcode} is reserved")
             if not second & 0x80:
                 raise ProtocolError(PROTOCOL_ERROR, "a client's frame must be masked")
@@ -183,7 +183,6 @@ class Session:
             return None
         whole = (self.opcode, b"".join(self.fragments))
         self.opcode, self.fragments, self.size, self.decoder = None, [], 0, None
-        self.received += 1
         return whole
 
     @staticmethod
@@ -213,7 +212,6 @@ class Session:
                           "version": self.me.version})
 
     def text(self, value):
-        self.sent += 1
         return frame(TEXT, json.dumps(value).encode())
 
 
@@ -302,7 +300,6 @@ class WebSockets:
                     if whole is not None:
                         self.metrics.websocket_message("received")
                         self.metrics.websocket_message("sent")
-                        session.sent += 1
                         out.append(frame(*whole))
         except ProtocolError as refused:
             out.append(close_frame(refused.code, str(refused)))
@@ -323,10 +320,11 @@ class WebSockets:
 
     def turn(self, now):
         """Each turn of the loop: frames left from the last, then the timers that are due."""
-        again, self._again = self._again, []
-        for conn in again:
-            if conn.state is Connection.WEBSOCKET:
-                self.serve(conn)
+        if self._again:
+            again, self._again = self._again, []
+            for conn in again:
+                if conn.state is Connection.WEBSOCKET:
+                    self.serve(conn)
         while self._timers and self._timers[0][0] <= now:
             _, _, conn, kind = heapq.heappop(self._timers)
             if conn.state is not Connection.WEBSOCKET or conn.ws.close_sent:

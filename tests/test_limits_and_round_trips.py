@@ -11,7 +11,7 @@ import pytest
 
 import hello_server
 from fake_redis import Delay
-from friendlyhello import listening, logs, settings
+from friendlyhello import logs, settings
 from helpers import (
     metric_sample,
     readme,
@@ -46,7 +46,7 @@ def test_connections_past_max_connections_wait_in_the_backlog_until_one_closes()
 def test_pages_asked_for_in_one_turn_of_the_loop_go_to_redis_together(fake_redis):
     config = settings.load_config(["--port", "0", "--bind", "127.0.0.1"], redis_env(fake_redis))
     log = logs.Log(config.access_log, config.log_format, {}, io.StringIO(), io.StringIO())
-    server = hello_server.wire(config, listening.listen(config), log, "h")
+    server = hello_server.wire(config, hello_server.open_ports(config, None), log, "h")
     handed_over, submit = [], server.redis_thread.submit
     server.redis_thread.submit = lambda requests: (handed_over.append(len(requests)), submit(requests))
     clients = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
