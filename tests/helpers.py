@@ -55,6 +55,16 @@ def shut_down(sockets):
             pass
 
 
+def terminate(process, within=10):
+    """SIGTERM a helper process (a Redis, a registry), then SIGKILL if it has not gone in time."""
+    process.terminate()
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,6 +216,7 @@ class Process:
         Process.running.append(self)
         self.port = self.tls_port = None
         self.first_line = None
+        self.stderr_seen = ""  # what wait_for_error() read before finish()
 
     def wait_listening(self, timeout=10):
         """Wait for the start-up line; return it."""
@@ -225,6 +236,20 @@ class Process:
             return ""
         return self.process.stderr.read().decode()
 
+    def wait_for_error(self, words, within=10):
+        """Read its stderr (its event log) as lines come until one holds ``words``; that line.
+        The server writes each line whole, in one write."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0 and selector.select(left):
+            line = self.process.stderr.readline().decode()
+            assert line, f"its stderr ended before a line with {words!r}:\n{self.stderr_seen}"
+            self.stderr_seen += line
+            if words in line:
+                return line
+        raise AssertionError(f"no line with {words!r} on its stderr within {within}s:\n{self.stderr_seen}")
+
     def signal(self, signum=signal.SIGTERM):
         self.process.send_signal(signum)
 
@@ -242,7 +267,7 @@ class Process:
         except subprocess.TimeoutExpired:
             self._kill_group()
             out, err = self.process.communicate(timeout=timeout)
-        return out.decode(), err.decode()
+        return out.decode(), self.stderr_seen + err.decode()
 
     def _kill_group(self):
         try:

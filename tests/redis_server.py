@@ -6,7 +6,7 @@ import subprocess
 import tempfile
 import threading
 
-from helpers import free_port, unavailable
+from helpers import free_port, terminate, unavailable
 
 
 def require_redis_server():
@@ -64,12 +64,7 @@ class RedisServer:
 
     def stop(self):
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process)
             self.process = None
 
     def kill(self):

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from helpers import free_port, unavailable, wait_until
+from helpers import free_port, terminate, unavailable, wait_until
 
 # What a registry answers a manifest request with depends on what the client accepts.
 MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -75,12 +75,7 @@ class Registry:
 
     def __exit__(self, *exc_info):
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process)
         self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 

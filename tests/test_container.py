@@ -389,16 +389,23 @@ def _compose(engine):
     return [engine, "compose"]
 
 
+def compose_runner(engine, project, files, env):
+    """``compose_run(*args)``: the engine's compose on these files of the checkout, as a project
+    of the test's own, with these variables set; it must succeed."""
+    command = [*_compose(engine), "-p", project, *(part for f in files for part in ("-f", os.path.join(ROOT, f)))]
+
+    def compose_run(*args):
+        result = subprocess.run([*command, *args], capture_output=True, text=True, env={**os.environ, **env},
+                                cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    return compose_run
+
+
 def test_compose_count_survives_down_and_up_and_down_leaves_nothing_running(engine, image):
     project = f"fhtest{uuid.uuid4().hex[:8]}"
     port = free_port()
-    compose = [*_compose(engine), "-p", project, "-f", os.path.join(ROOT, "compose.yaml")]
-    env = {**os.environ, "WEB_PORT": str(port)}
-
-    def compose_run(*args):
-        result = subprocess.run([*compose, *args], capture_output=True, text=True, env=env,
-                                cwd=ROOT, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
+    compose_run = compose_runner(engine, project, ["compose.yaml"], {"WEB_PORT": str(port)})
 
     def running():
         return run(engine, "ps", "-q", "--filter", f"label=com.docker.compose.project={project}")
@@ -584,29 +591,39 @@ def https_page(port, ca, timeout=3):
         return response.status, response.read().decode(), tls.version()
 
 
-def test_the_tiny_image_serves_https_alone_from_files_mounted_read_only_and_checks_its_health_so(
-        engine, image, containers, tmp_path):
+def tls_folder(tmp_path):
+    """A folder holding what a kubernetes.io/tls Secret holds (tls.crt, tls.key), readable by
+    the server's user, as a Secret volume's defaultMode makes them."""
     certs = certificates()
     folder = tmp_path / "tls"
     folder.mkdir()
-    shutil.copy(certs.pem("ecdsa"), folder / "tls.crt")
-    shutil.copy(certs.key("ecdsa"), folder / "tls.key")
-    for path in (folder / "tls.crt", folder / "tls.key"):
-        path.chmod(0o644)  # readable by the server's user, as a Secret volume's defaultMode makes them
-    folder.chmod(0o755)
-    tmp_path.chmod(0o755)
+    for source, name in ((certs.pem("ecdsa"), "tls.crt"), (certs.key("ecdsa"), "tls.key")):
+        shutil.copy(source, folder / name)
+        (folder / name).chmod(0o644)
+    for path in (folder, tmp_path):
+        path.chmod(0o755)
+    return folder
+
+
+def wait_for_https_page(port, within=15, pace=0.05):
+    """Ask for the page over TLS, the test CA trusted, until it answers: (status, body, version)."""
+    def served():
+        try:
+            return https_page(port, certificates().ca)
+        except (OSError, http.client.HTTPException):
+            return None
+
+    return wait_until(served, within, "an HTTPS answer", pace=pace, accept=lambda got: got is not None)
+
+
+def test_the_tiny_image_serves_https_alone_from_files_mounted_read_only_and_checks_its_health_so(
+        engine, image, containers, tmp_path):
+    folder = tls_folder(tmp_path)
     port = free_port()
     container = containers("-p", f"127.0.0.1:{port}:8443", "-v", f"{folder}:/tls:ro", "-e", "PORT=off",
                            "-e", "TLS_PORT=8443", "-e", "TLS_CERT=/tls/tls.crt", "-e", "TLS_KEY=/tls/tls.key",
                            "--read-only", "--cap-drop", "ALL", image)
-
-    def served():
-        try:
-            return https_page(port, certs.ca)
-        except (OSError, http.client.HTTPException):
-            return None
-
-    status, body, version = wait_until(served, 15, "an HTTPS answer", pace=0.05, accept=lambda got: got is not None)
+    status, body, version = wait_for_https_page(port)
     if engine.endswith("podman"):
         run(engine, "healthcheck", "run", container)
     health_state = wait_until(lambda: health(engine, container), 30, "a health state", pace=0.5,
@@ -622,35 +639,15 @@ def test_the_tiny_image_serves_https_alone_from_files_mounted_read_only_and_chec
 
 
 def test_compose_with_its_tls_file_serves_https_beside_the_page_from_mounted_secrets(engine, image, tmp_path):
-    certs = certificates()
-    folder = tmp_path / "tls"
-    folder.mkdir()
-    for source, name in ((certs.pem("ecdsa"), "tls.crt"), (certs.key("ecdsa"), "tls.key")):
-        shutil.copy(source, folder / name)
-        (folder / name).chmod(0o644)
-    for path in (folder, tmp_path):
-        path.chmod(0o755)
+    folder = tls_folder(tmp_path)
     project = f"fhtest{uuid.uuid4().hex[:8]}"
     port, tls_port = free_port(), free_port()
-    compose = [*_compose(engine), "-p", project, "-f", os.path.join(ROOT, "compose.yaml"),
-               "-f", os.path.join(ROOT, "compose.tls.yaml")]
-    env = {**os.environ, "WEB_PORT": str(port), "WEB_TLS_PORT": str(tls_port), "TLS_DIR": str(folder)}
-
-    def compose_run(*args):
-        result = subprocess.run([*compose, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
-
+    compose_run = compose_runner(engine, project, ["compose.yaml", "compose.tls.yaml"],
+                                 {"WEB_PORT": str(port), "WEB_TLS_PORT": str(tls_port), "TLS_DIR": str(folder)})
     try:
         compose_run("up", "-d")
         first = wait_for_count(port)
-
-        def served():
-            try:
-                return https_page(tls_port, certs.ca)
-            except (OSError, http.client.HTTPException):
-                return None
-
-        status, body, version = wait_until(served, 15, "an HTTPS answer", pace=0.1, accept=lambda got: got is not None)
+        status, body, version = wait_for_https_page(tls_port, pace=0.1)
     finally:
         compose_run("down", "-v")
     assert status == 200 and version == "TLSv1.3"

@@ -432,28 +432,56 @@ def wait_for_port(port, process, within=10):
     wait_until(listening, within, f"a listener on {port}", pace=0.05)
 
 
+def run_proxy(kind, template, folder, listening_on, **values):
+    """HAProxy or nginx, started with one of tests/proxies/'s files filled in with ``values``
+    (its scratch files in ``folder``), once it listens on each port of ``listening_on``; end
+    it with end_proxy()."""
+    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        unavailable(f"{kind} is not installed (apt-get install haproxy nginx-light libnginx-mod-stream)")
+    config = folder / f"{kind}-{template}"
+    config.write_text(fill(template, scratch=folder, **values))
+    command = [binary, "-db", "-f", str(config)] if kind == "haproxy" else [binary, "-c", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for port in listening_on:
+            wait_for_port(port, process)
+    except BaseException:
+        end_proxy(process)
+        raise
+    return process
+
+
+def end_proxy(process):
+    process.kill()
+    process.communicate(timeout=10)
+
+
+def unquoted_lines(doc, *templates):
+    """The lines of ``doc``'s plain code blocks (those without a language) that none of the
+    ``templates`` holds: what the docs quote of tests/proxies/'s files, and should not invent."""
+    with open(os.path.join(ROOT, "docs", doc)) as file:
+        text = file.read()
+    blocks = [block for language, block in re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M) if not language]
+    quoted = [line.strip() for block in blocks for line in block.splitlines()]
+    used = {line.strip() for name in templates for line in fill(name).splitlines()}
+    assert quoted, f"{doc} quotes nothing"
+    return [line for line in quoted if line and line not in used]
+
+
 @pytest.fixture
 def front(tmp_path):
-    """Start HAProxy or nginx with one of tests/proxies/'s files; ended by its pid."""
+    """Start HAProxy or nginx with tests/proxies/haproxy.cfg or nginx.conf; ended by its pid."""
     started = []
 
     def start(kind, **ports):
-        binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
-        if binary is None:
-            unavailable(f"{kind} is not installed (apt-get install haproxy nginx-light libnginx-mod-stream)")
-        config = tmp_path / f"{kind}.conf"
-        config.write_text(fill("haproxy.cfg" if kind == "haproxy" else "nginx.conf", scratch=tmp_path, **ports))
-        command = [binary, "-db", "-f", str(config)] if kind == "haproxy" else [binary, "-c", str(config)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        started.append(process)
-        for port in (ports["http_port"], ports["v1_port"]):
-            wait_for_port(port, process)
-        return process
+        template = "haproxy.cfg" if kind == "haproxy" else "nginx.conf"
+        started.append(run_proxy(kind, template, tmp_path, (ports["http_port"], ports["v1_port"]), **ports))
+        return started[-1]
 
     yield start
     for process in started:
-        process.kill()
-        process.communicate(timeout=10)
+        end_proxy(process)
 
 
 def through(port, source, forged=b""):
@@ -567,11 +595,7 @@ def test_no_proxy_header_however_broken_gets_a_5xx_or_a_hang_or_stalls_the_loop(
 
 
 def test_the_proxy_docs_quote_the_proxy_configurations_the_tests_run():
-    with open(os.path.join(ROOT, "docs", "proxies.md")) as file:
-        section = file.read()
-    quoted = [line.strip() for block in re.findall(r"```\n(.*?)```", section, re.S) for line in block.splitlines()]
-    used = {line.strip() for name in ("haproxy.cfg", "nginx.conf") for line in fill(name).splitlines()}
-    assert quoted and [line for line in quoted if line and line not in used] == []
+    assert unquoted_lines("proxies.md", "haproxy.cfg", "nginx.conf") == []
 
 
 ECHO_BEHIND_PROXIES = """GET /echo?x HTTP/1.1

@@ -394,12 +394,12 @@ def test_a_pair_that_does_not_load_is_logged_and_the_old_one_served_and_sighup_r
         proc.wait_listening()
         before = serial_served(proc.tls_port, certs)
         shutil.copy(certs.pem("rsa2"), cert)  # a new certificate, its key not yet written: a mismatch
-        time.sleep(2.5)
+        proc.wait_for_error("not reloaded")  # it looked, and kept the old pair
         during = serial_served(proc.tls_port, certs)
         half = certs.key("rsa2")
         with open(half) as file, open(key, "w") as out:
             out.write(file.read()[:200])  # half written
-        time.sleep(2.5)
+        proc.wait_for_error("not reloaded")
         still = serial_served(proc.tls_port, certs)
         shutil.copy(certs.key("rsa2"), key)
         os.utime(key, ns=(os.stat(cert).st_mtime_ns,) * 2)
@@ -441,10 +441,16 @@ def test_no_request_fails_through_rotations_under_steady_load(certs, tmp_path):
         threads = [threading.Thread(target=load) for _ in range(3)]
         for thread in threads:
             thread.start()
-        for n in range(4):
-            time.sleep(1.3)
+        def reloaded():
+            return sum("certificate reloaded" in line for line in server.error_lines())
+
+        for n in range(4):  # each pair served to some requests, then the next installed
+            served = len(results)
+            wait_until(lambda served=served: len(results) > served + 50, 10, "requests on this pair", pace=0.01)
             install("rsa2" if n % 2 == 0 else "rsa")
-        time.sleep(1.3)
+            wait_until(lambda n=n: reloaded() > n, 10, f"reload {n + 1}", pace=0.02)
+        served = len(results)
+        wait_until(lambda: len(results) > served + 50, 10, "requests on the last pair", pace=0.01)
         stop.set()
         for thread in threads:
             thread.join(10)
@@ -508,7 +514,8 @@ def test_workers_serve_tls_and_sighup_reaches_every_worker(certs, tmp_path):
         shutil.copy(certs.pem("rsa2"), cert)
         shutil.copy(certs.key("rsa2"), key)
         proc.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        for _ in range(2):  # each worker says it reloaded
+            proc.wait_for_error("certificate reloaded (on SIGHUP)")
         after = {serial_served(proc.tls_port, certs) for _ in range(20)}  # new connections spread over both
     finally:
         proc.signal()

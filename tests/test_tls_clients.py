@@ -6,7 +6,6 @@ them). Skips locally without them; fails in CI, which installs them."""
 
 import json
 import os
-import re
 import shutil
 import subprocess
 
@@ -15,7 +14,7 @@ import pytest
 from certificates import certificates
 from helpers import DISABLED, Process, free_port, unavailable
 from test_browser import CHROMIUM_FLAGS, chromium_path
-from test_proxies import fill, wait_for_port
+from test_proxies import end_proxy, run_proxy, unquoted_lines
 from test_tls import tls_env
 
 pytestmark = pytest.mark.slow
@@ -138,22 +137,16 @@ def proxy(tmp_path, certs):
                     out.write(file.read())
 
     def start(kind, **ports):
-        binary = tool(kind, "haproxy nginx-light")
         template = "haproxy-tls.cfg" if kind == "haproxy" else "nginx-tls.conf"
-        config = tmp_path / f"{kind}.conf"
-        config.write_text(fill(template, scratch=tmp_path, ca=certs.ca, front_pem=front_pem, client_pem=client_pem,
-                               front_cert=certs.pem("rsa"), front_key=certs.key("rsa"),
-                               client_cert=certs.pem("client"), client_key=certs.key("client"), **ports))
-        command = [binary, "-db", "-f", str(config)] if kind == "haproxy" else [binary, "-c", str(config)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        started.append(process)
-        wait_for_port(ports["reencrypt_port"], process)
-        return process
+        started.append(run_proxy(kind, template, tmp_path, (ports["reencrypt_port"],), ca=certs.ca,
+                                 front_pem=front_pem, client_pem=client_pem, front_cert=certs.pem("rsa"),
+                                 front_key=certs.key("rsa"), client_cert=certs.pem("client"),
+                                 client_key=certs.key("client"), **ports))
+        return started[-1]
 
     yield start
     for process in started:
-        process.kill()
-        process.communicate(timeout=10)
+        end_proxy(process)
 
 
 def free_ports(count):
@@ -191,12 +184,7 @@ def test_a_proxy_that_re_encrypts_checks_the_server_and_presents_its_client_cert
 
 
 def test_the_tls_docs_quote_the_proxy_configurations_the_tests_run():
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "tls.md")) as file:
-        text = file.read()
-    blocks = [block for language, block in re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M) if not language]
-    quoted = [line.strip() for block in blocks for line in block.splitlines()]
-    used = {line.strip() for name in ("haproxy-tls.cfg", "nginx-tls.conf") for line in fill(name).splitlines()}
-    assert quoted and [line for line in quoted if line and line not in used] == []
+    assert unquoted_lines("tls.md", "haproxy-tls.cfg", "nginx-tls.conf") == []
 
 
 def test_headless_chromium_trusting_the_test_ca_shows_the_page_and_not_trusting_it_refuses(server, certs, tmp_path):

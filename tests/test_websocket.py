@@ -7,7 +7,6 @@ import json
 import os
 import re
 import selectors
-import shutil
 import signal
 import socket
 import ssl
@@ -22,9 +21,18 @@ import wsproto
 import wsproto.events
 
 from certificates import certificates
-from helpers import Process, free_port, metric_sample, raw_exchange, refused_env, serving, unavailable, wait_until
+from helpers import (
+    Process,
+    free_port,
+    metric_sample,
+    raw_exchange,
+    refused_env,
+    request,
+    serving,
+    wait_until,
+)
 from test_browser import page_server
-from test_proxies import fill, wait_for_port
+from test_proxies import end_proxy, run_proxy, unquoted_lines
 
 __all__ = ["page_server"]  # a fixture, used by name
 from test_tls import tls_env
@@ -334,7 +342,7 @@ def test_a_stopping_replica_takes_upgrades_during_its_delay_then_closes_each_wit
         proc.wait_listening()
         early, _ = opened(proc.port)
         proc.signal(signal.SIGTERM)
-        time.sleep(0.2)
+        wait_until(lambda: request(proc.port, "/readyz").status == 503, 2, "the stop begun", pace=0.01)
         late, _ = opened(proc.port)  # during the delay: balancers have not learned yet
         started = time.monotonic()
         codes = []
@@ -358,18 +366,11 @@ def test_a_stopping_replica_takes_upgrades_during_its_delay_then_closes_each_wit
 @pytest.mark.slow  # real nginx and HAProxy, started for it
 @pytest.mark.parametrize("kind", ["nginx", "haproxy"])
 def test_through_nginx_and_haproxy_the_websocket_greets_echoes_and_closes_cleanly(kind, tmp_path):
-    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if binary is None:
-        unavailable(f"{kind} is not installed (apt-get install haproxy nginx-light)")
     front = free_port()
     with serving(refused_env(REPLICA_ID="behind")) as server:
-        config = tmp_path / f"{kind}.conf"
-        config.write_text(fill("nginx-ws.conf" if kind == "nginx" else "haproxy-ws.cfg", scratch=tmp_path,
-                               front_port=front, plain_port=server.port))
-        command = [binary, "-c", str(config)] if kind == "nginx" else [binary, "-db", "-f", str(config)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = run_proxy(kind, "nginx-ws.conf" if kind == "nginx" else "haproxy-ws.cfg", tmp_path, (front,),
+                            front_port=front, plain_port=server.port)
         try:
-            wait_for_port(front, process)
             with websockets.sync.client.connect(f"ws://127.0.0.1:{front}/ws?ticks=0.1") as ws:
                 greeting = json.loads(ws.recv())
                 tick = json.loads(ws.recv())
@@ -378,19 +379,13 @@ def test_through_nginx_and_haproxy_the_websocket_greets_echoes_and_closes_cleanl
                     pass  # ticks meanwhile
             closed = ws.close_code
         finally:
-            process.kill()
-            process.communicate(timeout=10)
+            end_proxy(process)
     assert greeting["replica"] == "behind" and tick["replica"] == "behind"
     assert echoed == "through " + kind and closed == 1000
 
 
 def test_the_websocket_docs_quote_the_proxy_configurations_the_tests_run():
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "websocket.md")) as file:
-        text = file.read()
-    blocks = [block for language, block in re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M) if not language]
-    quoted = [line.strip() for block in blocks for line in block.splitlines()]
-    used = {line.strip() for name in ("nginx-ws.conf", "haproxy-ws.cfg") for line in fill(name).splitlines()}
-    assert quoted and [line for line in quoted if line and line not in used] == []
+    assert unquoted_lines("websocket.md", "nginx-ws.conf", "haproxy-ws.cfg") == []
 
 
 CHROMIUM_PAGE = """<!doctype html><title>waiting</title><body><script>
