@@ -100,11 +100,12 @@ class TLSFiles:
             return
         try:
             self._next_look = now + LOOK_EVERY
+            asked, self.asked = self.asked, False  # a SIGHUP from now on is the next look's
             stamps = self._stat()
-            if stamps == self._stamps and not self.asked:
+            if stamps == self._stamps and not asked:
                 return
-            why = "on SIGHUP" if self.asked else "the files changed"
-            self.asked, self._stamps = False, stamps
+            why = "on SIGHUP" if asked else "the files changed"
+            self._stamps = stamps
             try:
                 self.context, self.not_after = self._load()
             except TLSSetupError as exc:
