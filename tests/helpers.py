@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -217,6 +218,7 @@ class Process:
         self.port = self.tls_port = None
         self.first_line = None
         self.stderr_seen = ""  # what wait_for_error() read before finish()
+        self._stderr_pending = b""  # read by it, not yet a whole line
 
     def wait_listening(self, timeout=10):
         """Wait for the start-up line; return it."""
@@ -238,17 +240,22 @@ class Process:
 
     def wait_for_error(self, words, within=10):
         """Read its stderr (its event log) as lines come until one holds ``words``; that line.
-        The server writes each line whole, in one write."""
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stderr, selectors.EVENT_READ)
+        Read from the pipe itself: a buffered reader could hold a second line the selector
+        would not wake for."""
+        fd = self.process.stderr.fileno()
         deadline = time.monotonic() + within
-        while (left := deadline - time.monotonic()) > 0 and selector.select(left):
-            line = self.process.stderr.readline().decode()
-            assert line, f"its stderr ended before a line with {words!r}:\n{self.stderr_seen}"
-            self.stderr_seen += line
-            if words in line:
-                return line
-        raise AssertionError(f"no line with {words!r} on its stderr within {within}s:\n{self.stderr_seen}")
+        while True:
+            while b"\n" in self._stderr_pending:
+                line, self._stderr_pending = self._stderr_pending.split(b"\n", 1)
+                self.stderr_seen += line.decode() + "\n"
+                if words in line.decode():
+                    return line.decode()
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no line with {words!r} on its stderr within {within}s:\n{self.stderr_seen}")
+            data = os.read(fd, 65536)
+            assert data, f"its stderr ended before a line with {words!r}:\n{self.stderr_seen}"
+            self._stderr_pending += data
 
     def signal(self, signum=signal.SIGTERM):
         self.process.send_signal(signum)
@@ -267,7 +274,7 @@ class Process:
         except subprocess.TimeoutExpired:
             self._kill_group()
             out, err = self.process.communicate(timeout=timeout)
-        return out.decode(), self.stderr_seen + err.decode()
+        return out.decode(), self.stderr_seen + (self._stderr_pending + err).decode()
 
     def _kill_group(self):
         try:

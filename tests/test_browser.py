@@ -41,11 +41,18 @@ def chromium(tmp_path):
 
 @pytest.fixture
 def page_server():
-    """Serves one HTML page, set by the test, from another origin on loopback."""
+    """Serves one HTML page, set by the test, from another origin on loopback. ``/hold`` (say,
+    an image of the page, which holds its load event and so the browser's --dump-dom) answers
+    once the page has asked for ``/done``, or after 20 s."""
     pages = {}
+    done = threading.Event()
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/done":
+                done.set()
+            elif self.path == "/hold":
+                done.wait(20)
             body = pages["html"].encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")

@@ -3,6 +3,7 @@
 greeting, the echo, ticks, fragments with control frames between them, the close handshake,
 each broken frame's close code, pings, a client that does not read, TLS, and a stop."""
 
+import html
 import json
 import os
 import re
@@ -388,7 +389,7 @@ def test_the_websocket_docs_quote_the_proxy_configurations_the_tests_run():
     assert unquoted_lines("websocket.md", "nginx-ws.conf", "haproxy-ws.cfg") == []
 
 
-CHROMIUM_PAGE = """<!doctype html><title>waiting</title><body><script>
+CHROMIUM_PAGE = """<!doctype html><title>waiting</title><body><pre id="out"></pre><img src="/hold"><script>
 const ws = new WebSocket(%r);
 const seen = [];
 ws.onmessage = (event) => {
@@ -398,7 +399,8 @@ ws.onmessage = (event) => {
 };
 ws.onclose = (event) => {
   document.title = "closed " + event.code + " " + event.wasClean;
-  document.body.textContent = JSON.stringify(seen);
+  document.getElementById("out").textContent = JSON.stringify(seen);
+  fetch("/done");  // lets /hold answer: the page's load, and so the dump, waits for this
 };
 </script></body>"""
 
@@ -414,7 +416,7 @@ def test_headless_chromium_s_websocket_gets_the_greeting_its_echo_and_a_clean_cl
                               "--virtual-time-budget=5000", "--dump-dom", page_url],
                              capture_output=True, text=True, timeout=60).stdout
         metrics = server.get("/metrics").text
-    seen = json.loads(re.search(r"<body>(.*?)</body>", dom, re.S).group(1))  # what the page wrote there
+    seen = json.loads(html.unescape(re.search(r'<pre id="out">(.*?)</pre>', dom, re.S).group(1)))
     assert "<title>closed 4321 true</title>" in dom
     assert json.loads(seen[0])["replica"] == "for-chromium" and seen[1] == "from chromium: for-chromium"
     assert metric_sample(metrics, 'friendlyhello_websocket_closes_total{code="4321"}') == 1
