@@ -36,8 +36,9 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     admin           the admin port: faults turned on and off at run time
                         -> connection, faults, http11, proxies, tls
     http_client     watch's HTTP/1.1 client: each answer within one deadline
+    watch_tally     what watch counts and shows; the schedule its connections share
     watch           `hello_server.py watch URL`: a client that counts a rollout
-                        -> http_client, responses
+                        -> http_client, responses, watch_tally
 """
 
 VERSION = "1.0"

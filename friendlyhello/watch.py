@@ -18,136 +18,27 @@ Standard library only: it runs in the tiny image (``docker run friendlyhello wat
 """
 
 import argparse
-import collections
-import itertools
 import json
-import math
 import signal
 import sys
 import threading
 import time
-import typing
 import urllib.parse
 
-from . import http_client
+from . import http_client, watch_tally
 from .responses import REPLICA_HEADER, VERSION_HEADER
+from .watch_tally import UNKNOWN, Result, failure_kind, summary, table
 
 DESCRIPTION = ("Steady requests to a URL, counted by the version and replica that answered (the "
                "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if "
                "any failed.")
-KINDS = ("refused", "reset", "timeout", "non-2xx", "other", "in-flight")
-UNKNOWN = "unknown"
-NO_ANSWER = "(no answer)"  # the row of the requests that failed before any answer came
 
 
-def failure_kind(error):
-    """The kind of a request that got no answer, from its exception."""
-    if isinstance(error, ConnectionRefusedError):
-        return "refused"
-    if isinstance(error, ConnectionError):  # resets, broken pipes, closes before or in an answer
-        return "reset"
-    if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError
-        return "timeout"
-    return "other"
-
-
-class Result(typing.NamedTuple):
-    """One request. Times are seconds since the start; from a friendlyhello JSON answer, the
-    visit number it showed and its words on Redis."""
-
-    sent: float
-    done: float                 # answered, or failed
-    version: str | None = None  # who answered: None when nobody did
-    replica: str | None = None
-    kind: str | None = None     # its failure kind, one of KINDS; None: it did not fail
-    status: int | None = None
-    retried: bool = False       # sent again on a new connection
-    visits: int | None = None
-    redis: str | None = None
-
-
-def percentile(ordered, fraction):
-    """Nearest rank of a sorted list; None for an empty one."""
-    if not ordered:
-        return None
-    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
-
-
-def _ms(seconds):
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def group_summary(results, total):
-    """Requests, share of ``total``, failures by kind, latency and the longest gap between two
-    good answers, of some of the results."""
-    failures = dict.fromkeys(KINDS, 0)
-    for r in results:
-        if r.kind:
-            failures[r.kind] += 1
-    latencies = sorted(r.done - r.sent for r in results if r.kind is None)
-    good = sorted(r.done for r in results if r.kind is None)
-    gaps = [b - a for a, b in zip(good, good[1:], strict=False)]
-    done = [r.done for r in results]
-    return {"requests": len(results), "share": round(len(results) / total, 4) if total else 0.0,
-            "failed": sum(failures.values()), "failures": failures,
-            "p50_ms": _ms(percentile(latencies, 0.5)), "p99_ms": _ms(percentile(latencies, 0.99)),
-            "longest_gap_ms": _ms(max(gaps, default=None)),
-            "first_s": round(min(done), 2) if done else None,
-            "last_s": round(max(done), 2) if done else None}
-
-
-def summary(results, options, elapsed):
-    """Everything watch saw, as one JSON-ready object."""
-    total = len(results)
-    whole = group_summary(results, total)
-    by_version = {}
-    by_replica = {}
-    seconds = collections.defaultdict(collections.Counter)
-    for r in results:
-        if r.version is not None:
-            by_version.setdefault(r.version, []).append(r)
-            by_replica.setdefault(r.replica, []).append(r)
-        seconds[int(r.done)][r.version if r.kind is None else "failed"] += 1
-    statuses = collections.Counter(str(r.status) for r in results if r.status is not None)
-    timeline = [{"second": s, "answers": {str(k): n for k, n in sorted(c.items(), key=str)}}
-                for s, c in sorted(seconds.items())]
-    return {
-        "url": options.url, "seconds": round(elapsed, 2), "rate": options.rate,
-        "connections": options.connections, "keep_alive": not options.new_connection,
-        "requests": total, "ok": total - whole["failed"],
-        "failed": whole["failed"], "failures": whole["failures"],
-        "retried": sum(1 for r in results if r.retried),
-        "statuses": dict(statuses),
-        "p50_ms": whole["p50_ms"], "p99_ms": whole["p99_ms"],
-        "longest_gap_ms": whole["longest_gap_ms"],
-        "by_version": {v: group_summary(rs, total) for v, rs in sorted(by_version.items())},
-        "by_replica": {name: {"version": rs[-1].version, **group_summary(rs, total)}
-                       for name, rs in sorted(by_replica.items())},
-        "visits": visit_summary(results),
-        "timeline": timeline,
-    }
-
-
-def visit_summary(results):
-    """The visit numbers friendlyhello's JSON answers showed, and the pages that showed none."""
-    shown = [r.visits for r in results if r.visits is not None]
-    no_reply = disabled = 0
-    for r in results:
-        if (r.redis or "").startswith("no reply"):
-            no_reply += 1
-        elif r.redis and r.visits is None:
-            disabled += 1
-    return {"shown": len(shown), "distinct": len(set(shown)), "lowest": min(shown, default=None),
-            "highest": max(shown, default=None), "no_reply": no_reply, "disabled": disabled}
-
-
-class Watch:
-    """The requests: ``connections`` threads take turns from one schedule, ``rate`` a second
-    in all; a thread that is late (the server is slow) sends at once, never in a burst to
-    catch up. ``results`` grows as answers come; ``end()`` counts what is still in flight."""
+class Watch(watch_tally.Runner):
+    """HTTP requests, one at a time on each connection (kept alive, unless --new-connection)."""
 
     def __init__(self, options):
-        self.options = options
+        super().__init__(options)
         target = urllib.parse.urlsplit(options.url)
         self._https = target.scheme == "https"
         self._host = target.hostname
@@ -158,36 +49,12 @@ class Watch:
                          "Accept: application/json, */*;q=0.5\r\n"
                          "User-Agent: friendlyhello-watch\r\n"
                          f"{close}\r\n").encode("latin-1")
-        self.results = []
-        self.stop = threading.Event()
-        self.started = None
-        self._lock = threading.Lock()
-        self._next = 0
-        self._in_flight = {}  # a request's number -> when it was sent
-        self._numbers = itertools.count()
 
-    def run(self):
-        self.started = time.monotonic()
-        threads = [threading.Thread(target=self._client, daemon=True)
-                   for _ in range(self.options.connections)]
-        for thread in threads:
-            thread.start()
-        return threads
-
-    def _turn(self):
-        """Wait for this thread's next turn in the schedule; False once stopped."""
-        with self._lock:
-            at = self.started + self._next / self.options.rate
-            at = max(at, time.monotonic())
-            # After a stall, the turns missed are skipped: no burst to catch up.
-            self._next = max(self._next + 1, round((at - self.started) * self.options.rate))
-        return not self.stop.wait(max(at - time.monotonic(), 0))
-
-    def _client(self):
+    def client(self):
         conn = http_client.Connection(self._host, self._port, self._https)
-        while self._turn():
-            sent = self._now()
-            number = self._begin(sent)
+        while self.turn():
+            sent = self.now()
+            number = self.begin(sent)
             deadline = time.monotonic() + self.options.timeout
             reused, retried = conn.is_open, False
             try:
@@ -199,12 +66,12 @@ class Watch:
                     retried = True  # closed under us while idle: once more, anew
                     answer = conn.request(self._request, deadline)
             except (OSError, http_client.Malformed) as error:
-                failed = Result(sent, self._now(), kind=failure_kind(error), retried=retried)
-                self._end(number, failed)
+                failed = Result(sent, self.now(), kind=failure_kind(error), retried=retried)
+                self.finish(number, failed)
                 continue
             if self.options.new_connection:
                 conn.close()
-            self._end(number, self._result(sent, answer, retried))
+            self.finish(number, self._result(sent, answer, retried))
         conn.close()
 
     def _result(self, sent, answer, retried):
@@ -220,88 +87,8 @@ class Watch:
         version = headers.get(VERSION_HEADER.lower(), UNKNOWN)
         replica = headers.get(REPLICA_HEADER.lower(), UNKNOWN)
         kind = None if 200 <= answer.status < 300 else "non-2xx"
-        return Result(sent, self._now(), version, replica, kind, answer.status, retried, visits,
+        return Result(sent, self.now(), version, replica, kind, answer.status, retried, visits,
                       redis)
-
-    def _begin(self, sent):
-        with self._lock:
-            number = next(self._numbers)
-            self._in_flight[number] = sent
-        return number
-
-    def _end(self, number, result):
-        """Count a request's result, unless end() counted it in flight already."""
-        with self._lock:
-            if self._in_flight.pop(number, None) is not None:
-                self.results.append(result)
-
-    def end(self):
-        """Count every request still unanswered as in flight; answers after this are not counted."""
-        now = self._now()
-        with self._lock:
-            for sent in self._in_flight.values():
-                self.results.append(Result(sent, now, kind="in-flight"))
-            self._in_flight.clear()
-
-    def _now(self):
-        return time.monotonic() - self.started
-
-    def snapshot(self):
-        with self._lock:
-            return list(self.results)
-
-
-# -- what it shows ------------------------------------------------------------------------------
-
-_COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"),
-            ("reset", "reset"), ("timeout", "timeout"), ("non-2xx", "non-2xx"),
-            ("in flight", "in-flight"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-            ("longest gap ms", "longest_gap_ms"), ("first s", "first_s"), ("last s", "last_s"))
-
-
-def _cells(name, group, version=None):
-    values = {**group, **group["failures"], "share": f"{group['share']:.0%}"}
-    return [name, *([] if version is None else [version]),
-            *("-" if values[key] is None else str(values[key]) for _, key in _COLUMNS)]
-
-
-def _grid(header, rows):
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = []
-    for row in (header, *rows):
-        cells = [row[0].ljust(widths[0])]  # the name to the left, the numbers to the right
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-    return lines
-
-
-def table(seen):
-    """The summary as a terminal shows it: totals, then a row per version and per replica."""
-    failures = ", ".join(f"{n} {kind}" for kind, n in seen["failures"].items())
-    if seen["keep_alive"]:
-        mode = (f"{seen['connections']} connections kept alive: each stays with the replica it "
-                "reached, so a round-robin balancer looks sticky (--new-connection: a new one per "
-                "request)")
-    else:
-        mode = (f"{seen['connections']} clients, a new connection per request: each is balanced "
-                "anew")
-    lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {mode}",
-             f"{seen['requests']} requests, {seen['failed']} failed ({failures}), "
-             f"{seen['retried']} retried; p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, "
-             f"longest gap {seen['longest_gap_ms']} ms", ""]
-    versions = seen["by_version"].values()
-    unanswered = seen["requests"] - sum(v["requests"] for v in versions)
-    rows = [_cells(v, group) for v, group in seen["by_version"].items()]
-    if unanswered:
-        lost = {kind: n - sum(v["failures"][kind] for v in versions)
-                for kind, n in seen["failures"].items()}
-        row = {**dict.fromkeys(key for _, key in _COLUMNS), "requests": unanswered,
-               "failures": lost, "share": unanswered / max(seen["requests"], 1)}
-        rows.append(_cells(NO_ANSWER, row))
-    lines += _grid(["version", *(title for title, _ in _COLUMNS)], rows) + [""]
-    rows = [_cells(name, group, group["version"]) for name, group in seen["by_replica"].items()]
-    lines += _grid(["replica", "version", *(title for title, _ in _COLUMNS)], rows)
-    return "\n".join(lines) + "\n"
 
 
 # -- the command ---------------------------------------------------------------------------------

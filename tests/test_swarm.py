@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from certificates import certificates
-from friendlyhello import watch
+from friendlyhello import watch_tally
 from helpers import ROOT, unavailable, wait_until
 from registry import Docker, Registry
 
@@ -230,7 +230,7 @@ def test_a_rolling_update_from_one_version_to_the_next_fails_no_request_watched_
           f"{seen['failed']} failed {seen['failures']}, {seen['retried']} retried, p99 {seen['p99_ms']} ms, "
           f"longest gap {seen['longest_gap_ms']} ms; {new} first answered at {moved[0]:.1f}s, {old} last at "
           f"{moved[1]:.1f}s; {len(seen['by_replica'])} replicas answered; counter rise {rise}\n"
-          + watch.table(seen))
+          + watch_tally.table(seen))
     assert seen["failed"] == 0, seen["failures"]
     assert set(versions) == {old, new} and seen["keep_alive"] == (not options)
     timeline = seen["timeline"]

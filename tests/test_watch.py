@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from friendlyhello import watch
+from friendlyhello import watch, watch_tally
 from helpers import SERVER, Process, child_environment, free_port, redis_env, serving, wait_until
 
 
@@ -123,7 +123,7 @@ def test_each_kind_of_failure_is_counted_as_such_and_the_exit_status_is_1(fake_r
     for kind, (code, summary) in seen.items():
         assert code == 1, kind
         assert summary["requests"] >= 3 and summary["failed"] == summary["requests"], kind
-        assert summary["failures"] == {k: summary["requests"] if k == kind else 0 for k in watch.KINDS}, kind
+        assert summary["failures"] == {k: summary["requests"] if k == kind else 0 for k in watch_tally.KINDS}, kind
     assert seen["non-2xx"][1]["statuses"] == {"404": seen["non-2xx"][1]["requests"]}
     assert list(seen["non-2xx"][1]["by_version"]) == ["1"]  # an answer, though a failed one
     assert seen["refused"][1]["by_version"] == {} and seen["refused"][1]["p50_ms"] is None
@@ -301,15 +301,15 @@ def test_bad_usage_exits_2(args):
 
 
 def test_the_table_has_a_row_per_version_and_per_replica_and_one_for_requests_never_answered():
-    results = [watch.Result(0.0, 0.01, "1", "a", None, 200, False, 1, "ok"),
-               watch.Result(0.5, 0.52, "2", "b", None, 200, False, 2, "ok"),
-               watch.Result(0.6, 0.9, "2", "b", "non-2xx", 503, False, None, None),
-               watch.Result(0.7, 1.7, None, None, "timeout", None, False, None, None)]
+    results = [watch_tally.Result(0.0, 0.01, "1", "a", None, 200, False, 1, "ok"),
+               watch_tally.Result(0.5, 0.52, "2", "b", None, 200, False, 2, "ok"),
+               watch_tally.Result(0.6, 0.9, "2", "b", "non-2xx", 503, False, None, None),
+               watch_tally.Result(0.7, 1.7, None, None, "timeout", None, False, None, None)]
 
     class Options:
         url, rate, connections, new_connection = "http://x/", 4.0, 1, True
-    seen = watch.summary(results, Options, 2.0)
-    lines = watch.table(seen).splitlines()
+    seen = watch_tally.summary(results, Options, 2.0)
+    lines = watch_tally.table(seen).splitlines()
     assert lines[1] == ("4 requests, 2 failed (0 refused, 0 reset, 1 timeout, 1 non-2xx, 0 other, 0 in-flight), "
                         "0 retried; p50 10.0 ms, p99 20.0 ms, longest gap 510.0 ms")
     assert lines[3].split() == ["version", "requests", "share", "refused", "reset", "timeout", "non-2xx", "in",
