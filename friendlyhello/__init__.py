@@ -36,9 +36,13 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     admin           the admin port: faults turned on and off at run time
                         -> connection, faults, http11, proxies, tls
     http_client     watch's HTTP/1.1 client: each answer within one deadline
+    websocket_client  watch's WebSocket client: RFC 6455 from the client's side
+                        -> http_client, websocket
     watch_tally     what watch counts and shows; the schedule its connections share
+    watch_websocket  `watch ws://`: WebSockets held, and what ended each
+                        -> http_client, responses, watch_tally, websocket, websocket_client
     watch           `hello_server.py watch URL`: a client that counts a rollout
-                        -> http_client, responses, watch_tally
+                        -> http_client, responses, watch_tally, watch_websocket
 """
 
 VERSION = "1.0"

@@ -11,7 +11,6 @@ page is a few hundred bytes). Nothing here counts or prints; watch.py does.
 
 import re
 import socket
-import ssl
 import time
 import typing
 
@@ -44,13 +43,13 @@ class Answer(typing.NamedTuple):
 
 
 class Connection:
-    """One connection to ``host``:``port`` (TLS when ``tls``), opened at the first request and
-    after any that leaves it unusable; ``close()`` ends it."""
+    """One connection to ``host``:``port`` (TLS when ``context``, an ssl.SSLContext, is given),
+    opened at the first request and after any that leaves it unusable; ``close()`` ends it."""
 
-    def __init__(self, host, port, tls=False):
+    def __init__(self, host, port, context=None):
         self.host = host
-        self.port = port or (443 if tls else 80)
-        self.tls = tls
+        self.port = port or (443 if context else 80)
+        self.context = context
         self.sock = None
         self._buffer = bytearray()
         self._deadline = 0.0
@@ -93,9 +92,9 @@ class Connection:
     def _connect(self):
         sock = socket.create_connection((self.host, self.port), timeout=self._remaining())
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls:
+        if self.context:
             sock.settimeout(self._remaining())
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            sock = self.context.wrap_socket(sock, server_hostname=self.host)
         self.sock = sock
 
     def _receive(self):

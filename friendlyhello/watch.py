@@ -15,19 +15,24 @@ Every request started is counted, answered or not, and the run ends within its d
 one timeout whatever the server does (a second Ctrl-C: at once). Bodies are read and dropped
 (http_client.py). Exit status: 0 when no request failed, 1 when any did, 2 on bad usage.
 Standard library only: it runs in the tiny image (``docker run friendlyhello watch http://web/``).
+With a ws:// or wss:// URL it holds WebSockets instead, and counts what ended each
+(watch_websocket.py); what is counted and shown is watch_tally.py's.
 """
 
 import argparse
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
 
-from . import http_client, watch_tally
+from . import http_client, watch_tally, watch_websocket
 from .responses import REPLICA_HEADER, VERSION_HEADER
-from .watch_tally import UNKNOWN, Result, failure_kind, summary, table
+from .watch_tally import UNKNOWN, Result, failure_kind, table
+
+SCHEMES = ("http", "https", "ws", "wss")
 
 DESCRIPTION = ("Steady requests to a URL, counted by the version and replica that answered (the "
                "Friendlyhello-Version and -Replica fields), failures by kind; exit status 1 if "
@@ -40,7 +45,6 @@ class Watch(watch_tally.Runner):
     def __init__(self, options):
         super().__init__(options)
         target = urllib.parse.urlsplit(options.url)
-        self._https = target.scheme == "https"
         self._host = target.hostname
         self._port = target.port
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
@@ -51,7 +55,7 @@ class Watch(watch_tally.Runner):
                          f"{close}\r\n").encode("latin-1")
 
     def client(self):
-        conn = http_client.Connection(self._host, self._port, self._https)
+        conn = http_client.Connection(self._host, self._port, self.options.context)
         while self.turn():
             sent = self.now()
             number = self.begin(sent)
@@ -108,18 +112,22 @@ def _number(low, high, kind=float):
 
 def parse_options(argv):
     parser = argparse.ArgumentParser(prog="hello_server.py watch", description=DESCRIPTION)
-    parser.add_argument("url", help="what to ask, such as http://localhost:4000/")
+    parser.add_argument("url", help="what to ask, such as http://localhost:4000/ (or a "
+                                    "WebSocket to hold: ws://localhost:4000/ws)")
     parser.add_argument("--duration", type=_number(0, 86400),
                         help="seconds to run (default: until Ctrl-C)")
     parser.add_argument("--rate", type=_number(0, 10000), default=20.0,
-                        help="requests a second, in all (20)")
+                        help="requests (or WebSocket messages) a second, in all (20)")
     parser.add_argument("--connections", type=_number(0, 1000, int), default=4,
-                        help="requests at once at most: a connection each (4)")
+                        help="requests at once at most: a connection each (4); WebSockets held")
     parser.add_argument("--new-connection", action="store_true",
                         help="a new TCP connection per request, as browsers behind a load "
                              "balancer see it")
     parser.add_argument("--timeout", type=_number(0, 600), default=5.0,
-                        help="seconds to wait for a whole answer (5)")
+                        help="seconds to wait for a whole answer, or an echo (5)")
+    parser.add_argument("--cacert", metavar="FILE",
+                        help="the CA certificates to trust for https:// and wss://, in PEM "
+                             "(default: the system's)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object, and nothing else")
     options = parser.parse_args(argv)
@@ -128,18 +136,31 @@ def parse_options(argv):
         target.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
         parser.error(f"url: {exc}")
-    if target.scheme not in ("http", "https") or not target.hostname:
-        parser.error("url: expected http:// or https:// and a host, such as http://localhost:4000/")
+    if target.scheme not in SCHEMES or not target.hostname:
+        parser.error("url: expected http://, https://, ws:// or wss:// and a host, such as "
+                     "http://localhost:4000/")
+    if options.new_connection and target.scheme in ("ws", "wss"):
+        parser.error("--new-connection: a WebSocket is a connection held, opened again only "
+                     "when it ends")
+    options.context = None
+    if target.scheme in ("https", "wss") or options.cacert:
+        try:
+            options.context = ssl.create_default_context(cafile=options.cacert)
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"--cacert: {options.cacert}: {exc.strerror or exc}")
     return options
 
 
 def main(argv):
     options = parse_options(argv)
-    watch = Watch(options)
+    if options.url.startswith(("ws:", "wss:")):
+        watch = watch_websocket.WebSocketWatch(options)
+    else:
+        watch = Watch(options)
     hurry = threading.Event()  # a second Ctrl-C: no waiting for the requests in flight
 
     def on_signal(signum, frame):
-        (hurry if watch.stop.is_set() else watch.stop).set()
+        hurry.set() if watch.stop.is_set() else watch.halt()
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # set, not inherited: `&` ignores SIGINT
         signal.signal(signum, on_signal)
@@ -148,21 +169,20 @@ def main(argv):
     end = watch.started + options.duration if options.duration else float("inf")
     while not watch.stop.wait(min(1.0, max(end - time.monotonic(), 0))) and time.monotonic() < end:
         if live:
-            seen = summary(watch.snapshot(), options, time.monotonic() - watch.started)
+            seen = watch.summary(time.monotonic() - watch.started)
             sys.stdout.write("\x1b[H\x1b[2J" + table(seen))
             sys.stdout.flush()
     elapsed = time.monotonic() - watch.started
-    watch.stop.set()
-    finish_by = time.monotonic() + options.timeout  # in flight: each ends by its own deadline
+    watch.halt()  # in flight: each ends by its own deadline, and by finish_by
     while any(t.is_alive() for t in threads) and not hurry.is_set():
-        if time.monotonic() >= finish_by:
+        if time.monotonic() >= watch.finish_by:
             break
         hurry.wait(0.02)
     watch.end()
-    seen = summary(watch.snapshot(), options, elapsed)
+    seen = watch.summary(elapsed)
     if options.json:
         sys.stdout.write(json.dumps(seen) + "\n")
     else:
         sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + table(seen))
     sys.stdout.flush()
-    return 1 if seen["failed"] else 0
+    return 1 if watch.failed(seen) else 0

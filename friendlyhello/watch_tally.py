@@ -50,14 +50,14 @@ def percentile(ordered, fraction):
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
 
-def _ms(seconds):
+def ms(seconds):
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def group_summary(results, total):
-    """Requests, share of ``total``, failures by kind, latency and the longest gap between two
-    good answers, of some of the results."""
-    failures = dict.fromkeys(KINDS, 0)
+def group_summary(results, total, kinds=KINDS):
+    """Requests, share of ``total``, failures by kind (of ``kinds``), latency and the longest
+    gap between two good answers, of some of the results."""
+    failures = dict.fromkeys(kinds, 0)
     for r in results:
         if r.kind:
             failures[r.kind] += 1
@@ -67,16 +67,16 @@ def group_summary(results, total):
     done = [r.done for r in results]
     return {"requests": len(results), "share": round(len(results) / total, 4) if total else 0.0,
             "failed": sum(failures.values()), "failures": failures,
-            "p50_ms": _ms(percentile(latencies, 0.5)), "p99_ms": _ms(percentile(latencies, 0.99)),
-            "longest_gap_ms": _ms(max(gaps, default=None)),
+            "p50_ms": ms(percentile(latencies, 0.5)), "p99_ms": ms(percentile(latencies, 0.99)),
+            "longest_gap_ms": ms(max(gaps, default=None)),
             "first_s": round(min(done), 2) if done else None,
             "last_s": round(max(done), 2) if done else None}
 
 
-def summary(results, options, elapsed):
+def summary(results, options, elapsed, kinds=KINDS):
     """Everything watch saw, as one JSON-ready object."""
     total = len(results)
-    whole = group_summary(results, total)
+    whole = group_summary(results, total, kinds)
     by_version = {}
     by_replica = {}
     seconds = collections.defaultdict(collections.Counter)
@@ -97,8 +97,8 @@ def summary(results, options, elapsed):
         "statuses": dict(statuses),
         "p50_ms": whole["p50_ms"], "p99_ms": whole["p99_ms"],
         "longest_gap_ms": whole["longest_gap_ms"],
-        "by_version": {v: group_summary(rs, total) for v, rs in sorted(by_version.items())},
-        "by_replica": {name: {"version": rs[-1].version, **group_summary(rs, total)}
+        "by_version": {v: group_summary(rs, total, kinds) for v, rs in sorted(by_version.items())},
+        "by_replica": {name: {"version": rs[-1].version, **group_summary(rs, total, kinds)}
                        for name, rs in sorted(by_replica.items())},
         "visits": visit_summary(results),
         "timeline": timeline,
@@ -128,7 +128,7 @@ class Runner:
         self.options = options
         self.results = []
         self.stop = threading.Event()
-        self.started = None
+        self.started = self.finish_by = None
         self._lock = threading.Lock()
         self._next = 0
         self._in_flight = {}  # a request's number -> when it was sent
@@ -144,6 +144,19 @@ class Runner:
 
     def client(self):
         raise NotImplementedError
+
+    def halt(self):
+        """No turn more: each thread ends once what it has in flight ends, by ``finish_by``."""
+        if self.finish_by is None:
+            self.finish_by = time.monotonic() + self.options.timeout
+        self.stop.set()
+
+    def summary(self, elapsed):
+        return summary(self.snapshot(), self.options, elapsed)
+
+    def failed(self, seen):
+        """Whether the run failed (exit status 1): here, whether any request did."""
+        return bool(seen["failed"])
 
     def turn(self):
         """Wait for this thread's next turn in the schedule; False once stopped."""
@@ -188,16 +201,28 @@ class Runner:
 
 # -- what it shows ------------------------------------------------------------------------------
 
-_COLUMNS = (("requests", "requests"), ("share", "share"), ("refused", "refused"),
-            ("reset", "reset"), ("timeout", "timeout"), ("non-2xx", "non-2xx"),
-            ("in flight", "in-flight"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-            ("longest gap ms", "longest_gap_ms"), ("first s", "first_s"), ("last s", "last_s"))
+_LATENCY = (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("longest gap ms", "longest_gap_ms"),
+            ("first s", "first_s"), ("last s", "last_s"))
+_HELD = (("opened", "opened"), ("closed", "closed"), ("cut", "cut"), ("reconnects", "reconnects"),
+         ("reconnect p50 ms", "reconnect_p50_ms"))  # of WebSockets, what ended them
 
 
-def _cells(name, group, version=None):
-    values = {**group, **group["failures"], "share": f"{group['share']:.0%}"}
+def _columns(seen):
+    """(title, key) of each column: requests (or messages), the failure kinds but other, the
+    latencies, and for WebSockets what became of the connections."""
+    held = "websocket" in seen
+    kinds = [(kind.replace("-", " ") if kind == "in-flight" else kind, kind)
+             for kind in seen["failures"] if kind != "other"]
+    return (("messages" if held else "requests", "requests"), ("share", "share"), *kinds,
+            *_LATENCY, *(_HELD if held else ()))
+
+
+def _cells(columns, name, group, version=None):
+    held = group.get("connections") or {}
+    values = {**group, **group["failures"], **held, "closed": sum(held.get("closed", {}).values()),
+              "share": f"{group['share']:.0%}"}
     return [name, *([] if version is None else [version]),
-            *("-" if values[key] is None else str(values[key]) for _, key in _COLUMNS)]
+            *("-" if values.get(key) is None else str(values[key]) for _, key in columns)]
 
 
 def _grid(header, rows):
@@ -210,9 +235,24 @@ def _grid(header, rows):
     return lines
 
 
-def table(seen):
-    """The summary as a terminal shows it: totals, then a row per version and per replica."""
+def _counts(counted, before=""):
+    return ", ".join(f"{n} {before}{what}" for what, n in counted.items()) or "none"
+
+
+def _heading(seen):
     failures = ", ".join(f"{n} {kind}" for kind, n in seen["failures"].items())
+    if "websocket" in seen:
+        held = seen["websocket"]
+        return [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, "
+                f"{seen['connections']} WebSockets held open, a message on one at each turn",
+                f"{seen['requests']} messages, {seen['failed']} failed ({failures}), "
+                f"{seen['retried']} sent again; echo p50 {seen['p50_ms']} ms, p99 "
+                f"{seen['p99_ms']} ms, longest gap {seen['longest_gap_ms']} ms",
+                f"{held['opened']} connections opened, {held['open_at_end']} open at the end; "
+                f"closed by the server: {_counts(held['closed'], 'with ')}; "
+                f"cut: {_counts(held['cuts'])}; reconnects: {held['reconnects']} (p50 "
+                f"{held['reconnect_p50_ms']} ms, longest {held['reconnect_max_ms']} ms); "
+                f"failed to open: {_counts(held['failed_to_open'])}", ""]
     if seen["keep_alive"]:
         mode = (f"{seen['connections']} connections kept alive: each stays with the replica it "
                 "reached, so a round-robin balancer looks sticky (--new-connection: a new one per "
@@ -220,20 +260,27 @@ def table(seen):
     else:
         mode = (f"{seen['connections']} clients, a new connection per request: each is balanced "
                 "anew")
-    lines = [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {mode}",
-             f"{seen['requests']} requests, {seen['failed']} failed ({failures}), "
-             f"{seen['retried']} retried; p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, "
-             f"longest gap {seen['longest_gap_ms']} ms", ""]
+    return [f"watch {seen['url']}  {seen['seconds']:.1f} s at {seen['rate']:g}/s, {mode}",
+            f"{seen['requests']} requests, {seen['failed']} failed ({failures}), "
+            f"{seen['retried']} retried; p50 {seen['p50_ms']} ms, p99 {seen['p99_ms']} ms, "
+            f"longest gap {seen['longest_gap_ms']} ms", ""]
+
+
+def table(seen):
+    """The summary as a terminal shows it: totals, then a row per version and per replica."""
+    columns = _columns(seen)
+    lines = _heading(seen)
     versions = seen["by_version"].values()
     unanswered = seen["requests"] - sum(v["requests"] for v in versions)
-    rows = [_cells(v, group) for v, group in seen["by_version"].items()]
+    rows = [_cells(columns, v, group) for v, group in seen["by_version"].items()]
     if unanswered:
         lost = {kind: n - sum(v["failures"][kind] for v in versions)
                 for kind, n in seen["failures"].items()}
-        row = {**dict.fromkeys(key for _, key in _COLUMNS), "requests": unanswered,
+        row = {**dict.fromkeys(key for _, key in columns), "requests": unanswered,
                "failures": lost, "share": unanswered / max(seen["requests"], 1)}
-        rows.append(_cells(NO_ANSWER, row))
-    lines += _grid(["version", *(title for title, _ in _COLUMNS)], rows) + [""]
-    rows = [_cells(name, group, group["version"]) for name, group in seen["by_replica"].items()]
-    lines += _grid(["replica", "version", *(title for title, _ in _COLUMNS)], rows)
+        rows.append(_cells(columns, NO_ANSWER, row))
+    lines += _grid(["version", *(title for title, _ in columns)], rows) + [""]
+    rows = [_cells(columns, name, group, group["version"])
+            for name, group in seen["by_replica"].items()]
+    lines += _grid(["replica", "version", *(title for title, _ in columns)], rows)
     return "\n".join(lines) + "\n"

@@ -76,22 +76,27 @@ def accept(headers, query):
             ticks = float("nan")
         if not MIN_TICK <= ticks <= MAX_TICK:
             raise UpgradeRefused(400, f"ticks: seconds from {MIN_TICK:g} to {MAX_TICK:g}")
+    return accept_value(key), ticks
+
+
+def accept_value(key):
+    """What Sec-WebSocket-Accept answers a Sec-WebSocket-Key with."""
     import hashlib  # only where a WebSocket opens
 
     digest = hashlib.sha1(key.encode() + GUID).digest()  # noqa: S324 - RFC 6455's, not for secrecy
-    return base64.b64encode(digest).decode(), ticks
+    return base64.b64encode(digest).decode()
 
 
-def frame(opcode, payload=b""):
-    """A server frame: final, unmasked."""
-    length = len(payload)
+def frame(opcode, payload=b"", mask=None):
+    """A final frame: a server's, unmasked; or a client's, masked with ``mask`` (4 bytes)."""
+    length, masked = len(payload), 0x80 if mask else 0
     if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, length)
+        head = struct.pack("!BB", 0x80 | opcode, masked | length)
     elif length < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, length)
+        head = struct.pack("!BBH", 0x80 | opcode, masked | 126, length)
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, length)
-    return head + payload
+        head = struct.pack("!BBQ", 0x80 | opcode, masked | 127, length)
+    return head + mask + unmask(payload, mask) if mask else head + payload
 
 
 def close_frame(code, reason=""):
@@ -99,7 +104,8 @@ def close_frame(code, reason=""):
 
 
 def unmask(masked, key):
-    """The payload of a client frame: XOR with its 4-byte key, done as big integers."""
+    """The payload of a client frame: XOR with its 4-byte key, done as big integers (the same
+    XOR masks one)."""
     if not masked:
         return b""
     length = len(masked)

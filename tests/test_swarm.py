@@ -72,9 +72,9 @@ class Stack:
         self.clients.append(client)
         return client
 
-    def watch(self, *options):
+    def watch(self, *options, url="http://tasks.web/"):
         """Start `watch` (the tiny image itself) on the stack's network; stop it with finish()."""
-        client = docker("run", "-d", "--network", self.network, IMAGE, "watch", "http://tasks.web/", "--json",
+        client = docker("run", "-d", "--network", self.network, IMAGE, "watch", url, "--json",
                         "--rate", "25", "--timeout", "5", *options)
         self.clients.append(client)
         return client
@@ -197,14 +197,14 @@ def test_scaling_up_to_8_and_down_to_2_under_load_fails_no_request(stack):
     swarm_wait(lambda: len(stack.tasks(stack.web)) == 2, 30, "the stopped replicas' exit")
 
 
-def roll_to(stack, version, *watch_options):
+def roll_to(stack, version, *watch_options, url="http://tasks.web/"):
     """A rolling update to this VERSION with `watch` running throughout; what watch saw, the
     counter's rise, and how long the update took."""
     docker("service", "scale", "--detach=false", f"{stack.web}=5", timeout=300)
     swarm_wait(lambda: stack.healthy(5), 60, "five healthy replicas")
     old = {c for c, _ in stack.tasks(stack.web)}
     before = stack.counter()
-    client = stack.watch(*watch_options)
+    client = stack.watch(*watch_options, url=url)
     time.sleep(3)  # the old version alone, first
     started = time.monotonic()
     docker("service", "update", "--detach=false", "--env-add", f"VERSION={version}", stack.web, timeout=600)
@@ -238,6 +238,22 @@ def test_a_rolling_update_from_one_version_to_the_next_fails_no_request_watched_
     shown = seen["visits"]
     assert shown["distinct"] == shown["shown"] == seen["requests"]  # each a visit, no number twice
     assert shown["shown"] <= rise <= shown["shown"] + shown["no_reply"] + seen["retried"]
+
+
+def test_a_rolling_update_closes_each_websocket_of_the_old_version_with_1001_and_cuts_none(stack):
+    old, new = "3", "4"
+    docker("service", "update", "--detach=false", "--env-add", f"VERSION={old}", stack.web, timeout=600)
+    seen, _, took = roll_to(stack, new, url="ws://tasks.web/ws")
+    held, versions = seen["websocket"], seen["by_version"]
+    before, after = versions[old]["connections"], versions[new]["connections"]
+    print(f"\nrolling update {old} -> {new} with `watch ws://` in {took:.1f}s: {seen['requests']} messages, "
+          f"{seen['failed']} failed {seen['failures']}, {seen['retried']} sent again, echo p99 {seen['p99_ms']} ms; "
+          f"connections: {json.dumps(held)}\n" + watch_tally.table(seen))
+    assert seen["failed"] == 0, seen["failures"]
+    assert held["cut"] == 0 and held["failed_to_open"] == {}, held
+    assert before["closed"] == {"1001": before["opened"]} and before["open_at_end"] == 0  # each closed properly
+    assert after["open_at_end"] == 4 and after["cut"] == 0 and set(versions) == {old, new}
+    assert held["reconnects"] == sum(held["closed"].values()) >= 4  # each opened again, at once
 
 
 def test_a_release_whose_liveness_fails_is_rolled_back_by_the_stack_s_own_update_config(stack):
