@@ -3,11 +3,14 @@
 greeting, the echo, ticks, fragments with control frames between them, the close handshake,
 each broken frame's close code, pings, a client that does not read, TLS, and a stop."""
 
+import collections
 import html
 import json
 import os
 import re
+import resource
 import selectors
+import shutil
 import signal
 import socket
 import ssl
@@ -30,6 +33,7 @@ from helpers import (
     refused_env,
     request,
     serving,
+    unavailable,
     wait_until,
 )
 from test_browser import page_server
@@ -405,6 +409,34 @@ ws.onclose = (event) => {
 </script></body>"""
 
 
+NODE_CLIENT = os.path.join(os.path.dirname(__file__), "clients", "node_ws.js")
+
+
+def node_ws(url, *args):
+    """What tests/clients/node_ws.js (Node's `ws` package) saw of ``url``, and its exit status."""
+    node = shutil.which("node")
+    env = {**os.environ, "NODE_PATH": "/usr/share/nodejs"}  # Debian's node-ws lives there
+    if node is None or subprocess.run([node, "-e", "require('ws')"], env=env, capture_output=True).returncode:
+        unavailable("Node's ws is not installed (apt-get install nodejs node-ws)")
+    done = subprocess.run([node, NODE_CLIENT, url, *args], env=env, capture_output=True, text=True, timeout=20)
+    return json.loads(done.stdout), done.returncode
+
+
+@pytest.mark.slow  # node starts in a third of a second, twice
+def test_node_s_ws_package_gets_the_greeting_the_echoes_a_tick_a_pong_and_its_close_code_back_over_ws_and_wss():
+    certs = certificates()
+    with serving(tls_env(certs, REPLICA_ID="node-1")) as server:
+        plain, plain_status = node_ws(f"ws://127.0.0.1:{server.port}/ws?ticks=0.1")
+        tls, tls_status = node_ws(f"wss://localhost:{server.tls_port}/ws?ticks=0.1", certs.ca)
+    for seen, status in ((plain, plain_status), (tls, tls_status)):
+        assert status == 0 and "error" not in seen, seen
+        assert seen["greeting"]["replica"] == "node-1"
+        assert ["Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"] in seen["greeting"][
+            "headers"] and seen["extensions"] == ""  # offered by ws, declined: none in the 101
+        assert seen["text"] == "héllo from node" and seen["binary"] is True and seen["ticks"] >= 1
+        assert seen["pong"] == "node ping" and seen["close"]["code"] == 4001  # its code echoed
+
+
 @pytest.mark.slow  # a real browser
 def test_headless_chromium_s_websocket_gets_the_greeting_its_echo_and_a_clean_close(page_server, tmp_path):
     from test_browser import CHROMIUM_FLAGS, chromium_path
@@ -438,3 +470,68 @@ def test_every_length_encoding_and_more_frames_than_a_turn_takes_come_back_whole
     sock.close()
     assert echoed == sizes
     assert answers == [(1, str(n).encode()) for n in range(200)]
+
+
+def idle_websocket(port):
+    """A raw WebSocket past its upgrade and greeting, read in as few calls as it came in."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(UPGRADE)
+    data = b""
+    while True:
+        data += sock.recv(65536)
+        head, _, greeting = data.partition(b"\r\n\r\n")
+        if len(greeting) >= 4 and len(greeting) >= 4 + struct.unpack("!H", greeting[2:4])[0]:
+            assert head.startswith(b"HTTP/1.1 101 ") and greeting[0] == 0x81, data[:200]
+            return sock
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
+@pytest.mark.slow  # 10,000 connections opened one after another, then a stop that closes each
+def test_ten_thousand_idle_websockets_on_one_process_hold_under_8_kib_each_and_a_stop_closes_each_with_1001():
+    count = 10_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= count + 200, f"this test needs {count + 200} file descriptors; the hard limit is {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 200), hard))
+    proc = Process(refused_env(PORT="0", BIND="127.0.0.1", MAX_CONNECTIONS=str(count + 100), ACCESS_LOG="off",
+                               DRAIN_TIMEOUT="20"))
+    sockets = []
+    try:
+        proc.wait_listening()
+        before = rss_kib(proc.process.pid)
+        sockets = [idle_websocket(proc.port) for _ in range(count)]
+        started = time.monotonic()
+        metrics = request(proc.port, "/metrics").body.decode()  # the loop still answers, at once
+        answered_in = time.monotonic() - started
+        per_websocket = (rss_kib(proc.process.pid) - before) * 1024 / count
+        for sock in sockets[::1000]:  # any of them still echoes
+            sock.sendall(client_frame(1, b"still here"))
+            assert read_frame(sock) == (1, b"still here")
+        proc.signal(signal.SIGTERM)
+        codes = collections.Counter()
+        for sock in sockets:
+            code, _ = closed_with_answering(sock)
+            codes[code] += 1
+        exit_code = proc.wait(20)
+    finally:
+        for sock in sockets:
+            sock.close()
+        _, err = proc.finish()
+    print(f"\n{count} idle WebSockets: {per_websocket:.0f} B each; /metrics answered in {answered_in * 1000:.1f} ms")
+    assert metric_sample(metrics, "friendlyhello_websockets_open") == count
+    assert answered_in < 1 and per_websocket < 8 * 1024
+    assert codes == {1001: count} and exit_code == 0, err  # no WebSocket cut without its Close
+
+
+def closed_with_answering(sock):
+    """Read to the server's Close, answer it as a client does, then see the connection end:
+    (its code, whether it ended)."""
+    while (got := read_frame(sock)) is not None and got[0] != 8:
+        pass
+    if got is None:
+        return None, True
+    sock.sendall(client_frame(8, got[1][:2]))
+    return struct.unpack("!H", got[1][:2])[0], read_frame(sock) is None
