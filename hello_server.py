@@ -5,7 +5,8 @@ shows the number; when Redis cannot be reached the page says the counter is disa
 once, instead of hanging. Also serves ``/healthz`` and ``/livez`` (liveness), ``/readyz``
 (readiness: "send me traffic"), ``/metrics`` (Prometheus), ``/replicas`` (who served how
 many, by version), ``/echo`` (what arrived, and from whom), ``/status/CODE`` and
-``/delay/SECONDS`` (to test clients and proxies), and JSON for clients that ask for it.
+``/delay/SECONDS`` (to test clients and proxies), streams (``/bytes/N``, ``/stream/N``,
+``/drip``, ``/sse``: what a proxy buffers and cuts), and JSON for clients that ask for it.
 ``python3 hello_server.py watch URL`` is a client that counts a rolling update.
 
 It is built on ``http.server``'s request handler, which parses each request head, with one
@@ -44,6 +45,7 @@ from friendlyhello.routes import Route
 from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
 from friendlyhello.site import Site
+from friendlyhello.streams import StreamRoutes
 from friendlyhello.tls import TLSFiles, TLSSetupError
 from friendlyhello.websocket import Upgrade
 from friendlyhello.workers import HELD_SIGNALS, Supervisor
@@ -51,7 +53,7 @@ from friendlyhello.workers import HELD_SIGNALS, Supervisor
 PING = resp_client.encode_command(("PING",))
 
 
-def route_table(config, site, echo, commands, upgrade):
+def route_table(config, site, echo, commands, upgrade, streams):
     """Every path the server answers: the Site's answer, the Redis command sent first (none
     when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
     (left out of the access log by default). A path ending in "/" takes the rest of the path
@@ -68,6 +70,10 @@ def route_table(config, site, echo, commands, upgrade):
         "/status/":  Route(site.status),  # /status/418
         "/delay/":   Route(site.delay),   # /delay/1.5
         "/ws":       Route(upgrade.answer),  # WebSocket: greets, echoes, ?ticks=S
+        "/bytes/":   Route(streams.bytes),   # /bytes/1048576: exactly that many; a Range too
+        "/stream/":  Route(streams.lines),   # /stream/20: JSON lines, a chunk each
+        "/drip":     Route(streams.drip),    # ?bytes=N&duration=S&delay=D
+        "/sse":      Route(streams.events),  # server-sent events: ?count=N&interval=S
     }
 
 
@@ -96,7 +102,8 @@ def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None,
     redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
                                commands.visit_commands)
     lifecycle.needs("redis", redis_thread.is_alive)
-    routes = route_table(config, site, Echo(config, me), commands, Upgrade(config, me))
+    routes = route_table(config, site, Echo(config, me), commands, Upgrade(config, me),
+                         StreamRoutes(me))
     headers = CommonHeaders(me.replica_id, config.version)
     return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                        headers, faults, supervisor_pid)

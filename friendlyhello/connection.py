@@ -60,13 +60,16 @@ class Connection:
     WEBSOCKET upgraded (websocket.py): frames both ways, no deadline of its own (pings say
               whether the client is there); not read while MAX_BACKLOG waits to go to it
     SENDING   a response is going out; the client must take it by the deadline
+    STREAMING its head went, and its body is being made a piece at a time (streams.py): the
+              client must take each piece by the deadline; none while a piece's time is awaited
     LINGERING our side is shut after a response: what the client still sends is read and
               dropped until it closes or the deadline, so it can read our answer (RFC 9112 9.6)
     CLOSED    done
     """
 
-    HANDSHAKE, READING, READY, WAITING, SENDING, WEBSOCKET, LINGERING, CLOSED = (
-        "handshake", "reading", "ready", "waiting", "sending", "websocket", "lingering", "closed")
+    HANDSHAKE, READING, READY, WAITING, SENDING, STREAMING, WEBSOCKET, LINGERING, CLOSED = (
+        "handshake", "reading", "ready", "waiting", "sending", "streaming", "websocket",
+        "lingering", "closed")
     # What the selector watches the socket for in each state. READY and WAITING go on reading
     # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
     # costs no change to the selector, where unwatching and watching again cost two syscalls.
@@ -76,6 +79,7 @@ class Connection:
         READY: selectors.EVENT_READ,
         WAITING: selectors.EVENT_READ,
         SENDING: selectors.EVENT_WRITE,
+        STREAMING: selectors.EVENT_READ,  # and EVENT_WRITE while a piece waits to go
         WEBSOCKET: selectors.EVENT_READ,  # and EVENT_WRITE while frames wait to go
         LINGERING: selectors.EVENT_READ,
         CLOSED: 0,
@@ -83,7 +87,7 @@ class Connection:
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline",
                  "buffer", "outgoing", "handler", "started", "close_after", "linger", "held", "tls",
-                 "ws")
+                 "ws", "stream")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
@@ -106,6 +110,7 @@ class Connection:
         self.held = None           # an answer held until its deadline or the hang's end (WAITING)
         self.tls = tls             # a tls.Channel on the TLS port; its bytes pass through it
         self.ws = None             # a websocket.Session, once upgraded
+        self.stream = None         # the answer's body being streamed (streams.py), if one is
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
@@ -113,10 +118,12 @@ class Connection:
         events = self.EVENTS[state]
         if state is self.WEBSOCKET and len(self.outgoing) >= MAX_BACKLOG:
             events = 0  # a client that does not read has its frames left unread
-        if (state is self.HANDSHAKE or state is self.WEBSOCKET) and self.outgoing:
-            events |= selectors.EVENT_WRITE
-        if (state is self.READY or state is self.WAITING) and len(self.buffer) >= READ_AHEAD:
+        if (state is self.READY or state is self.WAITING or state is self.STREAMING) and len(
+                self.buffer) >= READ_AHEAD:
             events = 0  # enough is read ahead: the rest waits in the kernel
+        if (state is self.HANDSHAKE or state is self.WEBSOCKET or state is self.STREAMING) and (
+                self.outgoing):
+            events |= selectors.EVENT_WRITE
         self._watch(events)
         self.state = state
         self.deadline = float("inf") if seconds is None else time.monotonic() + seconds
@@ -175,8 +182,9 @@ class Connection:
             sent = 0
         except OSError:
             raise ClientGone from None
-        self.outgoing = self.outgoing[sent:]
-        return not self.outgoing
+        rest = self.outgoing[sent:]
+        self.outgoing = rest or b""  # a stream's piece may be a memoryview: none is left of it
+        return not rest
 
     def shut_sending(self):
         """Send our end of the stream (FIN) but keep reading; False if the socket is gone."""
@@ -230,7 +238,7 @@ class Connections:
         # With the PROXY protocol on: the only peers taken, each to send a PROXY header first.
         self.proxies = proxies
         self.stopping = False
-        self.going_away = lambda conn: None  # the WebSockets' (set by the loop)
+        self.at_stop = []  # each called with every connection left when the port closes
         self._open = set()
         self._accepting = False
 
@@ -348,6 +356,9 @@ class Connections:
         conn.close()
         self._open.discard(conn)
         self.metrics.open_connections -= 1
+        if conn.stream is not None:  # cut in the middle
+            conn.stream = None
+            self.metrics.streams_open -= 1
         if conn.tls is not None:
             self.metrics.tls_connections -= 1
         self.accept()
@@ -383,8 +394,9 @@ class Connections:
             port.sock.close()
         for conn in [c for c in self._open if not c.handler and c.ws is None]:
             self.close(conn)
-        for conn in [c for c in self._open if c.ws is not None]:
-            self.going_away(conn)  # a Close each, and the drain for their answers
+        for conn in list(self._open):
+            for going_away in self.at_stop:
+                going_away(conn)  # a WebSocket's Close, an endless stream's end
 
     def close_all(self):
         for conn in list(self._open):

@@ -72,6 +72,10 @@ FAMILIES = (
     Family("friendlyhello_websocket_closes_total", "counter",
            "WebSockets closed, by the close code that ended them (cut: no Close came or went).",
            ("code",)),
+    Family("friendlyhello_streams_open", "gauge",
+           "Answers being streamed now (/bytes/, /stream/, /drip, /sse)."),
+    Family("friendlyhello_stream_bytes_total", "counter",
+           "Bytes of streamed answers' bodies sent, by route.", ("route",)),
     Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
     Family("friendlyhello_build_info", "gauge",
            "The VERSION this replica was started with, friendlyhello's release and Python's "
@@ -146,6 +150,9 @@ class Metrics:
         closes = "friendlyhello_websocket_closes_total"
         self.ws_messages = self.series[messages] = collections.Counter(self.series[messages])
         self.ws_closes = self.series[closes] = collections.Counter(self.series[closes])
+        self.streams_open = 0
+        streamed = "friendlyhello_stream_bytes_total"
+        self.stream_bytes = self.series[streamed] = collections.Counter(self.series[streamed])
         self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
         sizes = self.series["friendlyhello_redis_pipeline_size"]
         self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)
@@ -180,6 +187,7 @@ class Metrics:
         self.series["friendlyhello_open_connections"] = {(): self.open_connections}
         self.series["friendlyhello_tls_connections_open"] = {(): self.tls_connections}
         self.series["friendlyhello_websockets_open"] = {(): self.websockets_open}
+        self.series["friendlyhello_streams_open"] = {(): self.streams_open}
         dropped = self._log.dropped if self._log else 0
         self.series["friendlyhello_log_lines_dropped_total"] = {(): dropped}
         series = {name: dict(values) for name, values in self.series.items()}

@@ -61,10 +61,19 @@ class Responder:
             data = response_bytes(response, self._headers()) + greeting
             return self._send(conn, data, False, False)
         close = handler.close_connection or self.stopping
+        stream = response.stream
+        if stream is not None and not stream.length_known:  # chunked, or until the close
+            stream.chunked = handler.request_version != "HTTP/1.0"
+            close = close or not stream.chunked
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
                               keep_alive=handler.request_version == "HTTP/1.0")
         # Lingering is for a client that may still be sending: one that asked to close is done.
         linger = not (handler.client_closes and not conn.buffer)
+        if stream is not None and not handler.head_only:  # its head now; then the Streams
+            conn.stream = stream
+            conn.queue(data)
+            conn.close_after, conn.linger = close, linger
+            return self.flush(conn)
         return self._send(conn, data, close, linger)
 
     def answer_from_redis(self, conn, reply, error):
@@ -140,6 +149,9 @@ class Responder:
             return False
         if not all_sent:  # the client reads slowly: wait until it can take more
             conn.enter(Connection.SENDING, self.idle_timeout)
+        elif conn.stream is not None:  # a streamed answer's head went: its body follows
+            conn.enter(Connection.STREAMING, None)
+            return True
         elif not conn.close_after:
             conn.handler = None
             if conn.ws is not None:  # upgraded: the loop's WebSockets take it on

@@ -26,6 +26,7 @@ class Response(typing.NamedTuple):
     headers: tuple = ()   # (name, value) pairs beyond the common ones
     delay: float = 0.0    # seconds to hold it before it is sent (held by the loop, not a thread)
     upgrade: tuple | None = None  # a 101's (websocket.Session, its greeting frame)
+    stream: object = None         # a body made over time (streams.py), instead of ``body``
 
 
 def error_response(status):
@@ -73,7 +74,13 @@ def response_bytes(response, common, *, head_only=False, close=False, keep_alive
     if response.content_type:  # none on a 101
         parts += ["Content-Type: ", response.content_type, "\r\n"]
     head_only = head_only or response.status in _NO_CONTENT
-    if not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
+    stream = response.stream
+    if stream is not None:  # its framing, for a HEAD too: the body follows, or would
+        if stream.length_known:
+            parts += ["Content-Length: ", str(stream.length), "\r\n"]
+        elif stream.chunked:
+            parts.append("Transfer-Encoding: chunked\r\n")
+    elif not head_only:  # a HEAD of "/" counts nothing, so its length would not be the GET's
         parts += ["Content-Length: ", str(len(body)), "\r\n"]
     for name, value in response.headers:
         parts += [name, ": ", value, "\r\n"]

@@ -18,6 +18,7 @@ from .connection import ClientGone, Connection, Connections, HeadRefused, Port
 from .http11 import RequestHandler
 from .responder import Responder
 from .responses import TEXT, Response
+from .streams import Streams
 from .websocket import WebSockets
 
 SWEEP_INTERVAL = 0.25  # how often expired connections are looked for (and faults read)
@@ -104,17 +105,11 @@ class HelloServer:
 
     def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                  headers, faults, supervisor_pid=None):
-        self.config = config
-        self.routes = routes
-        self.faults = faults
-        self.redis_thread = redis_thread
-        self.waker = waker
-        self.metrics = metrics
-        self.lifecycle = lifecycle
-        self.log = log
+        self.config, self.routes, self.faults, self.log = config, routes, faults, log
+        self.redis_thread, self.waker, self.stopping = redis_thread, waker, False
+        self.metrics, self.lifecycle = metrics, lifecycle
         self.supervisor_pid = supervisor_pid  # in a worker: it stops when the supervisor is gone
         self.tls = next((port.tls for port in ports if port.tls), None)  # the TLSFiles
-        self.stopping = False
         # How long a request may wait on Redis: a round trip (connect, then reply), and a margin.
         self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
         self._selector = selectors.DefaultSelector()
@@ -124,6 +119,7 @@ class HelloServer:
         self.responder = Responder(config, self.connections, metrics, log, headers)
         self.port, self.tls_port = self.connections.port_numbers()
         self.websockets = WebSockets(self.connections, metrics, config.ws_ping_interval)
+        self.streams = Streams(self.connections, metrics, config.idle_timeout, self.responder.flush)
         self._ready = []  # connections in state READY, served next turn
         self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
 
@@ -141,7 +137,8 @@ class HelloServer:
                     wait = shutdown.next_wait(time.monotonic(), self.connections, wait)
                     if wait is None:
                         return
-                wait = until(wait, self.responder.next_release(), self.websockets.next_due())
+                wait = until(wait, self.responder.next_release(), self.websockets.next_due(),
+                             self.streams.next_due())
                 if self._for_redis:  # the turn's Redis commands, together (as auto-pipelining does)
                     self.redis_thread.submit(self._for_redis)
                     self._for_redis = []
@@ -150,13 +147,18 @@ class HelloServer:
                 self._serve_ready()
                 now = time.monotonic()
                 self.websockets.turn(now)
+                for conn in self.streams.turn(now):  # streams that ended: on to their next requests
+                    self._serve_requests(conn)
                 for conn in self.responder.due(now):
                     self._release(conn)
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
         finally:
-            self._shut_down()
+            self.connections.close_all()
+            self.redis_thread.stop()
+            self._selector.close()
+            self.waker.close()
 
     def _handle(self, data, events):
         if type(data) is Port:
@@ -169,6 +171,9 @@ class HelloServer:
             try:
                 if data.state is Connection.WEBSOCKET:
                     self.websockets.handle(data, events)
+                elif data.state is Connection.STREAMING:
+                    if self.streams.handle(data, events):
+                        self._serve_requests(data)
                 elif data.state is Connection.HANDSHAKE:  # HTTP in clear is answered in clear
                     step = self.connections.handshake(data, self.config.proxy_protocol)
                     if step == "plain_http":
@@ -249,6 +254,8 @@ class HelloServer:
         for _ in range(REQUESTS_PER_TURN):
             if conn.state is Connection.WEBSOCKET:  # its 101 went: frames from now on
                 return self.websockets.opened(conn)
+            if conn.state is Connection.STREAMING and not self.streams.begin(conn):
+                return  # its head went: its body is sent as the client takes it
             if conn.state is not Connection.READING or self.responder.hanging:
                 return
             try:
@@ -288,9 +295,3 @@ class HelloServer:
         """Send an answer held until now, then go on to the connection's next requests."""
         if self.responder.release(conn):
             self._serve_requests(conn)
-
-    def _shut_down(self):
-        self.connections.close_all()
-        self.redis_thread.stop()
-        self._selector.close()
-        self.waker.close()

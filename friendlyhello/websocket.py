@@ -254,7 +254,7 @@ class WebSockets:
 
     def __init__(self, connections, metrics, ping_interval):
         self.connections, self.metrics = connections, metrics
-        connections.going_away = self.going_away  # at a stop, each WebSocket is told
+        connections.at_stop.append(self.going_away)  # at a stop, each WebSocket is told
         self.ping_interval = ping_interval
         self._timers = []  # (when, n, connection, "ping" or "tick"), a heap
         self._order = itertools.count()

@@ -40,6 +40,7 @@ FAMILIES = {
     "process_max_fds": "gauge", "friendlyhello_log_lines_dropped": "counter", "friendlyhello_proxy_refused": "counter",
     "friendlyhello_fault": "gauge", "friendlyhello_tls_handshakes": "counter",
     "friendlyhello_tls_connections_open": "gauge", "friendlyhello_websockets_open": "gauge",
+    "friendlyhello_streams_open": "gauge", "friendlyhello_stream_bytes": "counter",
     "friendlyhello_websocket_messages": "counter", "friendlyhello_websocket_closes": "counter",
 }
 
@@ -267,6 +268,11 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# HELP friendlyhello_websocket_closes_total WebSockets closed, by the close code that ended them (cut: no "
         "Close came or went).\n"
         "# TYPE friendlyhello_websocket_closes_total counter\n"
+        "# HELP friendlyhello_streams_open Answers being streamed now (/bytes/, /stream/, /drip, /sse).\n"
+        "# TYPE friendlyhello_streams_open gauge\n"
+        "friendlyhello_streams_open 0\n"
+        "# HELP friendlyhello_stream_bytes_total Bytes of streamed answers' bodies sent, by route.\n"
+        "# TYPE friendlyhello_stream_bytes_total counter\n"
         "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
         "# TYPE friendlyhello_redis_up gauge\n"
         "friendlyhello_redis_up 0\n"
