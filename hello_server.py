@@ -13,8 +13,8 @@ It is built on ``http.server``'s request handler, which parses each request head
 change to how connections are served: one thread serves all connections, non-blocking, with
 a selector, and one more thread talks to Redis, sending the commands of all waiting requests
 in one round trip. It serves small pages to demo, learning and probe traffic; it is not a
-general web server (no request bodies, no static files). With TLS_PORT it serves HTTPS too,
-from the same loop (``friendlyhello.tls``).
+general web server (no static files; request bodies only at ``/echo``, summed up). With
+TLS_PORT it serves HTTPS too, from the same loop (``friendlyhello.tls``).
 
 This module is what runs (``python3 hello_server.py``, ``python3 -m hello_server``): the
 routes, how one serving process is wired, and ``main``. The machinery is in the package
@@ -57,7 +57,8 @@ def route_table(config, site, echo, commands, upgrade, streams):
     """Every path the server answers: the Site's answer, the Redis command sent first (none
     when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
     (left out of the access log by default). A path ending in "/" takes the rest of the path
-    as its argument. Anything else is 404; methods but GET and HEAD, 405."""
+    as its argument. Anything else is 404; methods but GET and HEAD, 405 (but POST, PUT and
+    PATCH where a route takes a body)."""
     ready_command = PING if config.ready_needs_redis == "on" else None
     return {
         "/":         Route(site.page, commands.one_visit, counts_visit=True, gate=site.page_gate),
@@ -66,7 +67,7 @@ def route_table(config, site, echo, commands, upgrade, streams):
         "/readyz":   Route(site.readyz, ready_command, probe=True),
         "/metrics":  Route(site.metrics_page, probe=True),
         "/replicas": Route(site.replicas, commands.view),
-        "/echo":     Route(echo.answer),
+        "/echo":     Route(echo.answer, takes_body=True),  # POST, PUT, PATCH: what the body was
         "/status/":  Route(site.status),  # /status/418
         "/delay/":   Route(site.delay),   # /delay/1.5
         "/ws":       Route(upgrade.answer),  # WebSocket: greets, echoes, ?ticks=S

@@ -22,6 +22,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     websocket       /ws: RFC 6455's frames, and the loop's WebSockets  -> connection, responses
     streams         /bytes/, /stream/, /drip, /sse: bodies made as the client takes them
                         -> connection, responses
+    bodies          request bodies read as they come, within limits  -> connection, responses
     replicas        what replicas keep in Redis: the counter, their records  -> resp_client
     replica_view    /replicas: the records read, as a table or JSON
                         -> redis_state, replicas, resp_client
@@ -31,7 +32,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     responder       each answer held, counted, logged and written
                         -> connection, proxies, resp_client, responses
     server          the selector loop
-                    -> connection, http11, responder, responses, resp_client, streams, websocket
+        -> bodies, connection, http11, responder, responses, resp_client, streams, websocket
     listening       the port, or why not
     healthcheck     the image's HEALTHCHECK
     workers         the supervisor of several worker processes

@@ -54,6 +54,7 @@ class Connection:
     HANDSHAKE TLS is being set up (on the TLS port; after the PROXY header, where one comes):
               it must be done by the deadline
     READING   waiting for (the rest of) a request head; the head must arrive by the deadline
+    BODY      reading a request's body (bodies.py): more of it must come by the deadline
     READY     more requests are buffered than one turn of the loop serves: the rest wait for
               the next turn, so a client that pipelines thousands cannot hold up the others
     WAITING   a request waits for Redis (or its delay)
@@ -67,8 +68,8 @@ class Connection:
     CLOSED    done
     """
 
-    HANDSHAKE, READING, READY, WAITING, SENDING, STREAMING, WEBSOCKET, LINGERING, CLOSED = (
-        "handshake", "reading", "ready", "waiting", "sending", "streaming", "websocket",
+    HANDSHAKE, READING, BODY, READY, WAITING, SENDING, STREAMING, WEBSOCKET, LINGERING, CLOSED = (
+        "handshake", "reading", "body", "ready", "waiting", "sending", "streaming", "websocket",
         "lingering", "closed")
     # What the selector watches the socket for in each state. READY and WAITING go on reading
     # what the client sends (up to READ_AHEAD; see read_ahead()): a request that waits on Redis
@@ -76,6 +77,7 @@ class Connection:
     EVENTS = {
         HANDSHAKE: selectors.EVENT_READ,  # and EVENT_WRITE while its output waits to go
         READING: selectors.EVENT_READ,
+        BODY: selectors.EVENT_READ,
         READY: selectors.EVENT_READ,
         WAITING: selectors.EVENT_READ,
         SENDING: selectors.EVENT_WRITE,
@@ -87,7 +89,7 @@ class Connection:
 
     __slots__ = ("sock", "address", "peer", "proxy", "selector", "state", "events", "deadline",
                  "buffer", "outgoing", "handler", "started", "close_after", "linger", "held", "tls",
-                 "ws", "stream")
+                 "ws", "stream", "body")
 
     PROXY_PENDING = "pending"  # ``proxy`` until the PROXY header has been read, where one must come
 
@@ -111,6 +113,7 @@ class Connection:
         self.tls = tls             # a tls.Channel on the TLS port; its bytes pass through it
         self.ws = None             # a websocket.Session, once upgraded
         self.stream = None         # the answer's body being streamed (streams.py), if one is
+        self.body = None           # the request's body being read (bodies.BodyReader), if one is
 
     def enter(self, state, seconds):
         """Move to a state, with ``seconds`` until its deadline (None: no deadline of its own);
@@ -371,7 +374,8 @@ class Connections:
             self.metrics.proxy_refused("timeout")
         elif conn.state is Connection.HANDSHAKE:
             self.metrics.tls_handshake("timeout")
-        elif conn.state is Connection.WAITING or conn.state is Connection.READING and conn.buffer:
+        elif conn.state is Connection.WAITING or conn.state is Connection.BODY or (
+                conn.state is Connection.READING and conn.buffer):
             return False
         self.close(conn)  # idle, not reading what we send, or done lingering
         return True

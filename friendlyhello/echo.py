@@ -2,7 +2,8 @@
 
 The request line and header fields as received, the TCP peer, what a PROXY header said, the
 client and the rule that gave it, each forwarding header's entries, and the replica that
-answered. Every value that came from the request is shown escaped as the logs escape it.
+answered; for a POST, PUT or PATCH, what its body was (its length, SHA-256 and first KiB).
+Every value that came from the request is shown escaped as the logs escape it.
 """
 
 import json
@@ -60,6 +61,7 @@ class Echo:
         tls = request.connection.tls
         seen["tls"] = tls.info() if tls is not None and tls.version else None
         seen["forwarded_client_cert"] = self._client_cert(headers, peer_host)
+        seen["body"] = _body(request.body)
         seen["replica"] = self.me.replica_id
         seen["version"] = self.me.version
         return seen
@@ -74,6 +76,16 @@ class Echo:
         if not self.trusted.trusts(peer):
             return {"from_trusted_proxy": False, "elements": None}
         return {"from_trusted_proxy": True, "elements": forwarded_client_cert(value)}
+
+
+def _body(body):
+    """What a POST's, PUT's or PATCH's body was (None for a GET): its first KiB as UTF-8, each
+    byte that is not written as an escape (\\x80), as a request target's are."""
+    if body is None:
+        return None
+    return {"length": body.length, "sha256": body.sha256, "framing": body.framing,
+            "content_type": body.content_type and request_target(body.content_type),
+            "start": body.start.decode("utf-8", "backslashreplace")}
 
 
 def _proxy_header(proxy):
@@ -114,6 +126,11 @@ def as_text(seen):
         said = json.dumps(cert["elements"]) if cert["from_trusted_proxy"] else "not read: the " \
             "peer is not a trusted proxy"
         lines.append(f"x-forwarded-client-cert: {_shown(said)}")
+    body = seen["body"]
+    if body is not None:
+        lines.append(f"body: {body['length']} bytes ({body['framing']}), sha256 {body['sha256']}, "
+                     f"content type {_shown(body['content_type'] or '-')}")
+        lines.append(f"body start: {_shown(body['start'])}")
     lines.append(f"replica: {_shown(seen['replica'])}")
     lines.append(f"version: {seen['version']}")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from .routes import PageRequest, RedisReply
 
 _NOT_FOUND = Response(404, TEXT, "404 not found\n")
 _NOT_ALLOWED = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
+_NOT_ALLOWED_BUT_BODIES = _NOT_ALLOWED._replace(headers=(("Allow", "GET, HEAD, POST, PUT, PATCH"),))
 
 
 def prefers_json(accept):
@@ -147,6 +148,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     page_request = None
     route_path = ""          # the target's path, without its query
     client_closes = False    # the client asked to close after this response
+    body_announced = None    # the head says a body follows: its Content-Length, or "chunked"
+    reads_body = False       # its body is to be read (bodies.py), then answer_body()
+    body_length = None       # that body's Content-Length; None: chunked
+    expects_continue = False  # Expect: 100-continue
+    body_route = None        # the route whose answer waits for the body
     command = path = headers = None
     requestline = ""
     request_version = default_request_version
@@ -206,8 +212,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return True
 
     def _framing_error(self):
-        """RFC 9112 6.3: bodies are not read, so a body whose length is in doubt is an error,
-        and any body closes the connection after the answer: never parsed as a request."""
+        """RFC 9112 6.3: a body whose length is in doubt is an error, and a body that is not
+        read (any but a route's that takes one) closes the connection after the answer: never
+        parsed as a request."""
         lengths = self.headers.get_all("Content-Length", ())
         codings = self.headers.get_all("Transfer-Encoding", ())
         if codings:
@@ -218,13 +225,19 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 return 400  # chunked applied twice
             if len(names) > 1:
                 return 501  # a coding this server does not implement
-            self.close_connection = True
+            self.close_connection, self.body_announced = True, "chunked"
         elif lengths:
             if len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
                 return 400
             if int(lengths[0]) > 0:
-                self.close_connection = True
+                self.close_connection, self.body_announced = True, int(lengths[0])
         return None
+
+    def handle_expect_100(self):
+        """http.server's own 100 Continue would be sent before the body is known to be
+        welcome: the loop sends it, once it knows (bodies.py)."""
+        self.expects_continue = True
+        return True
 
     def _host_error(self):
         hosts = self.headers.get_all("Host", ())
@@ -260,11 +273,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.response = _PREFETCH_DECLINED
         else:
             self.probe = route.probe
-            query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
-            wants_json = prefers_json(self.headers.get("Accept", ""))
-            self.page_request = PageRequest(wants_json, query, self.route_path,
-                                            self.raw_requestline, self.headers,
-                                            self.client_address, self.connection)
+            self.page_request = self._page_request()
             if route.gate is not None:
                 self.response = route.gate(self.page_request)
                 if self.response is not None:
@@ -276,10 +285,33 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_GET  # the same headers, no body, and no visit counted
 
-    def _not_allowed(self):
-        self.response = _NOT_ALLOWED
+    def _page_request(self):
+        query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
+        wants_json = prefers_json(self.headers.get("Accept", ""))
+        return PageRequest(wants_json, query, self.route_path, self.raw_requestline,
+                           self.headers, self.client_address, self.connection)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+    def do_POST(self):  # noqa: N802 - http.server's name
+        """A body for a route that takes one (/echo): read by the loop, then answer_body()."""
+        route = self.routes.get(self.route_label)
+        if route is None or not route.takes_body:
+            return self._not_allowed()
+        self.close_connection = self.client_closes  # the body is read: the connection goes on
+        self.reads_body, self.body_route = True, route
+        self.body_length = None if self.body_announced == "chunked" else self.body_announced or 0
+        self.page_request = self._page_request()
+
+    do_PUT = do_PATCH = do_POST
+
+    def answer_body(self, body):
+        """The route's Response once its body has been read (a bodies.Body)."""
+        return self.body_route.answer(self.page_request._replace(body=body), None)
+
+    def _not_allowed(self):
+        route = self.routes.get(self.route_label)
+        self.response = _NOT_ALLOWED_BUT_BODIES if route and route.takes_body else _NOT_ALLOWED
+
+    do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def answer(self, reply, error):
         """The route's Response once Redis has answered (or failed)."""

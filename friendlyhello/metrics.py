@@ -76,6 +76,8 @@ FAMILIES = (
            "Answers being streamed now (/bytes/, /stream/, /drip, /sse)."),
     Family("friendlyhello_stream_bytes_total", "counter",
            "Bytes of streamed answers' bodies sent, by route.", ("route",)),
+    Family("friendlyhello_request_body_bytes_total", "counter",
+           "Bytes of request bodies read, by route.", ("route",)),
     Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
     Family("friendlyhello_build_info", "gauge",
            "The VERSION this replica was started with, friendlyhello's release and Python's "
@@ -153,6 +155,8 @@ class Metrics:
         self.streams_open = 0
         streamed = "friendlyhello_stream_bytes_total"
         self.stream_bytes = self.series[streamed] = collections.Counter(self.series[streamed])
+        bodies = "friendlyhello_request_body_bytes_total"
+        self.body_bytes = self.series[bodies] = collections.Counter(self.series[bodies])
         self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
         sizes = self.series["friendlyhello_redis_pipeline_size"]
         self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)

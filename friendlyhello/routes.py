@@ -12,7 +12,8 @@ class Route(typing.NamedTuple):
     ``reply`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
     that counts visits sends nothing). A ``probe`` is left out of the access log by default.
     A ``gate(request)``, when set, is asked first: a Response from it is the answer, and
-    nothing is sent to Redis.
+    nothing is sent to Redis. A route that ``takes_body`` answers POST, PUT and PATCH too,
+    once the body has been read: ``request.body`` is then a bodies.Body.
     """
 
     answer: typing.Callable
@@ -20,6 +21,7 @@ class Route(typing.NamedTuple):
     counts_visit: bool = False
     probe: bool = False
     gate: typing.Callable | None = None
+    takes_body: bool = False
 
 
 class PageRequest(typing.NamedTuple):
@@ -32,6 +34,7 @@ class PageRequest(typing.NamedTuple):
     headers: object      # http11.RequestHeaders
     address: str         # where it came from: a PROXY header's source, else the TCP peer
     connection: object   # its connection.Connection: its ``peer``, its ``proxy`` header or None
+    body: object = None  # a POST's, PUT's or PATCH's body, once read (a bodies.Body)
 
 
 class RedisReply(typing.NamedTuple):

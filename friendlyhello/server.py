@@ -14,6 +14,7 @@ import time
 
 import resp_client
 
+from .bodies import Bodies
 from .connection import ClientGone, Connection, Connections, HeadRefused, Port
 from .http11 import RequestHandler
 from .responder import Responder
@@ -95,13 +96,22 @@ def no_reply_within(seconds):
     return error
 
 
+def loop_parts(config, connections, responder, metrics):
+    """The parts of the loop that serve connections in a state of their own, by that state:
+    each has begin(conn) and handle(conn, events), True when the connection may go on to its
+    next request (WebSockets never do); the WebSockets and the Streams have timers too."""
+    return {Connection.WEBSOCKET: WebSockets(connections, metrics, config.ws_ping_interval),
+            Connection.STREAMING: Streams(connections, metrics, config.idle_timeout,
+                                          responder.flush),
+            Connection.BODY: Bodies(config, responder, metrics)}
+
+
 class HelloServer:
     """Serves HTTP on the ``ports`` (connection.Port: plain, or TLS with its files): accepts,
     sets up TLS, reads heads, hands each to a RequestHandler with the ``routes``, has the
     Responder send the answer (or submits its Redis command to ``redis_thread``, which wakes the
-    loop with ``waker``), and sweeps expired connections; none expires while the hang fault is
-    on (``faults``). ``stop()`` (safe from a signal handler) turns readiness to 503 at once
-    (``lifecycle``); then Shutdown's timers run."""
+    loop with ``waker``), and sweeps expired connections, none while the hang fault is on.
+    ``stop()`` (safe from a signal handler) turns readiness to 503 at once; then Shutdown runs."""
 
     def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
                  headers, faults, supervisor_pid=None):
@@ -118,8 +128,9 @@ class HelloServer:
                                        config.idle_timeout, metrics, log, proxies)
         self.responder = Responder(config, self.connections, metrics, log, headers)
         self.port, self.tls_port = self.connections.port_numbers()
-        self.websockets = WebSockets(self.connections, metrics, config.ws_ping_interval)
-        self.streams = Streams(self.connections, metrics, config.idle_timeout, self.responder.flush)
+        self.parts = loop_parts(config, self.connections, self.responder, metrics)
+        self.websockets = self.parts[Connection.WEBSOCKET]  # their timers: see serve()
+        self.streams = self.parts[Connection.STREAMING]
         self._ready = []  # connections in state READY, served next turn
         self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
 
@@ -169,10 +180,8 @@ class HelloServer:
             self._follow_hang()  # if the admin port woke us for it
         else:
             try:
-                if data.state is Connection.WEBSOCKET:
-                    self.websockets.handle(data, events)
-                elif data.state is Connection.STREAMING:
-                    if self.streams.handle(data, events):
+                if (part := self.parts.get(data.state)) is not None:
+                    if part.handle(data, events):
                         self._serve_requests(data)
                 elif data.state is Connection.HANDSHAKE:  # HTTP in clear is answered in clear
                     step = self.connections.handshake(data, self.config.proxy_protocol)
@@ -212,8 +221,8 @@ class HelloServer:
         for conn in [] if self.responder.hanging else self.connections.expired(now):
             if self.connections.end_expired(conn):
                 continue
-            if conn.state is Connection.READING:
-                self.responder.refuse(conn, 408)  # a head that never finished arriving
+            if conn.state is Connection.READING or conn.state is Connection.BODY:
+                self.responder.refuse(conn, 408)  # a head, or a body, that never came whole
             elif conn.held is not None:
                 self._release(conn)
             else:
@@ -252,10 +261,9 @@ class HelloServer:
         """Answer the complete requests the connection has sent, until one has to wait or
         this turn's share is served (or it became a WebSocket)."""
         for _ in range(REQUESTS_PER_TURN):
-            if conn.state is Connection.WEBSOCKET:  # its 101 went: frames from now on
-                return self.websockets.opened(conn)
-            if conn.state is Connection.STREAMING and not self.streams.begin(conn):
-                return  # its head went: its body is sent as the client takes it
+            part = self.parts.get(conn.state)  # upgraded, streaming, or a body to read
+            if part is not None and not part.begin(conn):
+                return
             if conn.state is not Connection.READING or self.responder.hanging:
                 return
             try:
@@ -271,6 +279,9 @@ class HelloServer:
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, no more
                 self.responder.internal_error(conn, exc)
                 return
+            if handler.reads_body:  # the loop's Bodies read it, then answer
+                conn.enter(Connection.BODY, self.config.idle_timeout)
+                continue
             if handler.route is not None:  # its command is sent at the turn's end
                 conn.enter(Connection.WAITING, self.redis_wait)
                 self._for_redis.append(((conn, handler), handler.route.redis_command))

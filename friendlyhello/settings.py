@@ -288,6 +288,12 @@ SETTINGS = [
             "client certificates: off (none asked for), optional (checked and shown in /echo if "
             "sent), require (a handshake without one fails); optional and require need "
             "TLS_CLIENT_CA"),
+    Setting("MAX_BODY", 1024 * 1024, _whole(0, 1 << 30),
+            "bytes of a request body at most (POST, PUT or PATCH to /echo): a longer one is 413 "
+            "and its connection closes, nothing more read"),
+    Setting("BODY_TIMEOUT", 30.0, _seconds(0, 3600),
+            "seconds a request body may take to arrive whole (and IDLE_TIMEOUT between two of its "
+            "reads); then 408"),
     Setting("WS_MAX_MESSAGE", 1024 * 1024, _whole(125, 64 * 1024 * 1024),
             "bytes of one WebSocket message at most (its fragments together); more closes it "
             "with 1009"),

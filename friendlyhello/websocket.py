@@ -260,7 +260,7 @@ class WebSockets:
         self._order = itertools.count()
         self._again = []   # connections with frames left for the next turn
 
-    def opened(self, conn):
+    def begin(self, conn):
         """Its 101 and greeting went: count it, start its timers, read what already came."""
         self.metrics.websockets_open += 1
         self.metrics.websocket_message("sent")

@@ -226,6 +226,7 @@ def test_a_change_is_a_warning_while_a_fault_is_on_and_news_when_none_is():
                        ("info", "none on (set on the admin port by 127.0.0.1)")]
 
 
+@pytest.mark.slow  # waits out a timeout
 def test_a_client_that_dribbles_its_request_is_cut_off_at_the_timeout_and_delays_nobody(monkeypatch):
     monkeypatch.setattr(admin, "ADMIN_TIMEOUT", 0.4)  # the whole request's time
     with with_admin(refused_env()) as server:
@@ -252,6 +253,7 @@ def _readable(sock):
     return bool(select.select([sock], [], [], 0)[0])
 
 
+@pytest.mark.slow  # waits out a timeout
 def test_clients_that_send_nothing_delay_no_request_and_are_closed_at_the_timeout_not_before(monkeypatch):
     monkeypatch.setattr(admin, "ADMIN_TIMEOUT", 0.5)
     with with_admin(refused_env()) as server:

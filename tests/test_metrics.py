@@ -41,6 +41,7 @@ FAMILIES = {
     "friendlyhello_fault": "gauge", "friendlyhello_tls_handshakes": "counter",
     "friendlyhello_tls_connections_open": "gauge", "friendlyhello_websockets_open": "gauge",
     "friendlyhello_streams_open": "gauge", "friendlyhello_stream_bytes": "counter",
+    "friendlyhello_request_body_bytes": "counter",
     "friendlyhello_websocket_messages": "counter", "friendlyhello_websocket_closes": "counter",
 }
 
@@ -273,6 +274,8 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "friendlyhello_streams_open 0\n"
         "# HELP friendlyhello_stream_bytes_total Bytes of streamed answers' bodies sent, by route.\n"
         "# TYPE friendlyhello_stream_bytes_total counter\n"
+        "# HELP friendlyhello_request_body_bytes_total Bytes of request bodies read, by route.\n"
+        "# TYPE friendlyhello_request_body_bytes_total counter\n"
         "# HELP friendlyhello_redis_up 1 while Redis answers, else 0.\n"
         "# TYPE friendlyhello_redis_up gauge\n"
         "friendlyhello_redis_up 0\n"

@@ -694,6 +694,6 @@ def test_echo_as_json_says_the_same():
         "forwarded_from": None, "forwarded_header": "X-Forwarded-For", "not_believed": [],
         "x_forwarded_for": [], "forwarded": [],
         "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
-        "tls": None, "forwarded_client_cert": None, "replica": "web-1", "version": "1",
+        "tls": None, "forwarded_client_cert": None, "body": None, "replica": "web-1", "version": "1",
     }
     assert isinstance(seen["peer"]["port"], int) and seen["peer"]["port"] > 0

@@ -195,6 +195,7 @@ def test_a_counter_that_is_no_count_is_said_in_readyz_and_the_log_and_never_repl
     assert sum("the counter is a whole number again" in line for line in log) == 1
 
 
+@pytest.mark.slow  # waits out a timeout
 def test_a_heartbeat_that_fails_is_said_once_and_its_recovery_once(redis_server, quick_heartbeats):
     with serving(replica_env(redis_server, "a")) as server:
         wait_until(lambda: view(server)["live"] == 1, what="the first heartbeat")

@@ -143,6 +143,7 @@ def test_server_sent_events_come_the_first_at_once_then_one_each_interval(shared
     assert all(0.07 < gap < 0.2 for gap in gaps), gaps
 
 
+@pytest.mark.slow  # waits out the delay and the duration
 def test_drip_waits_its_delay_then_spreads_its_bytes_over_its_duration(shared):
     raw = Raw(shared.port, "/drip?bytes=5&duration=0.25&delay=0.15")
     assert raw.fields["Content-Length"] == "5" and raw.status == 200

@@ -111,6 +111,7 @@ def test_messages_are_echoed_and_counted_by_version_and_replica_with_ticks_and_p
     assert metric_sample(metrics, "friendlyhello_websockets_open") == 0
 
 
+@pytest.mark.slow  # a run of watch through three closes
 def test_a_server_s_pings_are_answered_and_a_proper_close_under_a_message_sends_it_again_anew():
     behave, pongs = ws_server(after=1001, at=3, ping=True)
     with misbehaving(behave) as (port, accepted):

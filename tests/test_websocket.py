@@ -201,34 +201,79 @@ def test_fragments_with_a_ping_between_them_make_one_message_and_the_close_code_
 
 
 BROKEN = [
-    ("a reserved bit", client_frame(1, b"x", rsv=0x40), 1002),
-    ("a reserved opcode", client_frame(3, b"x"), 1002),
-    ("an unmasked frame", client_frame(1, b"x", mask=False), 1002),
-    ("a control frame of 126 bytes", client_frame(9, b"p" * 126), 1002),
-    ("a fragmented ping", client_frame(9, b"p", final=False), 1002),
-    ("a continuation first", client_frame(0, b"x"), 1002),
-    ("a new message inside a fragmented one", client_frame(1, b"a", final=False) + client_frame(1, b"b"), 1002),
-    ("a 64-bit length with its top bit set", struct.pack("!BBQ", 0x81, 0xFF, 1 << 63) + b"\0" * 4, 1002),
-    ("text that is not UTF-8", client_frame(1, b"\xff\xfe"), 1007),
-    ("a fragment's first bad byte, before the end", client_frame(1, b"ok\xc3\x28", final=False), 1007),
-    ("a message over WS_MAX_MESSAGE", client_frame(2, length=2_000_000), 1009),
+    ("a reserved bit", client_frame(1, b"x", rsv=0x40), 1002, "a reserved bit is set (no extension)"),
+    ("a reserved opcode", client_frame(3, b"x"), 1002, "opcode 3 is reserved"),
+    ("an unmasked frame", client_frame(1, b"x", mask=False), 1002, "a client's frame must be masked"),
+    ("a control frame of 126 bytes", client_frame(9, b"p" * 126), 1002, "a control frame is short and whole"),
+    ("a fragmented ping", client_frame(9, b"p", final=False), 1002, "a control frame is short and whole"),
+    ("a continuation first", client_frame(0, b"x"), 1002, "a continuation with no message begun"),
+    ("a new message inside a fragmented one", client_frame(1, b"a", final=False) + client_frame(1, b"b"), 1002,
+     "a new message inside a fragmented one"),
+    ("a 64-bit length with its top bit set", struct.pack("!BBQ", 0x81, 0xFF, 1 << 63) + b"\0" * 4, 1002,
+     "a 64-bit length with its top bit set"),
+    ("text that is not UTF-8", client_frame(1, b"\xff\xfe"), 1007, "a text message that is not UTF-8"),
+    ("a fragment's first bad byte, before the end", client_frame(1, b"ok\xc3\x28", final=False), 1007,
+     "a text message that is not UTF-8"),
+    ("a message over WS_MAX_MESSAGE", client_frame(2, length=2_000_000), 1009, "a message over 1048576 bytes"),
     ("fragments over WS_MAX_MESSAGE together", client_frame(2, b"x" * 600_000, final=False)
-     + client_frame(0, b"x" * 600_000), 1009),
-    ("a Close of one byte", client_frame(8, b"\x03"), 1002),
-    ("a Close with code 1005", client_frame(8, struct.pack("!H", 1005)), 1002),
-    ("a Close reason that is not UTF-8", client_frame(8, struct.pack("!H", 1000) + b"\xff"), 1007),
+     + client_frame(0, b"x" * 600_000), 1009, "a message over 1048576 bytes"),
+    ("a Close of one byte", client_frame(8, b"\x03"), 1002, "a Close frame of one byte"),
+    ("a Close with code 1005", client_frame(8, struct.pack("!H", 1005)), 1002, "close code 1005 is not one to send"),
+    ("a Close with code 2999", client_frame(8, struct.pack("!H", 2999)), 1002, "close code 2999 is not one to send"),
+    ("a Close with code 5000", client_frame(8, struct.pack("!H", 5000)), 1002, "close code 5000 is not one to send"),
+    ("a Close reason that is not UTF-8", client_frame(8, struct.pack("!H", 1000) + b"\xff"), 1007,
+     "a close reason that is not UTF-8"),
 ]
 
 
-@pytest.mark.parametrize("case, data, code", BROKEN, ids=[case for case, _, _ in BROKEN])
-def test_a_broken_frame_closes_with_its_code_and_then_the_connection(shared, case, data, code):
+def close_frame_of(sock):
+    """The server's Close: (its code, its reason), and whether the connection then ended."""
+    while (got := read_frame(sock)) is not None and got[0] != 8:
+        pass
+    if got is None:
+        return None, None, True
+    return struct.unpack("!H", got[1][:2])[0], got[1][2:].decode(), read_frame(sock) is None
+
+
+@pytest.mark.parametrize("case, data, code, reason", BROKEN, ids=[case for case, _, _, _ in BROKEN])
+def test_a_broken_frame_closes_with_its_code_and_reason_and_then_the_connection(shared, case, data, code, reason):
     server = shared
     sock, _ = opened(server.port)
     sock.sendall(data)
-    got, ended = closed_with(sock)
+    got, said, ended = close_frame_of(sock)
     sock.close()
     still = server.get("/healthz").status
-    assert (got, ended, still) == (code, True, 200), case
+    assert (got, said, ended, still) == (code, reason, True, 200), case
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1011, 1014, 3000, 4999])
+def test_each_close_code_a_client_may_send_is_echoed(shared, code):
+    sock, _ = opened(shared.port)
+    sock.sendall(client_frame(8, struct.pack("!H", code) + b"bye"))
+    got, _, ended = close_frame_of(sock)
+    sock.close()
+    assert (got, ended) == (code, True)
+
+
+def test_a_close_without_a_code_is_answered_and_counted_as_1005(shared):
+    before = request(shared.port, "/metrics").text
+    sock, _ = opened(shared.port)
+    sock.sendall(client_frame(8))
+    opcode, payload = read_frame(sock)
+    ended = read_frame(sock) is None
+    sock.close()
+    after = request(shared.port, "/metrics").text
+    count = [float(m.group(1)) if (m := re.search(r'closes_total\{code="1005"\} (\S+)', t)) else 0.0
+             for t in (before, after)]
+    assert (opcode, payload, ended) == (8, b"", True) and count[1] - count[0] == 1
+
+
+def test_the_largest_control_frame_and_a_message_of_exactly_ws_max_message_are_taken(shared):
+    sock, _ = opened(shared.port)
+    sock.sendall(client_frame(9, b"p" * 125) + client_frame(2, b"m" * (1024 * 1024)))
+    pong, echo = read_frame(sock), read_frame(sock)
+    sock.close()
+    assert pong == (10, b"p" * 125) and echo == (2, b"m" * (1024 * 1024))
 
 
 def test_a_frame_sent_a_byte_at_a_time_is_echoed(shared):
