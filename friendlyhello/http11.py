@@ -101,8 +101,9 @@ MAX_HEADER_FIELDS = 100
 class RequestHeaders(http.client.HTTPMessage):
     """http.server's header fields (its ``MessageClass``), looked up by a dict: the fields are
     indexed by lower-cased name once, at the first lookup, where a Message scans every field
-    for each of the dozen lookups a request makes. Bodies are never read, so the content type
-    is never parsed: the email parser asks for it only to split a body into parts."""
+    for each of the dozen lookups a request makes. Bodies are never parsed (bodies.py sums
+    them up), so neither is the content type: the email parser asks for it only to split a
+    body into parts."""
 
     _index = None
 

@@ -298,3 +298,21 @@ def test_through_nginx_and_haproxy_bodies_are_limited_buffered_or_streamed_as_co
 
 def test_the_docs_quote_the_body_proxy_configurations():
     assert unquoted_lines("bodies.md", "nginx-bodies.conf", "haproxy-bodies.cfg") == []
+
+
+@pytest.mark.slow  # curl over TLS, twice
+def test_bodies_come_over_tls_alike(tmp_path):
+    from certificates import certificates
+    from test_tls import tls_env
+
+    certs = certificates()
+    payload = os.urandom(100_000)
+    (tmp_path / "payload").write_bytes(payload)
+    with serving(tls_env(certs)) as server:
+        url = f"https://localhost:{server.tls_port}/echo"
+        seen = [json.loads(curl("--cacert", certs.ca, "-H", "Accept: application/json", *framing, "--data-binary",
+                                f"@{tmp_path}/payload", url).stdout)["body"]
+                for framing in ((), ("-H", "Transfer-Encoding: chunked"))]
+    assert [(b["length"], b["sha256"], b["framing"]) for b in seen] == [
+        (100_000, hashlib.sha256(payload).hexdigest(), "content-length"),
+        (100_000, hashlib.sha256(payload).hexdigest(), "chunked")]

@@ -296,3 +296,31 @@ def test_through_nginx_and_haproxy_a_stream_passes_as_made_or_buffered_as_config
 
 def test_the_docs_quote_the_stream_proxy_configurations():
     assert unquoted_lines("streams.md", "nginx-streams.conf", "haproxy-streams.cfg") == []
+
+
+@pytest.mark.slow  # a thousand connections
+def test_a_thousand_paused_streams_hold_memory_for_what_they_have_not_sent_and_no_more():
+    count = 1000  # a paused stream is closed once IDLE_TIMEOUT passes without the client taking a byte
+    proc = Process(refused_env(PORT="0", BIND="127.0.0.1", ACCESS_LOG="off", IDLE_TIMEOUT="120"))
+    readers = []
+    try:
+        proc.wait_listening()
+        with open(f"/proc/{proc.process.pid}/status") as status:
+            before = int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
+        readers = [Raw(proc.port, "/bytes/1073741824", buffer=4096) for _ in range(count)]
+        wait_until(lambda: metric_sample(request(proc.port, "/metrics").text, "friendlyhello_streams_open") == count,
+                   10, "every stream open")
+        started = time.monotonic()
+        page = request(proc.port, "/healthz")
+        answered_in = time.monotonic() - started
+        with open(f"/proc/{proc.process.pid}/status") as status:
+            after = int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
+    finally:
+        for reader in readers:
+            reader.sock.close()
+        proc.finish()
+    per_stream = (after - before) * 1024 / count
+    print(f"\n{count} paused streams: {per_stream:.0f} bytes of the server's memory each; /healthz in "
+          f"{answered_in * 1000:.1f} ms")
+    assert page.status == 200 and answered_in < 0.5
+    assert per_stream < 8 * 1024  # a connection's own state: no piece copied, no body held
