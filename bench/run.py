@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -75,6 +76,39 @@ def wait_until(check, within, what):
             return
         time.sleep(0.002)
     raise RuntimeError(f"{what} did not happen within {within}s")
+
+
+NGINX = """daemon off;
+master_process off;
+pid {scratch}/nginx-{port}.pid;
+error_log {scratch}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {scratch};
+    proxy_temp_path {scratch};
+    fastcgi_temp_path {scratch};
+    uwsgi_temp_path {scratch};
+    scgi_temp_path {scratch};
+    server {{
+        listen 127.0.0.1:{port}{listen};
+{server}
+    }}
+}}
+"""
+
+
+def nginx(scratch, server, listen=""):
+    """nginx, one process, on a free port of 127.0.0.1 (``listen``: more of its listen line, such
+    as " ssl"), with ``server`` (the rest of its server block) and its scratch files in
+    ``scratch``: (process, port)."""
+    port = free_port()
+    config = os.path.join(scratch, f"nginx-{port}.conf")
+    with open(config, "w") as out:
+        out.write(NGINX.format(scratch=scratch, port=port, listen=listen, server=server))
+    process = start([shutil.which("nginx", path="/usr/sbin:/usr/bin") or "nginx", "-c", config])
+    wait_until(lambda: listening(port), 10, "nginx listening")
+    return process, port
 
 
 def answers(port, path="/"):

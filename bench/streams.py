@@ -5,7 +5,7 @@ the server's memory while a gigabyte streams to a slow reader.
 
 Throughput: one client (a plain socket, reading into one buffer) fetches /bytes/SIZE from
 friendlyhello and a file of SIZE bytes from nginx (one process, sendfile on, its defaults
-otherwise), on keep-alive connections, alternating, for at least 3 s each; the server's
+otherwise), on a keep-alive connection, alternating, for at least 3 s each; the server's
 user+sys CPU from /proc over the bytes it sent: MB (10^6 bytes) per CPU-second. Memory: 1 GiB
 of /bytes read at 50 MB/s, the server's resident memory (VmRSS) sampled each 64 MiB. Least of
 the rounds (the most MB per CPU-second), median beside it. Target: at least 0.5x nginx's MB per CPU-second. Every
@@ -14,7 +14,6 @@ process it starts is stopped by its pid; all traffic stays on 127.0.0.1.
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import sys
@@ -22,29 +21,10 @@ import tempfile
 import time
 
 from cpu import cpu_seconds
-from run import PROCESSES, free_port, listening, start, stop, wait_until
+from run import PROCESSES, free_port, listening, nginx, start, stop, wait_until
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-NGINX = """daemon off;
-master_process off;
-pid {scratch}/nginx.pid;
-error_log {scratch}/error.log;
-events {{}}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {scratch};
-    proxy_temp_path {scratch};
-    fastcgi_temp_path {scratch};
-    uwsgi_temp_path {scratch};
-    scgi_temp_path {scratch};
-    server {{
-        listen 127.0.0.1:{port};
-        root {scratch};
-    }}
-}}
-"""
 
 
 def fetch(sock, target, buffer):
@@ -102,16 +82,6 @@ def ours():
     return process, port
 
 
-def nginx(scratch):
-    port = free_port()
-    config = os.path.join(scratch, "nginx.conf")
-    with open(config, "w") as out:
-        out.write(NGINX.format(scratch=scratch, port=port))
-    process = start([shutil.which("nginx", path="/usr/sbin:/usr/bin") or "nginx", "-c", config])
-    wait_until(lambda: listening(port), 10, "nginx listening")
-    return process, port
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -122,9 +92,10 @@ def main():
         with tempfile.TemporaryDirectory() as scratch:
             with open(os.path.join(scratch, "file.bin"), "wb") as out:
                 out.truncate(args.size)  # a file of that size (nginx reads it from the page cache)
+            server = f"        sendfile on;\n        root {scratch};"  # the file from the page cache
             for n in range(args.rounds):
                 for side, (make, target) in enumerate(((ours, f"/bytes/{args.size}"),
-                                                       (lambda: nginx(scratch), "/file.bin"))):
+                                                       (lambda: nginx(scratch, server), "/file.bin"))):
                     process, port = make()
                     figures[side].append(mb_per_cpu_second(process.pid, port, target))
                     stop(process)

@@ -17,7 +17,6 @@ import argparse
 import functools
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,30 +24,13 @@ import tempfile
 import time
 
 from cpu import cpu_per
-from run import PROCESSES, free_port, listening, start, stop, wait_until
+from run import PROCESSES, free_port, listening, nginx, start, stop, wait_until
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-NGINX = """daemon off;
-master_process off;
-pid {scratch}/nginx.pid;
-error_log {scratch}/error.log;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {scratch};
-    proxy_temp_path {scratch};
-    fastcgi_temp_path {scratch};
-    uwsgi_temp_path {scratch};
-    scgi_temp_path {scratch};
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
+SERVER = """        ssl_certificate {cert};
         ssl_certificate_key {key};
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
+        location / {{ return 200 "ok\\n"; }}"""
 
 
 def certificate(scratch, kind):
@@ -85,16 +67,6 @@ def friendlyhello(cert, key):
     return process, port, tls_port
 
 
-def nginx(scratch, cert, key):
-    port = free_port()
-    config = os.path.join(scratch, f"nginx-{port}.conf")
-    with open(config, "w") as out:
-        out.write(NGINX.format(scratch=scratch, port=port, cert=cert, key=key))
-    process = start([shutil.which("nginx", path="/usr/sbin:/usr/bin") or "nginx", "-c", config])
-    wait_until(lambda: listening(port), 10, "nginx listening")
-    return process, port
-
-
 def summary(values):
     return min(values), statistics.median(values)
 
@@ -112,7 +84,7 @@ def main():
                 cert, key = certificate(scratch, kind)
                 ours, theirs = [], []
                 server, _, tls_port = friendlyhello(cert, key)
-                web, web_port = nginx(scratch, cert, key)
+                web, web_port = nginx(scratch, SERVER.format(cert=cert, key=key), listen=" ssl")
                 for n in range(args.rounds):
                     ours.append(cpu_per(server.pid, functools.partial(s_time, tls_port), seconds))
                     theirs.append(cpu_per(web.pid, functools.partial(s_time, web_port), seconds))
