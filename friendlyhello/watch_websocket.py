@@ -120,10 +120,11 @@ class WebSocketWatch(watch_tally.Runner):
         return False
 
     def _unasked(self, line):
-        """What the server sent between messages: a tick or a greeting, a ping, or its Close
-        (a cut) and then the connection opened again at once."""
+        """What the server sent between messages: a tick or a greeting, a ping (answered, and
+        no message awaited after it), or its Close or a cut, and then the connection opened
+        again at once."""
         try:
-            line.ws.message(self._deadline())
+            line.ws.message(self._deadline(), wait=False)
             return
         except websocket_client.ServerClosed as closed:
             self._ended(line, str(closed.code))

@@ -84,18 +84,21 @@ class WebSocket(http_client.Connection):
         self.sock.settimeout(self._remaining())
         self.sock.sendall(websocket.frame(opcode, payload, os.urandom(4)))
 
-    def message(self, deadline):
+    def message(self, deadline, wait=True):
         """The server's next whole message, (TEXT or BINARY, its payload); pings on the way
-        answered. ServerClosed when its Close came; ClosedMidAnswer at an EOF with no Close,
-        another ConnectionError, TimeoutError or Malformed."""
+        answered. Without ``wait``, None once a control frame was seen to and no message is
+        under way (what the server sends unasked: a ping, say). ServerClosed when its Close
+        came; ClosedMidAnswer at an EOF with no Close, another ConnectionError, TimeoutError
+        or Malformed."""
         self._deadline = deadline
         opcode, fragments, size = None, [], 0
         while True:
             kind, payload, final = self._frame()
             if kind == PING:
                 self.send(PONG, payload, deadline)
-                continue
-            if kind == PONG:
+            if kind in (PING, PONG):
+                if not wait and opcode is None:
+                    return None
                 continue
             if kind == CLOSE:
                 self._closed_by_server(payload)

@@ -9,12 +9,14 @@ import json
 import re
 import signal
 import socket
+import threading
 import time
 
 import pytest
 import wsproto
 import wsproto.connection
 import wsproto.events as events
+import wsproto.utilities
 
 from certificates import certificates
 from friendlyhello import watch, watch_tally, websocket
@@ -34,19 +36,33 @@ def wrong_accept(sock):
                  b"Sec-WebSocket-Accept: " + websocket.accept_value("x" * 24).encode() + b"\r\n\r\n")
 
 
-def ws_server(after=None, at=3, ping=False, reject=None):
+def ws_server(after=None, at=3, ping=False, reject=None, ping_every=None):
     """A WebSocket server written with wsproto: it echoes each text message, but on each
     connection's ``at``-th it does ``after`` instead: "cut" (a FIN, no Close), "reset" (a RST),
     "silent" (no echo, ever), "wrong" (another message), or closes with that code (an int).
-    ``ping``: it pings first and keeps the pongs; ``reject``: every upgrade gets that status."""
+    ``ping``: it pings first and keeps the pongs (``ping_every``: and every that many seconds,
+    between the messages); ``reject``: every upgrade gets that status."""
     pongs = []
+
+    def pinging(sock, ws, lock):
+        while True:
+            time.sleep(ping_every)
+            try:
+                with lock:
+                    sock.sendall(ws.send(events.Ping(b"are you there")))
+            except (OSError, wsproto.utilities.LocalProtocolError):
+                return
 
     def behave(sock):
         ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-        messages = 0
+        messages, lock = 0, threading.Lock()
+        if ping_every:
+            threading.Thread(target=pinging, args=(sock, ws, lock), daemon=True).start()
         while data := receive(sock):
-            ws.receive_data(data)
-            for event in ws.events():
+            with lock:
+                ws.receive_data(data)
+                answered = list(ws.events())
+            for event in answered:
                 if isinstance(event, events.Request):
                     if reject:
                         sock.sendall(ws.send(events.RejectConnection(status_code=reject)))
@@ -135,6 +151,16 @@ def test_a_server_s_pings_are_answered_and_a_proper_close_under_a_message_sends_
     assert lines[4].split()[-7:] == ["opened", "closed", "cut", "reconnects", "reconnect", "p50", "ms"]
     opened = seen["websocket"]["opened"]
     assert lines[5].split()[-5:-1] == [str(opened), str(opened - 1), "0", str(opened - 1)]  # version 9's row
+
+
+def test_a_ping_between_messages_is_answered_and_no_message_awaited_after_it():
+    behave, pongs = ws_server(ping_every=0.05)
+    with misbehaving(behave) as (port, _):
+        code, seen = run_watch(f"ws://127.0.0.1:{port}/ws", "--duration", "0.6", "--rate", "5",
+                               "--connections", "1", "--timeout", "0.3")
+    assert code == 0, seen
+    assert seen["websocket"]["cut"] == 0 and seen["websocket"]["opened"] == 1 and seen["failed"] == 0
+    assert len(pongs) >= 5  # pings that came while it waited for its next turn, each answered
 
 
 @pytest.mark.slow  # eight runs of watch, some waiting out a timeout
