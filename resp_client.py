@@ -375,6 +375,7 @@ class _Connection:
         self.sock = sock
         self.timeout = timeout
         self.generation = generation  # the pool's, when it was opened
+        self.role = None              # what ROLE said when it opened, where it was asked
         self.reader = ReplyReader(self._recv, self._recv_into, *limits)
         self._deadline = 0.0
         self._first_read = True     # the socket's own timeout is still the whole call's
@@ -503,7 +504,8 @@ class RespClient:
     def __init__(self, host="redis", port=DEFAULT_PORT, *, db=0, username=None, password=None,
                  connect_timeout=2.0, timeout=2.0, unix_socket=None, ssl_context=None,
                  protocol=2, max_connections=32, max_bulk_length=MAX_BULK_LENGTH,
-                 max_array_length=MAX_ARRAY_LENGTH):
+                 max_array_length=MAX_ARRAY_LENGTH, sentinels=None, master_name="mymaster",
+                 sentinel_username=None, sentinel_password=None):
         if protocol not in (2, 3):
             raise ValueError(f"protocol must be 2 or 3, not {protocol!r}")
         if username is not None and password is None:
@@ -525,8 +527,15 @@ class RespClient:
         self.address = address_of(host, port, unix_socket)
         limits = (max_bulk_length, max_array_length)
         setup = _setup_commands(protocol, username, password, db)
-        self._connector = _Connector(self.address, host, port, unix_socket, ssl_context,
-                                     connect_timeout, timeout, limits, setup)
+        options = (host, port, unix_socket, ssl_context, connect_timeout, timeout, limits, setup)
+        if sentinels:  # the primary is whichever server the sentinels name
+            named = ", ".join(address_of(h, p) for h, p in sentinels)
+            self.address = f"the primary of {master_name} (sentinels {named})"
+            asking = _setup_commands(2, sentinel_username, sentinel_password, 0)
+            self._connector = _SentinelConnector(sentinels, master_name, asking, self.address,
+                                                 *options)
+        else:
+            self._connector = _Connector(self.address, *options)
         self._idle = []
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
@@ -607,7 +616,19 @@ class RespClient:
             raise
         self._checkin(conn)
         self._ended(probing, None)
+        if isinstance(self._connector, _SentinelConnector) and any(
+                isinstance(r, ResponseError) and r.args[0].startswith(NOT_THE_PRIMARY)
+                for r in result):
+            self.close()  # a demoted primary, or one without its replicas: ask the sentinels again
         return result
+
+    @property
+    def primary(self):
+        """With sentinels, (host, port, since: a time.time()) of the primary in use; else None."""
+        connector = self._connector
+        if not isinstance(connector, _SentinelConnector) or connector.primary is None:
+            return None
+        return (*connector.primary, connector.primary_since)
 
     def _checkout(self):
         """Take a pooled connection (or open one); fail fast while backing off.
@@ -709,24 +730,28 @@ class _Connector:
         self.limits, self.setup = limits, setup
 
     def connect(self, generation):
+        return self.connect_to(self.host, self.port, self.address, generation, self.setup)
+
+    def connect_to(self, host, port, address, generation, setup):
+        """A connection to ``host``:``port`` (named ``address`` in errors), ``setup`` sent."""
         deadline = time.monotonic() + self.connect_timeout
         try:
-            sock = self._open_socket(deadline)
+            sock = self._open_socket(deadline, host, port)
         except TimeoutError:
             raise RedisTimeoutError(
-                f"could not connect to Redis at {self.address} within "
+                f"could not connect to Redis at {address} within "
                 f"{self.connect_timeout:g}s") from None
         except OSError as exc:
             raise RedisConnectionError(
-                f"cannot connect to Redis at {self.address}: {_reason(exc)}") from None
+                f"cannot connect to Redis at {address}: {_reason(exc)}") from None
         if not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
         conn = _Connection(sock, self.timeout, self.limits, generation)
-        payload, count = self.setup
+        payload, count = setup
         if count:
             try:
                 for reply in conn.call(payload, count):
-                    _value_of(reply)
+                    conn.role = _value_of(reply)  # the last is ROLE's, where it was asked
             except ResponseError as exc:  # refused credentials, or a SELECT of a database it lacks
                 conn.close()
                 if isinstance(exc, AuthenticationError):
@@ -734,7 +759,7 @@ class _Connector:
                 # The server answered, but no command of the caller's can run on this
                 # connection: Redis is unavailable (back-off), not an error reply.
                 error = RedisConnectionError(
-                    f"Redis at {self.address} refused the connection's setup: {exc}")
+                    f"Redis at {address} refused the connection's setup: {exc}")
                 error.cause = exc
                 raise error from None
             except RedisError as exc:
@@ -746,7 +771,7 @@ class _Connector:
                 raise
         return conn
 
-    def _open_socket(self, deadline):
+    def _open_socket(self, deadline, host, port):
         if self.unix_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -757,7 +782,7 @@ class _Connector:
                 raise
             return sock
         last_error = OSError("no address found")
-        for family, kind, proto, _, address in _resolve(self.host, self.port, deadline):
+        for family, kind, proto, _, address in _resolve(host, port, deadline):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
@@ -767,7 +792,7 @@ class _Connector:
                 sock.connect(address)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.ssl_context is not None:
-                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
                 return sock
             except TimeoutError:
                 sock.close()
@@ -776,6 +801,92 @@ class _Connector:
                 sock.close()
                 last_error = exc
         raise last_error
+
+
+# -- Sentinel: which server is the primary ------------------------------------------------------
+
+# Errors that say the connection's server is not (or no more) the primary to write to: the pool
+# is dropped, and the next connection asks the sentinels again.
+NOT_THE_PRIMARY = ("READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS", "EXECABORT", "UNBLOCKED")
+
+
+class _SentinelConnector(_Connector):
+    """Opens connections to the server the Sentinels name as the primary of ``master_name``,
+    as Redis's "Sentinel client guidelines" say: the ``sentinels`` ((host, port) pairs) asked in
+    turn, each within the connect timeout, the one that answered first the next time; ``SENTINEL
+    get-master-addr-by-name``; and a new connection's ``ROLE`` must say master (a replica, or a
+    primary no sentinel names any more, is dropped and the sentinels asked again)."""
+
+    def __init__(self, sentinels, master_name, sentinel_setup, *args):
+        super().__init__(*args)
+        self.sentinels, self.master_name = list(sentinels), master_name
+        self.sentinel_setup = sentinel_setup
+        self.primary = None       # (host, port) of the primary last connected to
+        self.primary_since = None  # time.time() it became that
+        self.replicas = None      # how many replicas its ROLE named connected
+        self._lock = threading.Lock()
+
+    def connect(self, generation):
+        host, port = self._ask_sentinels(generation)
+        address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        payload, count = self.setup
+        conn = self.connect_to(host, port, address, generation, (payload + _ROLE, count + 1))
+        role = conn.role if isinstance(conn.role, list) and conn.role else ["?"]
+        if _text(role[0]) != "master":
+            conn.close()
+            raise RedisConnectionError(f"Redis at {address} is not the primary (its ROLE: "
+                                       f"{_text(role[0])})")
+        with self._lock:
+            if self.primary != (host, port):
+                self.primary, self.primary_since = (host, port), time.time()
+            self.replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
+        return conn
+
+    def _ask_sentinels(self, generation):
+        """The primary's (host, port), from the first sentinel that knows it."""
+        with self._lock:
+            sentinels = list(self.sentinels)
+        failures = []
+        for host, port in sentinels:
+            where = f"{host}:{port}"
+            try:
+                conn = self.connect_to(host, port, f"sentinel {where}", generation,
+                                       self.sentinel_setup)
+            except AuthenticationError:
+                raise
+            except RedisError as exc:
+                failures.append(f"{where} ({_reason_of(exc)})")
+                continue
+            try:
+                reply = conn.call(encode_command(("SENTINEL", "get-master-addr-by-name",
+                                                  self.master_name)), 1)[0]
+            except RedisError as exc:
+                failures.append(f"{where} ({_reason_of(exc)})")
+                continue
+            finally:
+                conn.close()
+            if isinstance(reply, list) and len(reply) == 2:
+                with self._lock:  # it answered: asked first next time
+                    if (host, port) in self.sentinels:
+                        self.sentinels.remove((host, port))
+                    self.sentinels.insert(0, (host, port))
+                return _text(reply[0]), int(_text(reply[1]))
+            failures.append(f"{where} (knows no primary named {self.master_name})")
+        raise RedisConnectionError(f"no sentinel named the primary of {self.master_name}: "
+                                   + ", ".join(failures))
+
+
+_ROLE = encode_command(("ROLE",))
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _reason_of(error):
+    """A sentinel's failure in a few words: its error's message after the address."""
+    text = str(error)
+    return text.split(": ", 1)[1] if ": " in text else text
 
 
 def _resolve(host, port, deadline):

@@ -18,7 +18,7 @@ def require_redis_server():
 
 
 class RedisServer:
-    def __init__(self, *, password=None, appendonly=False, unix_socket=False, tls=None):
+    def __init__(self, *, password=None, appendonly=False, unix_socket=False, tls=None, extra=()):
         self.binary = require_redis_server()
         self.password = password
         self.appendonly = appendonly
@@ -26,6 +26,7 @@ class RedisServer:
         self.directory = tempfile.mkdtemp(prefix="friendlyhello-redis-")
         self.unix_socket = os.path.join(self.directory, "redis.sock") if unix_socket else None
         self.tls = tls  # (certificate file, key file): serve TLS only, on self.port
+        self.extra = list(extra)  # more of redis-server's options, such as --replicaof
         self.process = None
 
     def __enter__(self):
@@ -51,6 +52,7 @@ class RedisServer:
             command[1:3] = ["--port", "0", "--tls-port", str(self.port)]
             command += ["--tls-cert-file", self.tls[0], "--tls-key-file", self.tls[1],
                         "--tls-ca-cert-file", self.tls[0], "--tls-auth-clients", "no"]
+        command += self.extra
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # redis-server says so on stdout once it accepts connections: wait for that line.
         output = []
