@@ -101,7 +101,7 @@ def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None,
         return commands.heartbeat(faults.state.words())
 
     redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
-                               commands.visit_commands)
+                               commands.visit_commands, config.redis_wait_replicas)
     lifecycle.needs("redis", redis_thread.is_alive)
     routes = route_table(config, site, Echo(config, me), commands, Upgrade(config, me),
                          StreamRoutes(me))

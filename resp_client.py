@@ -36,7 +36,8 @@ import urllib.parse
 
 __all__ = [
     "RespClient", "encode_command", "encode_transaction", "Transaction",
-    "parse_url", "address_of", "valid_host", "means_unavailable", "expect_integer",
+    "parse_url", "parse_addresses", "address_of", "valid_host", "means_unavailable",
+    "expect_integer",
     "RedisError", "RedisConnectionError", "RedisTimeoutError",
     "ResponseError", "AuthenticationError", "ProtocolError",
 ]
@@ -936,6 +937,19 @@ _URL_OPTIONS = ("db", "password", "username", "protocol")
 
 
 _BAD_HOST = "Redis URL's host is not a valid host name or IP address"
+
+
+def parse_addresses(text, example="redis-1:6379,redis-2:6379"):
+    """``host:port`` pairs, comma-separated (``[::1]:26379`` for an IPv6 address), as a tuple of
+    (host, port); ValueError naming the shape expected (and ``example``), quoting nothing."""
+    found = []
+    for item in text.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not colon or not valid_host(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"host:port pairs, comma-separated, such as {example}")
+        found.append((host, int(port)))
+    return tuple(found)
 
 
 def parse_url(url):

@@ -6,8 +6,9 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     proxies         what proxies say of the client: PROXY headers, forwarded headers
     tls             the certificate from files, reloaded; each connection's TLS layer
     faults          faults turned on to break it on purpose
+    cpus            the CPUs this process may use (WORKERS=auto)
     settings        the settings table, read once into one Config
-                        -> faults, proxies, resp_client, tls
+                        -> cpus, faults, proxies, resp_client, tls
     logs            access and event lines that never block serving
     redis_state     how a Redis call ended, in one vocabulary; Redis's state  -> resp_client
     redis_thread    the Redis thread, and the client the settings describe

@@ -23,6 +23,7 @@ from .tls import HANDSHAKE_OUTCOMES
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 ROUND_TRIP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REPLICA_BUCKETS = (0, 1, 2, 3, 4, 5)
 PROXY_REFUSALS = ("untrusted_peer", "missing", "malformed", "timeout")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
@@ -78,6 +79,11 @@ FAMILIES = (
            "Bytes of streamed answers' bodies sent, by route.", ("route",)),
     Family("friendlyhello_request_body_bytes_total", "counter",
            "Bytes of request bodies read, by route.", ("route",)),
+    Family("friendlyhello_redis_primary_changes_total", "counter",
+           "Times the primary the sentinels name changed under this process (failovers seen)."),
+    Family("friendlyhello_redis_replicas_acknowledged", "histogram",
+           "Replicas that held a round trip's visits when WAIT answered (REDIS_WAIT_REPLICAS).",
+           buckets=REPLICA_BUCKETS),
     Family("friendlyhello_redis_up", "gauge", "1 while Redis answers, else 0.", read=True),
     Family("friendlyhello_build_info", "gauge",
            "The VERSION this replica was started with, friendlyhello's release and Python's "
@@ -160,6 +166,9 @@ class Metrics:
         self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
         sizes = self.series["friendlyhello_redis_pipeline_size"]
         self.round_trip_sizes = Histogram(ROUND_TRIP_BUCKETS, sizes)
+        acknowledged = self.series["friendlyhello_redis_replicas_acknowledged"]
+        self.replicas_acknowledged = Histogram(REPLICA_BUCKETS, acknowledged)
+        self.primary_changes = self.series["friendlyhello_redis_primary_changes_total"].get((), 0)
         self.visits = self.series["friendlyhello_visits_total"].get((), 0)
         self.open_connections = 0
         self._ticks, self._page_size = os.sysconf("SC_CLK_TCK"), resource.getpagesize()
@@ -188,6 +197,7 @@ class Metrics:
         """This process's numbers as plain data: {"series": {family: {labels: value}},
         "process": {family: value}}."""
         self.series["friendlyhello_visits_total"] = {(): self.visits}
+        self.series["friendlyhello_redis_primary_changes_total"] = {(): self.primary_changes}
         self.series["friendlyhello_open_connections"] = {(): self.open_connections}
         self.series["friendlyhello_tls_connections_open"] = {(): self.tls_connections}
         self.series["friendlyhello_websockets_open"] = {(): self.websockets_open}

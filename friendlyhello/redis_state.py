@@ -12,8 +12,17 @@ import resp_client
 # The outcomes, as friendlyhello_redis_replies_total labels them: "ok", "no_reply", or the words
 # of why_unavailable() as a label ("error_reply" for every error reply, whatever its code).
 OUTCOMES = ("ok", "timeout", "cannot_connect", "no_reply", "error_reply", "authentication_failed",
-            "protocol_error")
+            "protocol_error", "not_replicated")
 NO_REPLY = "no reply (the visit may have counted)"
+NOT_REPLICATED = "not replicated"
+
+
+class NotReplicated(resp_client.RedisError):
+    """The primary counted the visit, but fewer replicas than REDIS_WAIT_REPLICAS said they hold
+    it: its number is not shown (a failover could lose it, and show it again). An answer, not
+    Redis unavailable."""
+
+    command_sent = True
 
 
 def outcome(error):
@@ -21,6 +30,8 @@ def outcome(error):
     at once while Redis is unavailable is named by what made it so, as the page names it."""
     if error is None:
         return "ok"
+    if isinstance(error, NotReplicated):
+        return "not_replicated"
     if error.command_sent and resp_client.means_unavailable(error):
         return "no_reply"  # the command left: Redis may have run it
     reason = why_unavailable(error)
@@ -48,11 +59,17 @@ def visit_words(error):
     kind = outcome(error)
     if kind == "ok":
         return "ok"
+    if kind == "not_replicated":
+        return NOT_REPLICATED
     return NO_REPLY if kind == "no_reply" else why_unavailable(error)
 
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _address(primary):
+    return resp_client.address_of(primary[0], primary[1])
 
 
 class RedisStatus:
@@ -69,6 +86,7 @@ class RedisStatus:
         self._seen_up = False
         self.counter_problem = ""  # what the counter holds when it is no count (heartbeat's word)
         self._heartbeat_error = None  # the error reply the heartbeat got, while it gets one
+        self.primary = None  # with sentinels, (host, port, since) of the primary in use
 
     @property
     def up(self):
@@ -84,6 +102,13 @@ class RedisStatus:
         if self.counter_problem:
             return f"up, but the counter holds {self.counter_problem}: no visit counts"
         return "up"
+
+    def primary_words(self):
+        """With sentinels, the primary in use and since when (for /readyz), else None."""
+        if self.primary is None:
+            return None
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.primary[2]))
+        return f"{_address(self.primary)} since {since}"
 
     def heartbeat(self, reply):
         """What the heartbeat found of the keys we keep (its reply: replicas.HEARTBEAT_SCRIPT's),
@@ -125,8 +150,21 @@ class RedisStatus:
         self._unavailable_since = None
         self._seen_up = True
 
+    def primary_in_use(self, primary):
+        """The primary the sentinels named, (host, port, since) or None: each change logged
+        once; True when it is a failover (another primary than the one before)."""
+        if primary is None or primary[:2] == (self.primary or (None, None))[:2]:
+            return False
+        before, self.primary = self.primary, primary
+        if before is None:
+            self._log.info("redis", f"the primary is {_address(primary)}")
+            return False
+        self._log.warning("redis", f"the primary is now {_address(primary)} (it was "
+                                   f"{_address(before)}): a failover")
+        return True
+
     def failed(self, error):
-        if not resp_client.means_unavailable(error):
+        if isinstance(error, NotReplicated) or not resp_client.means_unavailable(error):
             self.answered()  # an error reply is still an answer
             return
         reason = why_unavailable(error)

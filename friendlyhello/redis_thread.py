@@ -11,10 +11,19 @@ import time
 
 import resp_client
 
-from .redis_state import outcome
+from .redis_state import NotReplicated, outcome
 
 MAX_COMMANDS = 256        # Redis commands sent in one round trip at most
 HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive
+_ROLE = resp_client.encode_command(("ROLE",))
+_UNKNOWN = 1 << 16  # replicas, when ROLE does not say: no visit is taken as replicated
+
+
+def _connected(role):
+    """How many replicas a primary's ROLE reply names connected."""
+    if isinstance(role, list) and len(role) > 2 and isinstance(role[2], list):
+        return len(role[2])
+    return _UNKNOWN
 
 
 def redis_options(config):
@@ -26,6 +35,11 @@ def redis_options(config):
         where = dict(host=config.redis_host, port=config.redis_port, db=config.redis_db,
                      password=config.redis_password)
     timeouts = {"connect_timeout": config.redis_timeout, "timeout": config.redis_timeout}
+    if config.redis_sentinels:  # the primary is the one they name, wherever that is
+        where = {"db": config.redis_db, "password": config.redis_password,
+                 "sentinels": config.redis_sentinels, "master_name": config.redis_master_name,
+                 "sentinel_username": config.redis_sentinel_username,
+                 "sentinel_password": config.redis_sentinel_password}
     return {**where, **timeouts, "max_connections": 1}
 
 
@@ -36,6 +50,9 @@ def redis_client(config):
 def describe_redis(config):
     """Redis's address and database, for the start-up line."""
     options = redis_options(config)
+    if config.redis_sentinels:
+        named = ",".join(resp_client.address_of(h, p) for h, p in config.redis_sentinels)
+        return f"the primary of {config.redis_master_name} (sentinels {named}) db {options['db']}"
     address = resp_client.address_of(options.get("host", "redis"), options.get("port"),
                                      options.get("unix_socket"))
     return f"{address} db {options['db']}"
@@ -55,8 +72,12 @@ class RedisThread:
     take the numbers V-n+1 ... V in the order they came. One transaction, one write to the
     append-only file and one reply for them all: Redis's work per visit falls as load rises."""
 
-    def __init__(self, client, status, metrics, heartbeat, wake, log, visit_commands=None):
+    def __init__(self, client, status, metrics, heartbeat, wake, log, visit_commands=None,
+                 wait_replicas=0):
         self.client = client
+        self._wait_replicas = wait_replicas  # a number, or "all" (the primary's connected ones)
+        self._wait_ms = max(1, int(client.timeout * 500))  # half the round trip's own timeout
+        self._replicas_known = None  # "all": how many its ROLE said are connected (None: ask)
         self.status = status
         self.metrics = metrics
         self._heartbeat = heartbeat
@@ -124,21 +145,53 @@ class RedisThread:
     def _send(self, heartbeat, requests):
         commands, merged = self._commands(requests)
         try:
-            replies = self.client.pipeline(heartbeat + commands)
+            waits = self._wait_command(requests)
+            replies = self.client.pipeline(heartbeat + commands + waits)
             if heartbeat:
                 self.status.heartbeat(replies[0])
                 replies = replies[1:]
+            if waits:  # the replicas that acknowledged, then the primary's ROLE
+                replies, acked, role = replies[:-2], replies[-2], replies[-1]
             replies = self._per_request(requests, replies, merged)
-            errors = [r if isinstance(r, resp_client.ResponseError) else None for r in replies]
+            if waits:
+                replies = self._replicated(requests, replies, acked, role)
+            errors = [r if isinstance(r, resp_client.RedisError) else None for r in replies]
             self.status.answered()
         except resp_client.RedisError as exc:
             replies, errors = [None] * len(requests), [exc] * len(requests)
             self.status.failed(exc)
+            self._replicas_known = None  # another primary, maybe, with other replicas
+        if self.status.primary_in_use(self.client.primary):
+            self.metrics.primary_changes += 1
         if requests:
             self.metrics.round_trip_sizes.observe((), len(requests))
             for error in errors:
                 self.metrics.redis_reply(outcome(error))
             self._hand_back(requests, replies, errors)
+
+    def _wait_command(self, requests):
+        """With REDIS_WAIT_REPLICAS, WAIT and ROLE after a round trip's visits: how many
+        replicas hold them, and how many the primary has connected; else nothing."""
+        if not self._wait_replicas or not any(c is self._one_visit for _, c in requests):
+            return []
+        if self._wait_replicas == "all" and self._replicas_known is None:  # ask, once
+            self._replicas_known = _connected(self.client.pipeline([_ROLE])[0])
+        needed = self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
+        return [("WAIT", needed, self._wait_ms), _ROLE]
+
+    def _replicated(self, requests, replies, acked, role):
+        """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
+        if self._wait_replicas == "all":  # those connected now (this ROLE's), WAIT's next time
+            self._replicas_known = _connected(role)
+        needed = self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
+        if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
+            acked = -1
+        self.metrics.replicas_acknowledged.observe((), max(acked, 0))
+        if acked >= needed:
+            return replies
+        error = NotReplicated(f"{max(acked, 0)} of {needed} replicas acknowledged the visits")
+        return [error if command is self._one_visit and type(reply) is int else reply
+                for (_, command), reply in zip(requests, replies, strict=True)]
 
     def _commands(self, requests):
         """What to send for a round trip's requests: their commands in order, but two visits or

@@ -16,6 +16,7 @@ import typing
 
 import resp_client
 
+from . import cpus
 from .faults import error_rate, latency_range
 from .proxies import FORWARDED_HEADERS, PROXY_MODES, Trusted, trusted_networks
 from .tls import check_tls_settings
@@ -125,37 +126,9 @@ def _host(text):
     return text
 
 
-def cpus_available():
-    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's
-    --cpus, a pod's CPU limit), rounded up; at least 1."""
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_cpu_quota()
-    return max(min(cpus, quota) if quota else cpus, 1)
-
-
-def _cgroup_cpu_quota():
-    """The cgroup's CPU limit in whole CPUs, rounded up; None when there is none."""
-    try:  # cgroup v2: "150000 100000", or "max 100000" when unlimited
-        quota, period = _read("/sys/fs/cgroup/cpu.max").split()
-    except (OSError, ValueError):
-        try:  # cgroup v1: -1 when unlimited
-            quota = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip()
-            period = _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us").strip()
-        except OSError:
-            return None
-    if quota in ("max", "-1") or not quota.isdigit() or not period.isdigit() or not int(period):
-        return None
-    return -(-int(quota) // int(period))
-
-
-def _read(path):
-    with open(path) as file:
-        return file.read()
-
-
 def _workers(text):
     if text.lower() == "auto":
-        return cpus_available()
+        return cpus.available()
     return _whole(1, 256)(text)
 
 
@@ -166,6 +139,16 @@ def _trusted(text):
 def _forwarded_header(text):
     """FORWARDED_HEADER: the header's name as requests spell it (None for none)."""
     return FORWARDED_HEADERS[_choice(*FORWARDED_HEADERS)(text)]
+
+
+def _sentinels(text):
+    """REDIS_SENTINELS: host:port,host:port,... ([::1]:26379 for an IPv6 address)."""
+    return resp_client.parse_addresses(text, "sentinel-1:26379,sentinel-2:26379")
+
+
+def _wait_replicas(text):
+    """REDIS_WAIT_REPLICAS: a number of replicas, or all (those the primary has connected)."""
+    return "all" if text.lower() == "all" else _whole(0, 100)(text)
 
 
 def _redis_url(text):
@@ -232,6 +215,18 @@ SETTINGS = [
             "Redis password", secret=True),
     Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60),
             "seconds to wait for Redis to connect or reply"),
+    Setting("REDIS_SENTINELS", None, _sentinels,
+            "host:port of Redis Sentinels, comma-separated: the primary is the one they name, "
+            "followed through failovers (instead of REDIS_HOST and REDIS_PORT)"),
+    Setting("REDIS_MASTER_NAME", "mymaster", _text(200),
+            "the name the sentinels know the primary by"),
+    Setting("REDIS_SENTINEL_USERNAME", None, _text(200),
+            "the user to authenticate to the sentinels as (ACLs); needs REDIS_SENTINEL_PASSWORD"),
+    Setting("REDIS_SENTINEL_PASSWORD", None, _secret,
+            "the sentinels' password (requirepass in sentinel.conf)", secret=True),
+    Setting("REDIS_WAIT_REPLICAS", 0, _wait_replicas,
+            "replicas that must hold a visit (WAIT) before its page shows the number, or all "
+            "(those connected); fewer: the counter disabled (not replicated); 0: no WAIT"),
     Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
             "on: a line per request on stdout, health probes and /metrics left out; all: them too; "
             "off: none"),
@@ -433,6 +428,11 @@ def load_config(argv=None, environ=None, args=None):
     if "REDIS_URL" in given and given.intersection(_REDIS_PARTS):
         raise ConfigError("set REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_DB/REDIS_PASSWORD, "
                           "not both")
+    if "REDIS_SENTINELS" in given and given.intersection({"REDIS_URL", "REDIS_HOST", "REDIS_PORT"}):
+        raise ConfigError("set REDIS_SENTINELS or REDIS_URL/REDIS_HOST/REDIS_PORT, not both: the "
+                          "sentinels say where the primary is")
+    if values["redis_sentinel_username"] is not None and values["redis_sentinel_password"] is None:
+        raise ConfigError("REDIS_SENTINEL_USERNAME needs REDIS_SENTINEL_PASSWORD")
     if values["proxy_protocol"] != "off" and not values["trusted_proxies"]:
         raise ConfigError("PROXY_PROTOCOL needs TRUSTED_PROXIES: the addresses of the proxies "
                           "that send it")

@@ -90,13 +90,17 @@ class Site:
     def readyz(self, request, reply):
         """Readiness: send me traffic. Pages serve without Redis, so by default Redis's state
         is only reported: Redis unavailable must not pull every replica out of its load balancer.
-        It says up or unavailable, never an address or an error's text: anyone may ask."""
+        It says up or unavailable, never an error's text: anyone may ask; behind sentinels, the
+        primary in use and since when (which server takes the writes is what a failover
+        changes)."""
         if self.lifecycle.shutting_down:
             return _SHUTTING_DOWN
         if self.faults.state.ready_fails:
             return _READY_FAULT
         if reply is None:
-            return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n")
+            primary = self.redis_status.primary_words()  # with sentinels: where, since when
+            named = f"primary: {primary}\n" if primary else ""
+            return Response(200, TEXT, f"ready\nredis: {self.redis_status.describe()}\n{named}")
         if reply.error is not None:
             return Response(503, TEXT, "not ready: redis is unavailable\n")
         return Response(200, TEXT, "ready\n")

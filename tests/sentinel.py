@@ -109,6 +109,13 @@ class Replicated:
             return False
         return "master_link_status:up" in (info.decode() if isinstance(info, bytes) else info)
 
+    def wait_until_all_in_sync(self):
+        """Every replica's link to the primary up (after a failover, they sync again)."""
+        primary = self.primary()
+        wait_until(lambda: all(self.in_sync(port) for port, server in self.servers.items()
+                               if port != primary and server.process is not None), 20,
+                   "the replicas in sync", pace=0.1)
+
     def _sees_all(self, sentinel):
         try:
             others = call(sentinel.port, "SENTINEL", "sentinels", MASTER)

@@ -2,11 +2,15 @@
 its ROLE, and follows a failover, whether asked for (SENTINEL FAILOVER) or forced by the
 primary's death; with real redis-servers and sentinels on loopback."""
 
+import json
+import os
+import signal
 import time
 
 import pytest
 
 import resp_client
+from helpers import metric_sample, request, run_to_exit, serving, wait_until
 from sentinel import MASTER, Replicated, call
 
 
@@ -21,6 +25,7 @@ def client_of(servers, sentinels=None, **options):
                                   connect_timeout=0.5, timeout=0.5, max_connections=2, **options)
 
 
+@pytest.mark.slow  # real servers and sentinels, and failovers
 def test_the_client_finds_the_primary_through_the_first_sentinel_that_answers(replicated):
     dead = ("127.0.0.1", 1)  # nothing listens: skipped, asked last next time
     with client_of(replicated, [dead, *replicated.addresses]) as client:
@@ -32,6 +37,7 @@ def test_the_client_finds_the_primary_through_the_first_sentinel_that_answers(re
     assert "the primary of mymaster" in repr(client)
 
 
+@pytest.mark.slow  # real servers and sentinels, and failovers
 def test_a_master_name_no_sentinel_knows_is_a_connection_error_naming_it(replicated):
     with resp_client.RespClient(sentinels=replicated.addresses, master_name="nosuch", connect_timeout=0.5,
                                 timeout=0.5) as client, pytest.raises(resp_client.RedisConnectionError) as refused:
@@ -40,6 +46,7 @@ def test_a_master_name_no_sentinel_knows_is_a_connection_error_naming_it(replica
     assert "knows no primary named nosuch" in str(refused.value)
 
 
+@pytest.mark.slow  # real servers and sentinels, and failovers
 def test_after_a_failover_the_client_writes_to_the_new_primary_never_the_demoted_one(replicated):
     with client_of(replicated) as client:
         before = client.incr("followed")
@@ -60,3 +67,81 @@ def test_after_a_failover_the_client_writes_to_the_new_primary_never_the_demoted
     assert new != old and primary[1] == new and value > before
     assert int(call(new, "GET", "followed")) == value  # written to the new primary
     assert call(old, "ROLE")[0] in ("slave", b"slave")  # the old one, a replica now
+
+
+# -- the server behind sentinels -------------------------------------------------------------------
+
+def sentinel_env(servers, **extra):
+    return {"REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in servers.addresses), "REDIS_MASTER_NAME": MASTER,
+            "REDIS_TIMEOUT": "0.5", **extra}
+
+
+def page(server):
+    answer = request(server.port, "/", headers={"Accept": "application/json"})
+    return answer.status, json.loads(answer.body)
+
+
+@pytest.mark.slow  # real servers and sentinels, and failovers
+def test_pages_follow_the_primary_through_its_death_and_readyz_and_the_log_say_which_it_is(replicated):
+    with serving(sentinel_env(replicated)) as server:
+        first = page(server)[1]
+        old = replicated.primary()
+        ready_before = request(server.port, "/readyz").text
+        replicated.servers[old].kill()  # kill -9: no goodbye to the replicas or the sentinels
+        killed = time.monotonic()
+        slowest, shown, counted_at = 0.0, [], None
+        while time.monotonic() - killed < 20:
+            started = time.monotonic()
+            status, seen = page(server)
+            slowest = max(slowest, time.monotonic() - started)
+            if seen["visits"] is not None:
+                shown.append(seen["visits"])
+                if counted_at is None and replicated.primary() != old:
+                    counted_at = time.monotonic() - killed
+                if counted_at is not None and len(shown) > 3:
+                    break
+            time.sleep(0.05)
+        ready_after = request(server.port, "/readyz").text
+        metrics = request(server.port, "/metrics").text
+        errors = server.error_lines()
+    new = replicated.primary()
+    replicated.servers[old].start()  # back as it was, and a replica of the new one at once (as the
+    call(old, "REPLICAOF", "127.0.0.1", str(new))  # sentinels would make it, in their own time)
+    replicated.wait_until_all_in_sync()
+    print(f"\nprimary {old} killed: pages counted again on {new} after {counted_at:.2f} s; the slowest page "
+          f"{slowest:.2f} s")
+    assert first["visits"] is not None and new != old and counted_at is not None
+    assert slowest < 1.2  # no page waits past its deadline (REDIS_TIMEOUT 0.5 s, connect and reply)
+    assert f"primary: 127.0.0.1:{old} since " in ready_before and f"primary: 127.0.0.1:{new} since " in ready_after
+    assert sum(f"the primary is now 127.0.0.1:{new} (it was 127.0.0.1:{old})" in line for line in errors) == 1
+    assert metric_sample(metrics, "friendlyhello_redis_primary_changes_total") == 1
+
+
+@pytest.mark.slow  # real servers and sentinels, and failovers
+def test_with_wait_all_a_visit_no_replica_acknowledged_shows_the_counter_disabled_as_not_replicated(replicated):
+    replicated.wait_until_all_in_sync()
+    primary = replicated.primary()
+    paused = next(port for port in replicated.servers if port != primary)
+    with serving(sentinel_env(replicated, REDIS_WAIT_REPLICAS="all")) as server:
+        counted = page(server)[1]
+        os.kill(replicated.servers[paused].process.pid, signal.SIGSTOP)
+        try:
+            refused = page(server)[1]
+        finally:
+            os.kill(replicated.servers[paused].process.pid, signal.SIGCONT)
+        wait_until(lambda: page(server)[1]["visits"] is not None, 10, "visits replicated again", pace=0.1)
+        metrics = request(server.port, "/metrics").text
+    assert counted["visits"] is not None and counted["redis"] == "ok"
+    assert refused["visits"] is None and refused["redis"] == "not replicated"
+    assert 'friendlyhello_redis_replies_total{outcome="not_replicated"}' in metrics
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"REDIS_SENTINELS": "sentinel-1"}, "REDIS_SENTINELS='sentinel-1' is not valid: expected host:port pairs"),
+    ({"REDIS_SENTINELS": "a:1", "REDIS_HOST": "redis"}, "set REDIS_SENTINELS or REDIS_URL/REDIS_HOST/REDIS_PORT"),
+    ({"REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_USERNAME": "u"}, "REDIS_SENTINEL_USERNAME needs"),
+    ({"REDIS_WAIT_REPLICAS": "most"}, "REDIS_WAIT_REPLICAS='most' is not valid"),
+])
+def test_a_wrong_sentinel_setting_stops_the_server_before_it_binds_with_one_line(env, words):
+    code, out, err = run_to_exit({**env, "PORT": "0"})
+    assert code == 2 and out == "" and err.count("\n") == 1 and words in err, err
