@@ -623,6 +623,20 @@ class RespClient:
             self.close()  # a demoted primary, or one without its replicas: ask the sentinels again
         return result
 
+    def check_primary(self):
+        """Behind sentinels, ask them which server is the primary now: another than the one in
+        use drops the pool (a failover they made while this one still took writes). Never
+        raises: a sentinel that does not answer leaves things as they are."""
+        connector = self._connector
+        if not isinstance(connector, _SentinelConnector) or connector.primary is None:
+            return
+        try:
+            named = connector.ask_sentinels(self._generation)
+        except RedisError:
+            return
+        if named != connector.primary:
+            self.close()
+
     @property
     def primary(self):
         """With sentinels, (host, port, since: a time.time()) of the primary in use; else None."""
@@ -828,7 +842,7 @@ class _SentinelConnector(_Connector):
         self._lock = threading.Lock()
 
     def connect(self, generation):
-        host, port = self._ask_sentinels(generation)
+        host, port = self.ask_sentinels(generation)
         address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         payload, count = self.setup
         conn = self.connect_to(host, port, address, generation, (payload + _ROLE, count + 1))
@@ -843,7 +857,7 @@ class _SentinelConnector(_Connector):
             self.replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
         return conn
 
-    def _ask_sentinels(self, generation):
+    def ask_sentinels(self, generation):
         """The primary's (host, port), from the first sentinel that knows it."""
         with self._lock:
             sentinels = list(self.sentinels)

@@ -14,15 +14,17 @@ import resp_client
 from .redis_state import NotReplicated, outcome
 
 MAX_COMMANDS = 256        # Redis commands sent in one round trip at most
-HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive
+HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive (and asks the sentinels)
+REPLICA_GRACE = 10.0      # "all": how long a replica that left the primary is still waited for
 _ROLE = resp_client.encode_command(("ROLE",))
 _UNKNOWN = 1 << 16  # replicas, when ROLE does not say: no visit is taken as replicated
 
 
 def _connected(role):
-    """How many replicas a primary's ROLE reply names connected."""
+    """How many replicas a primary's ROLE reply names connected, and at least one: a visit that
+    no replica holds (an old primary left alone, say) is not replicated to "all" of them."""
     if isinstance(role, list) and len(role) > 2 and isinstance(role[2], list):
-        return len(role[2])
+        return max(len(role[2]), 1)
     return _UNKNOWN
 
 
@@ -77,7 +79,8 @@ class RedisThread:
         self.client = client
         self._wait_replicas = wait_replicas  # a number, or "all" (the primary's connected ones)
         self._wait_ms = max(1, int(client.timeout * 500))  # half the round trip's own timeout
-        self._replicas_known = None  # "all": how many its ROLE said are connected (None: ask)
+        self._replicas_known = None  # "all": the replicas to wait for (None: ask ROLE first)
+        self._fewer_since = None     # when the primary began to have fewer connected than that
         self.status = status
         self.metrics = metrics
         self._heartbeat = heartbeat
@@ -135,6 +138,7 @@ class RedisThread:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 heartbeat = [self._heartbeat()]
+                self.client.check_primary()  # behind sentinels: the one they name, still?
             # A bug of ours must not end the thread: it is logged, and the thread goes on.
             try:
                 self._send(heartbeat, requests)
@@ -160,9 +164,10 @@ class RedisThread:
         except resp_client.RedisError as exc:
             replies, errors = [None] * len(requests), [exc] * len(requests)
             self.status.failed(exc)
-            self._replicas_known = None  # another primary, maybe, with other replicas
+            self._replicas_known = self._fewer_since = None  # another primary, maybe
         if self.status.primary_in_use(self.client.primary):
             self.metrics.primary_changes += 1
+            self._replicas_known = None  # the new primary's replicas, asked anew
         if requests:
             self.metrics.round_trip_sizes.observe((), len(requests))
             for error in errors:
@@ -181,8 +186,8 @@ class RedisThread:
 
     def _replicated(self, requests, replies, acked, role):
         """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
-        if self._wait_replicas == "all":  # those connected now (this ROLE's), WAIT's next time
-            self._replicas_known = _connected(role)
+        if self._wait_replicas == "all":
+            self._replicas_known = self._all_of(_connected(role))
         needed = self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
         if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
             acked = -1
@@ -192,6 +197,20 @@ class RedisThread:
         error = NotReplicated(f"{max(acked, 0)} of {needed} replicas acknowledged the visits")
         return [error if command is self._one_visit and type(reply) is int else reply
                 for (_, command), reply in zip(requests, replies, strict=True)]
+
+    def _all_of(self, connected):
+        """The replicas "all" is, now that the primary's ROLE says ``connected``: one that left
+        is still waited for during REPLICA_GRACE, so an old primary the sentinels have just
+        replaced (its replicas leaving it one by one) shows no number they do not all hold;
+        after it, those connected."""
+        known = self._replicas_known
+        if known is None or connected >= known:
+            self._fewer_since = None
+            return connected
+        now = time.monotonic()
+        if self._fewer_since is None:
+            self._fewer_since = now
+        return connected if now - self._fewer_since > REPLICA_GRACE else known
 
     def _commands(self, requests):
         """What to send for a round trip's requests: their commands in order, but two visits or

@@ -14,8 +14,10 @@ from redis_server import RedisServer, require_redis_server
 
 MASTER = "mymaster"
 DOWN_AFTER_MS = 1000
-# A replica's first sync at once (Redis 7 waits 5 s for more replicas to share a diskless one).
-SERVER_OPTIONS = ["--repl-diskless-sync-delay", "0"]
+# A replica's first sync at once (Redis 7 waits 5 s for more replicas to share a diskless one);
+# and as docs/sentinel.md says to run them: a primary left without a replica takes no writes.
+SERVER_OPTIONS = ["--repl-diskless-sync-delay", "0", "--min-replicas-to-write", "1",
+                  "--min-replicas-max-lag", "5"]
 
 
 def call(port, *args, timeout=2):

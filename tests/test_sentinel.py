@@ -145,3 +145,16 @@ def test_with_wait_all_a_visit_no_replica_acknowledged_shows_the_counter_disable
 def test_a_wrong_sentinel_setting_stops_the_server_before_it_binds_with_one_line(env, words):
     code, out, err = run_to_exit({**env, "PORT": "0"})
     assert code == 2 and out == "" and err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.slow  # six failovers under load, each waited out
+def test_with_wait_all_no_number_is_shown_twice_nor_lost_through_kills_pauses_and_failovers():
+    import failover
+
+    seen = failover.run(each=2, wait="all", log=lambda line: print(line))
+    print(json.dumps(seen))
+    assert seen["failovers"] == {"kill": 2, "pause": 2, "failover": 2}
+    assert seen["shown"] > 100 and seen["shown_twice"] == 0 and seen["shown_then_lost"] == 0
+    assert seen["final_counter"] >= seen["shown"]  # every number shown is held by the counter
+    slowest = max(t for _, t in seen["seconds_to_count_again"].values())
+    assert slowest < 10, seen["seconds_to_count_again"]  # never stuck: counted again after each
