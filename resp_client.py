@@ -537,6 +537,7 @@ class RespClient:
                                                  *options)
         else:
             self._connector = _Connector(self.address, *options)
+        self.sentinel = self._connector if sentinels else None
         self._idle = []
         self._in_use = 0  # connections taken from the pool or being opened
         self._lock = threading.Lock()
@@ -617,33 +618,20 @@ class RespClient:
             raise
         self._checkin(conn)
         self._ended(probing, None)
-        if isinstance(self._connector, _SentinelConnector) and any(
-                isinstance(r, ResponseError) and r.args[0].startswith(NOT_THE_PRIMARY)
-                for r in result):
+        if self.sentinel is not None and _not_the_primary(result):
             self.close()  # a demoted primary, or one without its replicas: ask the sentinels again
         return result
 
     def check_primary(self):
         """Behind sentinels, ask them which server is the primary now: another than the one in
-        use drops the pool (a failover they made while this one still took writes). Never
-        raises: a sentinel that does not answer leaves things as they are."""
-        connector = self._connector
-        if not isinstance(connector, _SentinelConnector) or connector.primary is None:
-            return
-        try:
-            named = connector.ask_sentinels(self._generation)
-        except RedisError:
-            return
-        if named != connector.primary:
+        use drops the pool (a failover they made while this one still took writes)."""
+        if self.sentinel is not None and self.sentinel.replaced(self._generation):
             self.close()
 
     @property
     def primary(self):
         """With sentinels, (host, port, since: a time.time()) of the primary in use; else None."""
-        connector = self._connector
-        if not isinstance(connector, _SentinelConnector) or connector.primary is None:
-            return None
-        return (*connector.primary, connector.primary_since)
+        return self.sentinel.in_use() if self.sentinel is not None else None
 
     def _checkout(self):
         """Take a pooled connection (or open one); fail fast while backing off.
@@ -889,6 +877,25 @@ class _SentinelConnector(_Connector):
             failures.append(f"{where} (knows no primary named {self.master_name})")
         raise RedisConnectionError(f"no sentinel named the primary of {self.master_name}: "
                                    + ", ".join(failures))
+
+
+    def in_use(self):
+        return None if self.primary is None else (*self.primary, self.primary_since)
+
+    def replaced(self, generation):
+        """Whether the sentinels name another primary than the one in use (never raises: a
+        sentinel that does not answer says nothing)."""
+        if self.primary is None:
+            return False
+        try:
+            return self.ask_sentinels(generation) != self.primary
+        except RedisError:
+            return False
+
+
+def _not_the_primary(replies):
+    return any(isinstance(r, ResponseError) and r.args[0].startswith(NOT_THE_PRIMARY)
+               for r in replies)
 
 
 _ROLE = encode_command(("ROLE",))

@@ -85,7 +85,7 @@ def fail(servers, kind):
     elif kind == "pause":
         os.kill(process.pid, signal.SIGSTOP)
     else:
-        wait_until(lambda: _failover_asked(servers), 30, "the sentinels to take a failover", pace=0.2)
+        wait_until(servers.failover_taken, 30, "the sentinels to take a failover", pace=0.2)
     new, _ = servers.wait_for_new_primary(old, within=30)
     if kind == "kill":
         servers.servers[old].start()
@@ -96,19 +96,6 @@ def fail(servers, kind):
     wait_until(lambda: _replica_of(old, new), 15, "the old primary a replica", pace=0.1)
     servers.wait_until_all_in_sync()
     return started, new
-
-
-def _failover_asked(servers):
-    """SENTINEL FAILOVER taken (not refused: INPROG while the last failover is settling)."""
-    import resp_client
-
-    try:
-        call(servers.sentinels[0].port, "SENTINEL", "failover", MASTER)
-        return True
-    except resp_client.ResponseError as exc:
-        if "INPROG" in str(exc):
-            return False
-        raise
 
 
 def _replica_of(old, new):

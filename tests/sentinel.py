@@ -112,11 +112,24 @@ class Replicated:
         return "master_link_status:up" in (info.decode() if isinstance(info, bytes) else info)
 
     def wait_until_all_in_sync(self):
-        """Every replica's link to the primary up (after a failover, they sync again)."""
+        """Every replica's link to the primary up (after a failover, they sync again), and every
+        sentinel seeing both replicas well: until then, a failover may find none to promote."""
         primary = self.primary()
         wait_until(lambda: all(self.in_sync(port) for port, server in self.servers.items()
                                if port != primary and server.process is not None), 20,
                    "the replicas in sync", pace=0.1)
+        wait_until(lambda: all(self._replicas_well(s) for s in self.sentinels), 30,
+                   "the sentinels to see both replicas in sync", pace=0.2)
+
+    def _replicas_well(self, sentinel):
+        try:
+            replicas = call(sentinel.port, "SENTINEL", "replicas", MASTER)
+        except Exception:  # noqa: BLE001 - not answering
+            return False
+        fields = [dict(zip(r[::2], r[1::2], strict=True)) for r in replicas]
+        well = [f for f in fields if f.get(b"flags", f.get("flags")) in (b"slave", "slave")
+                and f.get(b"master-link-status", f.get("master-link-status")) in (b"ok", "ok")]
+        return len(well) == 2
 
     def _sees_all(self, sentinel):
         try:
@@ -129,9 +142,22 @@ class Replicated:
     def failover(self):
         """SENTINEL FAILOVER, and the new primary's port once every sentinel names it."""
         old = self.primary()
-        call(self.sentinels[0].port, "SENTINEL", "failover", MASTER)
+        wait_until(lambda: self.failover_taken(), 30, "the sentinels to take a failover", pace=0.2)
         wait_until(lambda: all(s.primary() != old for s in self.sentinels), 15, "the failover", pace=0.05)
         return self.primary()
+
+    def failover_taken(self):
+        """SENTINEL FAILOVER taken (not refused: INPROG while the last failover is settling,
+        NOGOODSLAVE while no replica has been seen in sync for long enough)."""
+        import resp_client
+
+        try:
+            call(self.sentinels[0].port, "SENTINEL", "failover", MASTER)
+            return True
+        except resp_client.ResponseError as exc:
+            if str(exc).startswith(("INPROG", "NOGOODSLAVE")):
+                return False
+            raise
 
     def wait_for_new_primary(self, old, within=15):
         started = time.monotonic()
