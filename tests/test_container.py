@@ -652,3 +652,49 @@ def test_compose_with_its_tls_file_serves_https_beside_the_page_from_mounted_sec
         compose_run("down", "-v")
     assert status == 200 and version == "TLSv1.3"
     assert body.startswith("<h3>Hello World!</h3>") and body.endswith(f"<b>Visits:</b> {first + 1}")
+
+
+def page_json(port):
+    """The page's JSON, or None while the web container does not answer."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.request("GET", "/", headers={"Accept": "application/json"})
+        return json.loads(conn.getresponse().read())
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def test_compose_behind_sentinel_goes_on_counting_when_the_primary_is_killed_and_shows_no_number_twice(engine,
+                                                                                                     image):
+    project = f"fhtest{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    compose_run = compose_runner(engine, project, ["compose.yaml", "compose.sentinel.yaml"], {"WEB_PORT": str(port)})
+    shown = []
+
+    def counted():
+        seen = page_json(port)
+        if seen and seen["visits"] is not None:
+            shown.append(seen["visits"])
+            return True
+        return False
+
+    try:
+        compose_run("up", "-d")
+        wait_until(counted, 90, "a page counted behind the sentinels", pace=0.2)
+        for _ in range(5):
+            counted()
+        compose_run("kill", "redis")  # the primary, as docs/sentinel.md says to try it
+        killed = time.monotonic()
+        before = len(shown)
+        wait_until(lambda: counted() and len(shown) > before, 60, "pages counted on the new primary", pace=0.2)
+        took = time.monotonic() - killed
+        for _ in range(5):
+            counted()
+        ready = get(port, "/readyz")[1]
+    finally:
+        compose_run("down", "-v")
+    print(f"\ncompose behind sentinel: the primary killed, pages counted again after {took:.1f} s; {ready!r}")
+    assert len(shown) == len(set(shown)) and shown == sorted(shown)  # no number twice
+    assert "primary: redis-replica-" in ready  # a replica promoted, named as the sentinels announce it
