@@ -824,6 +824,7 @@ class _SentinelConnector(_Connector):
         super().__init__(*args)
         self.sentinels, self.master_name = list(sentinels), master_name
         self.sentinel_setup = sentinel_setup
+        self._question = encode_command(("SENTINEL", "get-master-addr-by-name", master_name))
         self.primary = None       # (host, port) of the primary last connected to
         self.primary_since = None  # time.time() it became that
         self.replicas = None      # how many replicas its ROLE named connected
@@ -861,23 +862,24 @@ class _SentinelConnector(_Connector):
                 failures.append(f"{where} ({_reason_of(exc)})")
                 continue
             try:
-                reply = conn.call(encode_command(("SENTINEL", "get-master-addr-by-name",
-                                                  self.master_name)), 1)[0]
+                reply = conn.call(self._question, 1)[0]
             except RedisError as exc:
                 failures.append(f"{where} ({_reason_of(exc)})")
                 continue
             finally:
                 conn.close()
-            if isinstance(reply, list) and len(reply) == 2:
-                with self._lock:  # it answered: asked first next time
-                    if (host, port) in self.sentinels:
-                        self.sentinels.remove((host, port))
-                    self.sentinels.insert(0, (host, port))
-                return _text(reply[0]), int(_text(reply[1]))
-            failures.append(f"{where} (knows no primary named {self.master_name})")
+            named = _named_address(reply)
+            if named is None:
+                failures.append(f"{where} (knows no primary named {self.master_name})"
+                                if reply is None else f"{where} (answered no host and port)")
+                continue
+            with self._lock:  # it answered: asked first next time
+                if (host, port) in self.sentinels:
+                    self.sentinels.remove((host, port))
+                self.sentinels.insert(0, (host, port))
+            return named
         raise RedisConnectionError(f"no sentinel named the primary of {self.master_name}: "
                                    + ", ".join(failures))
-
 
     def in_use(self):
         return None if self.primary is None else (*self.primary, self.primary_since)
@@ -891,6 +893,16 @@ class _SentinelConnector(_Connector):
             return self.ask_sentinels(generation) != self.primary
         except RedisError:
             return False
+
+
+def _named_address(reply):
+    """A sentinel's [host, port] as (host, port); None for anything else (a hostile one)."""
+    if not (isinstance(reply, list) and len(reply) == 2):
+        return None
+    host, port = _text(reply[0]), _text(reply[1])
+    if not valid_host(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
 
 
 def _not_the_primary(replies):

@@ -181,14 +181,16 @@ class RedisThread:
             return []
         if self._wait_replicas == "all" and self._replicas_known is None:  # ask, once
             self._replicas_known = _connected(self.client.pipeline([_ROLE])[0])
-        needed = self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
-        return [("WAIT", needed, self._wait_ms), _ROLE]
+        return [("WAIT", self._needed(), self._wait_ms), _ROLE]
+
+    def _needed(self):
+        return self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
 
     def _replicated(self, requests, replies, acked, role):
         """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
         if self._wait_replicas == "all":
             self._replicas_known = self._all_of(_connected(role))
-        needed = self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
+        needed = self._needed()
         if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
             acked = -1
         self.metrics.replicas_acknowledged.observe((), max(acked, 0))

@@ -10,7 +10,8 @@ import time
 import pytest
 
 import resp_client
-from helpers import metric_sample, request, run_to_exit, serving, wait_until
+from fake_redis import FakeRedis
+from helpers import free_port, metric_sample, request, run_to_exit, serving, wait_until
 from sentinel import MASTER, Replicated, call
 
 
@@ -27,7 +28,7 @@ def client_of(servers, sentinels=None, **options):
 
 @pytest.mark.slow  # real servers and sentinels, and failovers
 def test_the_client_finds_the_primary_through_the_first_sentinel_that_answers(replicated):
-    dead = ("127.0.0.1", 1)  # nothing listens: skipped, asked last next time
+    dead = ("127.0.0.1", free_port())  # nothing listens: skipped, asked last next time
     with client_of(replicated, [dead, *replicated.addresses]) as client:
         value = client.incr("sentinel-test")
         host, port, since = client.primary
@@ -134,6 +135,18 @@ def test_with_wait_all_a_visit_no_replica_acknowledged_shows_the_counter_disable
     assert counted["visits"] is not None and counted["redis"] == "ok"
     assert refused["visits"] is None and refused["redis"] == "not replicated"
     assert 'friendlyhello_redis_replies_total{outcome="not_replicated"}' in metrics
+
+
+@pytest.mark.parametrize("reply", [b"*2\r\n$4\r\nhost\r\n$7\r\nnotport\r\n", b"*1\r\n$4\r\nhost\r\n",
+                                   b"*2\r\n$3\r\na b\r\n$4\r\n6379\r\n", b"*-1\r\n"])
+def test_a_sentinel_that_names_no_usable_address_is_passed_over_with_a_typed_error(reply):
+    with FakeRedis() as sentinel, resp_client.RespClient(
+            sentinels=[("127.0.0.1", sentinel.port)], connect_timeout=0.5, timeout=0.5) as client:
+        sentinel.script(reply)
+        with pytest.raises(resp_client.RedisConnectionError) as refused:
+            client.incr("x")
+    words = "knows no primary named mymaster" if reply == b"*-1\r\n" else "answered no host and port"
+    assert f"127.0.0.1:{sentinel.port} ({words})" in str(refused.value)
 
 
 @pytest.mark.parametrize("env, words", [
