@@ -79,8 +79,7 @@ class RedisThread:
         self.client = client
         self._wait_replicas = wait_replicas  # a number, or "all" (the primary's connected ones)
         self._wait_ms = max(1, int(client.timeout * 500))  # half the round trip's own timeout
-        self._replicas_known = None  # "all": the replicas to wait for (None: ask ROLE first)
-        self._fewer_since = None     # when the primary began to have fewer connected than that
+        self._replicas_known = self._fewer_since = None  # "all": how many; since when fewer
         self.status = status
         self.metrics = metrics
         self._heartbeat = heartbeat
@@ -175,8 +174,8 @@ class RedisThread:
             self._hand_back(requests, replies, errors)
 
     def _wait_command(self, requests):
-        """With REDIS_WAIT_REPLICAS, WAIT and ROLE after a round trip's visits: how many
-        replicas hold them, and how many the primary has connected; else nothing."""
+        """With REDIS_WAIT_REPLICAS, WAIT and ROLE after a round trip's visits (how many hold
+        them, how many are connected); else nothing."""
         if not self._wait_replicas or not any(c is self._one_visit for _, c in requests):
             return []
         if self._wait_replicas == "all" and self._replicas_known is None:  # ask, once
@@ -201,10 +200,9 @@ class RedisThread:
                 for (_, command), reply in zip(requests, replies, strict=True)]
 
     def _all_of(self, connected):
-        """The replicas "all" is, now that the primary's ROLE says ``connected``: one that left
-        is still waited for during REPLICA_GRACE, so an old primary the sentinels have just
-        replaced (its replicas leaving it one by one) shows no number they do not all hold;
-        after it, those connected."""
+        """The replicas "all" is, the primary's ROLE saying ``connected``: one that left is
+        still waited for during REPLICA_GRACE (an old primary just replaced, its replicas
+        leaving one by one, shows no number they do not all hold); after it, those connected."""
         known = self._replicas_known
         if known is None or connected >= known:
             self._fewer_since = None
