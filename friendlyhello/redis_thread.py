@@ -77,9 +77,7 @@ class RedisThread:
     def __init__(self, client, status, metrics, heartbeat, wake, log, visit_commands=None,
                  wait_replicas=0):
         self.client = client
-        self._wait_replicas = wait_replicas  # a number, or "all" (the primary's connected ones)
-        self._wait_ms = max(1, int(client.timeout * 500))  # half the round trip's own timeout
-        self._replicas_known = self._fewer_since = None  # "all": how many; since when fewer
+        self._replication = ReplicaWait(wait_replicas, max(1, int(client.timeout * 500)), metrics)
         self.status = status
         self.metrics = metrics
         self._heartbeat = heartbeat
@@ -148,7 +146,8 @@ class RedisThread:
     def _send(self, heartbeat, requests):
         commands, merged = self._commands(requests)
         try:
-            waits = self._wait_command(requests)
+            waits = self._replication.commands(self.client, any(c is self._one_visit
+                                                                for _, c in requests))
             replies = self.client.pipeline(heartbeat + commands + waits)
             if heartbeat:
                 self.status.heartbeat(replies[0])
@@ -157,60 +156,22 @@ class RedisThread:
                 replies, acked, role = replies[:-2], replies[-2], replies[-1]
             replies = self._per_request(requests, replies, merged)
             if waits:
-                replies = self._replicated(requests, replies, acked, role)
+                replies = self._replication.replicated(requests, replies, acked, role,
+                                                       self._one_visit)
             errors = [r if isinstance(r, resp_client.RedisError) else None for r in replies]
             self.status.answered()
         except resp_client.RedisError as exc:
             replies, errors = [None] * len(requests), [exc] * len(requests)
             self.status.failed(exc)
-            self._replicas_known = self._fewer_since = None  # another primary, maybe
+            self._replication.forget()  # another primary, maybe
         if self.status.primary_in_use(self.client.primary):
             self.metrics.primary_changes += 1
-            self._replicas_known = None  # the new primary's replicas, asked anew
+            self._replication.forget()  # the new primary's replicas, asked anew
         if requests:
             self.metrics.round_trip_sizes.observe((), len(requests))
             for error in errors:
                 self.metrics.redis_reply(outcome(error))
             self._hand_back(requests, replies, errors)
-
-    def _wait_command(self, requests):
-        """With REDIS_WAIT_REPLICAS, WAIT and ROLE after a round trip's visits (how many hold
-        them, how many are connected); else nothing."""
-        if not self._wait_replicas or not any(c is self._one_visit for _, c in requests):
-            return []
-        if self._wait_replicas == "all" and self._replicas_known is None:  # ask, once
-            self._replicas_known = _connected(self.client.pipeline([_ROLE])[0])
-        return [("WAIT", self._needed(), self._wait_ms), _ROLE]
-
-    def _needed(self):
-        return self._replicas_known if self._wait_replicas == "all" else self._wait_replicas
-
-    def _replicated(self, requests, replies, acked, role):
-        """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
-        if self._wait_replicas == "all":
-            self._replicas_known = self._all_of(_connected(role))
-        needed = self._needed()
-        if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
-            acked = -1
-        self.metrics.replicas_acknowledged.observe((), max(acked, 0))
-        if acked >= needed:
-            return replies
-        error = NotReplicated(f"{max(acked, 0)} of {needed} replicas acknowledged the visits")
-        return [error if command is self._one_visit and type(reply) is int else reply
-                for (_, command), reply in zip(requests, replies, strict=True)]
-
-    def _all_of(self, connected):
-        """The replicas "all" is, the primary's ROLE saying ``connected``: one that left is
-        still waited for during REPLICA_GRACE (an old primary just replaced, its replicas
-        leaving one by one, shows no number they do not all hold); after it, those connected."""
-        known = self._replicas_known
-        if known is None or connected >= known:
-            self._fewer_since = None
-            return connected
-        now = time.monotonic()
-        if self._fewer_since is None:
-            self._fewer_since = now
-        return connected if now - self._fewer_since > REPLICA_GRACE else known
 
     def _commands(self, requests):
         """What to send for a round trip's requests: their commands in order, but two visits or
@@ -260,3 +221,57 @@ class RedisThread:
             self._replies.extend((request, reply, error) for (request, _), reply, error
                                  in zip(requests, replies, errors, strict=True))
             self._wake()
+
+
+class ReplicaWait:
+    """REDIS_WAIT_REPLICAS: the WAIT (then ROLE) sent after a round trip's visits, and what its
+    replies say of them. ``wanted`` is a number, or "all": the replicas the primary's ROLE
+    names connected, at least one, and one that left still waited for during REPLICA_GRACE.
+    WAIT waits ``wait_ms`` at most."""
+
+    def __init__(self, wanted, wait_ms, metrics):
+        self._wanted, self._wait_ms, self._metrics = wanted, wait_ms, metrics
+        self._known = self._fewer_since = None  # "all": how many; since when fewer
+
+    def forget(self):
+        """Another primary, maybe: its replicas are asked anew."""
+        self._known = self._fewer_since = None
+
+    def commands(self, client, any_visit):
+        """WAIT and ROLE after a round trip that has visits (how many hold them, how many are
+        connected); else nothing."""
+        if not self._wanted or not any_visit:
+            return []
+        if self._wanted == "all" and self._known is None:  # ask, once
+            self._known = _connected(client.pipeline([_ROLE])[0])
+        return [("WAIT", self._needed(), self._wait_ms), _ROLE]
+
+    def _needed(self):
+        return self._known if self._wanted == "all" else self._wanted
+
+    def replicated(self, requests, replies, acked, role, one_visit):
+        """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
+        if self._wanted == "all":
+            self._known = self._all_of(_connected(role))
+        needed = self._needed()
+        if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
+            acked = -1
+        self._metrics.replicas_acknowledged.observe((), max(acked, 0))
+        if acked >= needed:
+            return replies
+        error = NotReplicated(f"{max(acked, 0)} of {needed} replicas acknowledged the visits")
+        return [error if command is one_visit and type(reply) is int else reply
+                for (_, command), reply in zip(requests, replies, strict=True)]
+
+    def _all_of(self, connected):
+        """The replicas "all" is, the primary's ROLE saying ``connected``: one that left is
+        still waited for during REPLICA_GRACE (an old primary just replaced, its replicas
+        leaving one by one, shows no number they do not all hold); after it, those connected."""
+        known = self._known
+        if known is None or connected >= known:
+            self._fewer_since = None
+            return connected
+        now = time.monotonic()
+        if self._fewer_since is None:
+            self._fewer_since = now
+        return connected if now - self._fewer_since > REPLICA_GRACE else known
