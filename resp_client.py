@@ -410,7 +410,7 @@ class _Connection:
             self.sock.sendall(payload)
             return [self.reader.read() for _ in range(replies)]
         except (TimeoutError, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO
-            error = RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s")
+            error = RedisTimeoutError(f"no reply from Redis within {self.timeout:.3g}s")
         except OSError as exc:
             error = RedisConnectionError(f"connection to Redis lost: {exc}")
         except (RedisConnectionError, ProtocolError) as exc:
@@ -625,7 +625,8 @@ class RespClient:
     def check_primary(self):
         """Behind sentinels, ask them which server is the primary now: another than the one in
         use drops the pool (a failover they made while this one still took writes)."""
-        if self.sentinel is not None and self.sentinel.replaced(self._generation):
+        if self.sentinel is not None and self._backoff.clear and self.sentinel.replaced(
+                self._generation):  # (while unavailable, the call that probes asks them anyway)
             self.close()
 
     @property
@@ -735,21 +736,22 @@ class _Connector:
     def connect(self, generation):
         return self.connect_to(self.host, self.port, self.address, generation, self.setup)
 
-    def connect_to(self, host, port, address, generation, setup):
-        """A connection to ``host``:``port`` (named ``address`` in errors), ``setup`` sent."""
-        deadline = time.monotonic() + self.connect_timeout
+    def connect_to(self, host, port, address, generation, setup, within=None):
+        """A connection to ``host``:``port`` (named ``address`` in errors), ``setup`` sent;
+        ``within`` seconds to connect and for each reply, if given (a sentinel's share)."""
+        limit = within or self.connect_timeout
+        deadline = time.monotonic() + limit
         try:
             sock = self._open_socket(deadline, host, port)
         except TimeoutError:
             raise RedisTimeoutError(
-                f"could not connect to Redis at {address} within "
-                f"{self.connect_timeout:g}s") from None
+                f"could not connect to Redis at {address} within {limit:.3g}s") from None
         except OSError as exc:
             raise RedisConnectionError(
                 f"cannot connect to Redis at {address}: {_reason(exc)}") from None
         if not isinstance(sock, ssl.SSLSocket):
             sock.settimeout(None)  # blocking; _Connection bounds waits with SO_RCVTIMEO
-        conn = _Connection(sock, self.timeout, self.limits, generation)
+        conn = _Connection(sock, within or self.timeout, self.limits, generation)
         payload, count = setup
         if count:
             try:
@@ -847,15 +849,19 @@ class _SentinelConnector(_Connector):
         return conn
 
     def ask_sentinels(self, generation):
-        """The primary's (host, port), from the first sentinel that knows it."""
+        """The primary's (host, port), from the first sentinel that knows it. All are asked
+        within the connect timeout: each in its share of what is left, so one that does not
+        answer leaves the others time (and the caller's page is not held for each in turn)."""
         with self._lock:
             sentinels = list(self.sentinels)
         failures = []
-        for host, port in sentinels:
+        deadline = time.monotonic() + self.connect_timeout
+        for left, (host, port) in zip(range(len(sentinels), 0, -1), sentinels):
             where = f"{host}:{port}"
             try:
                 conn = self.connect_to(host, port, f"sentinel {where}", generation,
-                                       self.sentinel_setup)
+                                       self.sentinel_setup,
+                                       max((deadline - time.monotonic()) / left, 0.001))
             except AuthenticationError:
                 raise
             except RedisError as exc:

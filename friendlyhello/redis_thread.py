@@ -88,6 +88,9 @@ class RedisThread:
         self._waiting = []                   # (request, command) to send
         self._changed = threading.Condition()
         self._replies = collections.deque()  # (request, reply, error) to hand back
+        self._under_way = False              # a round trip (or a connect) is under way
+        self._last_error = None              # what made Redis unavailable, while it is
+        self._refused = collections.deque()  # outcomes of requests answered at once
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="redis", daemon=True)
 
@@ -100,7 +103,16 @@ class RedisThread:
     def submit(self, requests):
         """Send the commands of these ``(request, command)`` pairs (a request is any object:
         it comes back with its reply). The serving thread submits a turn's requests at once:
-        one wake-up of this thread for them all, and they share a round trip."""
+        one wake-up of this thread for them all, and they share a round trip. While Redis is
+        unavailable and a round trip is under way (a connect that may take its whole timeout),
+        they are not held behind it: each is answered at once, Redis unavailable."""
+        if self._under_way and not self.status.up and self._last_error is not None:
+            error = resp_client.RedisConnectionError(
+                f"{self.status.address} is unavailable (its last error: {self._last_error})")
+            error.cause = self._last_error
+            self._refused.extend(outcome(error) for _ in requests)
+            self._hand_back(requests, [None] * len(requests), [error] * len(requests))
+            return
         with self._changed:
             self._waiting += requests
             self._changed.notify()
@@ -131,6 +143,7 @@ class RedisThread:
                 if self._stopping:
                     return
                 requests, self._waiting = self._waiting[:MAX_COMMANDS], self._waiting[MAX_COMMANDS:]
+                self._under_way = True
             heartbeat = []
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
@@ -142,6 +155,10 @@ class RedisThread:
             except Exception as exc:  # noqa: BLE001
                 self._log.error("redis", f"internal error in the Redis thread: {exc!r}")
                 self._hand_back(requests, [None] * len(requests), [exc] * len(requests))
+            finally:
+                self._under_way = False
+            while self._refused:  # counted here: the metrics are this thread's to change
+                self.metrics.redis_reply(self._refused.popleft())
 
     def _send(self, heartbeat, requests):
         commands, merged = self._commands(requests)
@@ -163,6 +180,7 @@ class RedisThread:
         except resp_client.RedisError as exc:
             replies, errors = [None] * len(requests), [exc] * len(requests)
             self.status.failed(exc)
+            self._last_error = exc.cause or exc
             self._replication.forget()  # another primary, maybe
         if self.status.primary_in_use(self.client.primary):
             self.metrics.primary_changes += 1

@@ -5,9 +5,12 @@ the first answer at once while it stays unavailable."""
 import json
 import re
 import socket
+import threading
 import time
 
 import pytest
+
+import resp_client
 
 from fake_redis import Hangup, Silence
 from helpers import (
@@ -78,6 +81,32 @@ def test_after_a_silent_redis_times_out_once_the_next_pages_answer_at_once(fake_
     assert first.text.endswith(DISABLED) and all(r.text.endswith(DISABLED) for r in rest)
     assert 0.3 <= first_took < 0.3 + 1.0
     assert rest_took < 0.3  # three pages in less than one timeout: the back-off answered them
+
+
+@pytest.mark.slow  # it waits out whole timeouts
+@pytest.mark.parametrize("behind", ["redis", "sentinel"])
+def test_while_redis_is_unavailable_no_page_waits_behind_a_probe_stuck_on_a_silent_server(behind):
+    """The probe that tries Redis again may wait its whole timeout (a server that takes the
+    connection and never answers: Redis itself, or the sentinel that should name it); the pages
+    that come meanwhile are answered at once, the counter disabled, not held behind it."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:  # connects; never answers
+        port = silent.getsockname()[1]
+        where = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)} if behind == "redis" else {
+            "REDIS_SENTINELS": f"127.0.0.1:{port}"}
+        with serving({**where, "REDIS_TIMEOUT": "2"}) as server:
+            server.get("/")  # waits on the silent server, and the outage begins
+            time.sleep(resp_client.BACKOFF_FIRST + 0.1)
+            probe = threading.Thread(target=server.get, args=("/",))
+            probe.start()  # it tries the silent server again: stuck for 2 s
+            time.sleep(0.3)
+            started = time.monotonic()
+            during = [json.loads(server.get("/", headers={"Accept": "application/json"}).body) for _ in range(5)]
+            took = time.monotonic() - started
+            probe.join()
+            scraped = server.get("/metrics").text
+    reason = "timeout" if behind == "redis" else "cannot connect"
+    assert [page["redis"] for page in during] == [reason] * 5 and took < 1.0, (during, took)
+    assert metric_sample(scraped, f'friendlyhello_redis_replies_total{{outcome="{reason.replace(" ", "_")}"}}') >= 5
 
 
 @pytest.mark.parametrize("answer, outcome, words", [

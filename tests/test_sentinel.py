@@ -4,13 +4,14 @@ primary's death; with real redis-servers and sentinels on loopback."""
 
 import json
 import os
+import re
 import signal
 import time
 
 import pytest
 
 import resp_client
-from fake_redis import FakeRedis
+from fake_redis import FakeRedis, Silence
 from helpers import free_port, metric_sample, request, run_to_exit, serving, wait_until
 from sentinel import MASTER, Replicated, call
 
@@ -147,6 +148,23 @@ def test_a_sentinel_that_names_no_usable_address_is_passed_over_with_a_typed_err
             client.incr("x")
     words = "knows no primary named mymaster" if reply == b"*-1\r\n" else "answered no host and port"
     assert f"127.0.0.1:{sentinel.port} ({words})" in str(refused.value)
+
+
+@pytest.mark.slow  # it waits out whole timeouts
+def test_sentinels_that_never_answer_are_all_asked_within_one_connect_timeout_not_one_each():
+    with FakeRedis() as first, FakeRedis() as second, FakeRedis() as third:
+        first.script(Silence())
+        second.script(Silence())
+        third.script(b"*-1\r\n")  # it answers: no primary of that name
+        sentinels = [("127.0.0.1", s.port) for s in (first, second, third)]
+        with resp_client.RespClient(sentinels=sentinels, connect_timeout=0.9, timeout=0.9) as client:
+            started = time.monotonic()
+            with pytest.raises(resp_client.RedisConnectionError) as refused:
+                client.incr("x")
+            took = time.monotonic() - started
+    assert 0.5 < took < 0.9 + 0.3  # a share each (0.3 s, then 0.3 s), and the third's answer
+    assert f"127.0.0.1:{third.port} (knows no primary named mymaster)" in str(refused.value)
+    assert len(re.findall(r"no reply from Redis within 0\.[23][0-9]*s", str(refused.value))) == 2
 
 
 @pytest.mark.parametrize("env, words", [
