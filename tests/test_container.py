@@ -666,6 +666,19 @@ def page_json(port):
         conn.close()
 
 
+def _logs_of(engine, project, services, lines=12):
+    """The last lines each of these services of a compose project logged."""
+    found = []
+    for service in services:
+        names = run(engine, "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                    "--filter", f"label=com.docker.compose.service={service}", check=False).split()
+        for name in names:
+            result = subprocess.run([engine, "logs", "--tail", str(lines), name], capture_output=True, text=True,
+                                    timeout=30)
+            found.append(f"--- {service}:\n{result.stdout}{result.stderr}")
+    return "\n".join(found)
+
+
 def test_compose_behind_sentinel_goes_on_counting_when_the_primary_is_killed_and_shows_no_number_twice(engine,
                                                                                                      image):
     project = f"fhtest{uuid.uuid4().hex[:8]}"
@@ -688,7 +701,10 @@ def test_compose_behind_sentinel_goes_on_counting_when_the_primary_is_killed_and
         compose_run("kill", "redis")  # the primary, as docs/sentinel.md says to try it
         killed = time.monotonic()
         before = len(shown)
-        wait_until(lambda: counted() and len(shown) > before, 60, "pages counted on the new primary", pace=0.2)
+        try:
+            wait_until(lambda: counted() and len(shown) > before, 90, "pages counted on the new primary", pace=0.2)
+        except AssertionError as exc:  # what the sentinels and the page saw, to tell why
+            raise AssertionError(f"{exc}\n{_logs_of(engine, project, ['sentinel-1', 'sentinel-2', 'sentinel-3', 'web'])}")
         took = time.monotonic() - killed
         for _ in range(5):
             counted()
