@@ -499,6 +499,19 @@ class _Backoff:
 
 # -- the client --------------------------------------------------------------------------------
 
+def _check_options(protocol, username, password, db, connect_timeout, timeout, max_connections):
+    if protocol not in (2, 3):
+        raise ValueError(f"protocol must be 2 or 3, not {protocol!r}")
+    if username is not None and password is None:
+        raise ValueError("a username needs a password")
+    if not (isinstance(db, int) and db >= 0):
+        raise ValueError(f"db must be a whole number >= 0, not {db!r}")
+    if not (connect_timeout > 0 and timeout > 0):
+        raise ValueError("timeouts must be positive numbers of seconds")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
+
+
 class RespClient:
     """A Redis client shared by all threads; connects lazily, pools connections."""
 
@@ -507,16 +520,8 @@ class RespClient:
                  protocol=2, max_connections=32, max_bulk_length=MAX_BULK_LENGTH,
                  max_array_length=MAX_ARRAY_LENGTH, sentinels=None, master_name="mymaster",
                  sentinel_username=None, sentinel_password=None):
-        if protocol not in (2, 3):
-            raise ValueError(f"protocol must be 2 or 3, not {protocol!r}")
-        if username is not None and password is None:
-            raise ValueError("a username needs a password")
-        if not (isinstance(db, int) and db >= 0):
-            raise ValueError(f"db must be a whole number >= 0, not {db!r}")
-        if not (connect_timeout > 0 and timeout > 0):
-            raise ValueError("timeouts must be positive numbers of seconds")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
+        _check_options(protocol, username, password, db, connect_timeout, timeout,
+                       max_connections)
         self.host = host
         self.port = port
         self.db = db
