@@ -400,6 +400,10 @@ class _Connection:
         except OSError:
             pass
 
+    def readable(self, seconds):
+        """Whether a reply came (or the server closed) within ``seconds``: a subscription's."""
+        return self.reader.has_unread() or bool(self._poller.poll(int(seconds * 1000)))
+
     def call(self, payload, replies):
         if self._shortened:
             self._wait_at_most(self.timeout)
@@ -486,6 +490,11 @@ class _Backoff:
     def end_probe(self):
         self.probing = False
 
+    def forget(self):
+        """Calls go ahead again at once (unless one is probing already)."""
+        if not self.probing:
+            self.failures = 0
+
     def record(self, error):
         """A call ended: None when the server answered, else the error that says it is away."""
         if error is None or not means_unavailable(error):
@@ -522,11 +531,8 @@ class RespClient:
                  sentinel_username=None, sentinel_password=None):
         _check_options(protocol, username, password, db, connect_timeout, timeout,
                        max_connections)
-        self.host = host
-        self.port = port
-        self.db = db
-        self.unix_socket = unix_socket
-        self.username = username
+        self.host, self.port, self.db = host, port, db
+        self.unix_socket, self.username = unix_socket, username
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.ssl_context, self.protocol = ssl_context, protocol
         self.max_connections = max_connections
@@ -540,6 +546,7 @@ class RespClient:
             asking = _setup_commands(2, sentinel_username, sentinel_password, 0)
             self._connector = _SentinelConnector(sentinels, master_name, asking, self.address,
                                                  *options)
+            self._connector.switched = self._switched
         else:
             self._connector = _Connector(self.address, *options)
         self.sentinel = self._connector if sentinels else None
@@ -600,7 +607,18 @@ class RespClient:
         return self.execute("PING") in ("PONG", b"PONG")
 
     def close(self):
-        """Close idle connections now and busy ones when their call ends."""
+        """Close idle connections now, busy ones when their call ends, and any subscription."""
+        self._drop_pool()
+        if self.sentinel is not None:
+            self.sentinel.stop_hint()
+
+    def _switched(self):
+        """The sentinels announced another primary: drop the pool, and stop backing off."""
+        with self._lock:
+            self._backoff.forget()
+        self._drop_pool()
+
+    def _drop_pool(self):
         with self._lock:
             self._generation += 1
             idle, self._idle = self._idle, []
@@ -624,7 +642,7 @@ class RespClient:
         self._checkin(conn)
         self._ended(probing, None)
         if self.sentinel is not None and _not_the_primary(result):
-            self.close()  # a demoted primary, or one without its replicas: ask the sentinels again
+            self._drop_pool()  # a demoted primary, or one without its replicas: ask them again
         return result
 
     def check_primary(self):
@@ -632,7 +650,7 @@ class RespClient:
         use drops the pool (a failover they made while this one still took writes)."""
         if self.sentinel is not None and self._backoff.clear and self.sentinel.replaced(
                 self._generation):  # (while unavailable, the call that probes asks them anyway)
-            self.close()
+            self._drop_pool()
 
     @property
     def primary(self):
@@ -640,10 +658,8 @@ class RespClient:
         return self.sentinel.in_use() if self.sentinel is not None else None
 
     def _checkout(self):
-        """Take a pooled connection (or open one); fail fast while backing off.
-
-        Returns the connection and whether this call is the probe that tries the server again.
-        """
+        """Take a pooled connection (or open one); fail fast while backing off. Returns the
+        connection and whether this call is the probe that tries the server again."""
         with self._lock:
             probing = self._backoff.admit(self.address)
             if self._in_use < self.max_connections and not self._waiting:
@@ -820,21 +836,30 @@ class _Connector:
 NOT_THE_PRIMARY = ("READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS", "EXECABORT", "UNBLOCKED")
 
 
+MAX_SENTINELS = 16  # the ones given, and those they name (SENTINEL sentinels), at most
+
+
 class _SentinelConnector(_Connector):
     """Opens connections to the server the Sentinels name as the primary of ``master_name``,
     as Redis's "Sentinel client guidelines" say: the ``sentinels`` ((host, port) pairs) asked in
-    turn, each within the connect timeout, the one that answered first the next time; ``SENTINEL
-    get-master-addr-by-name``; and a new connection's ``ROLE`` must say master (a replica, or a
-    primary no sentinel names any more, is dropped and the sentinels asked again)."""
+    turn, all within the connect timeout, the one that answered first the next time; ``SENTINEL
+    get-master-addr-by-name``, and ``SENTINEL sentinels`` to learn the others; a new
+    connection's ``ROLE`` must say master (a replica, or a primary no sentinel names any more, is
+    dropped and the sentinels asked again). Their ``+switch-master`` news, subscribed to by a
+    _SwitchHint once a primary is in use, calls ``switched()``."""
 
     def __init__(self, sentinels, master_name, sentinel_setup, *args):
         super().__init__(*args)
         self.sentinels, self.master_name = list(sentinels), master_name
+        self._given = set(self.sentinels)  # never dropped; learned ones go when none names them
         self.sentinel_setup = sentinel_setup
-        self._question = encode_command(("SENTINEL", "get-master-addr-by-name", master_name))
+        self._question = encode_command(("SENTINEL", "get-master-addr-by-name", master_name)) + \
+            encode_command(("SENTINEL", "sentinels", master_name))
         self.primary = None       # (host, port) of the primary last connected to
         self.primary_since = None  # time.time() it became that
         self.replicas = None      # how many replicas its ROLE named connected
+        self.switched = None      # called when the sentinels announce a new primary
+        self._hint = None
         self._lock = threading.Lock()
 
     def connect(self, generation):
@@ -851,29 +876,38 @@ class _SentinelConnector(_Connector):
             if self.primary != (host, port):
                 self.primary, self.primary_since = (host, port), time.time()
             self.replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
+        if self.switched is not None and (self._hint is None or not self._hint.alive()):
+            self._hint = _SwitchHint(self, self.master_name, self.switched)  # a primary to follow
         return conn
+
+    def stop_hint(self):
+        hint, self._hint = self._hint, None
+        if hint is not None:
+            hint.stop()
+
+    def sentinel_list(self):
+        with self._lock:
+            return list(self.sentinels)
 
     def ask_sentinels(self, generation):
         """The primary's (host, port), from the first sentinel that knows it. All are asked
-        within the connect timeout: each in its share of what is left, so one that does not
-        answer leaves the others time (and the caller's page is not held for each in turn)."""
-        with self._lock:
-            sentinels = list(self.sentinels)
-        failures = []
+        within the connect timeout, each in its share of what is left (a third at most), so one
+        that does not answer leaves the others time, and the caller is not held for each."""
+        sentinels, failures = self.sentinel_list(), []
         deadline = time.monotonic() + self.connect_timeout
         for left, (host, port) in zip(range(len(sentinels), 0, -1), sentinels):
             where = f"{host}:{port}"
             try:
                 conn = self.connect_to(host, port, f"sentinel {where}", generation,
                                        self.sentinel_setup,
-                                       max((deadline - time.monotonic()) / left, 0.001))
+                                       max((deadline - time.monotonic()) / min(left, 3), 0.001))
             except AuthenticationError:
                 raise
             except RedisError as exc:
                 failures.append(f"{where} ({_reason_of(exc)})")
                 continue
             try:
-                reply = conn.call(self._question, 1)[0]
+                reply, others = conn.call(self._question, 2)
             except RedisError as exc:
                 failures.append(f"{where} ({_reason_of(exc)})")
                 continue
@@ -884,13 +918,19 @@ class _SentinelConnector(_Connector):
                 failures.append(f"{where} (knows no primary named {self.master_name})"
                                 if reply is None else f"{where} (answered no host and port)")
                 continue
-            with self._lock:  # it answered: asked first next time
-                if (host, port) in self.sentinels:
-                    self.sentinels.remove((host, port))
-                self.sentinels.insert(0, (host, port))
+            self._answered((host, port), _sentinels_named(others))
             return named
         raise RedisConnectionError(f"no sentinel named the primary of {self.master_name}: "
                                    + ", ".join(failures))
+
+    def _answered(self, sentinel, others):
+        """This sentinel answered: asked first next time; the others it names (those not given)
+        are asked after the given ones, and a learned one it no longer names is forgotten."""
+        with self._lock:
+            kept = [s for s in self.sentinels
+                    if s != sentinel and (s in self._given or s in others)]
+            learned = [s for s in others if s not in kept and s != sentinel]
+            self.sentinels = [sentinel, *kept, *learned][:max(MAX_SENTINELS, len(self._given))]
 
     def in_use(self):
         return None if self.primary is None else (*self.primary, self.primary_since)
@@ -906,6 +946,102 @@ class _SentinelConnector(_Connector):
             return False
 
 
+_SUBSCRIBE = encode_command(("SUBSCRIBE", "+switch-master"))
+_PING = encode_command(("PING",))
+
+
+class _SwitchHint:
+    """Sentinel's ``+switch-master`` news, subscribed to as a hint (the guidelines' word): a
+    thread holds a subscription on every sentinel that takes one (the one that led a failover
+    tells first; the others hear of it up to seconds later), and when the primary of
+    ``master_name`` is switched calls ``switched()`` at once, rather than wait for the next call
+    to fail or the next check to ask. Never the only signal: a sentinel that drops its
+    subscription is subscribed to again after RETRY; one silent for QUIET seconds is pinged, and
+    dropped when it has not answered QUIET seconds later."""
+
+    RETRY = 1.0
+    QUIET = 5.0
+
+    def __init__(self, connector, master_name, switched):
+        self._connector, self._name, self._switched = connector, master_name, switched
+        self._stopped = threading.Event()
+        self._conns = {}  # sentinel: [connection, when it last spoke, whether it was pinged]
+        self._thread = threading.Thread(target=self._run, name="sentinel-hint", daemon=True)
+        self._thread.start()
+
+    def alive(self):
+        return not self._stopped.is_set() and self._thread.is_alive()
+
+    def stop(self):
+        self._stopped.set()
+        for conn, _, _ in dict(self._conns).values():  # (a copy: the thread changes it)
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread where it waits
+            except OSError:
+                pass
+
+    def _run(self):
+        retry_at = 0.0
+        try:
+            while not self._stopped.is_set():
+                if time.monotonic() >= retry_at:
+                    self._subscribe_anew()
+                    retry_at = time.monotonic() + self.RETRY
+                if not self._conns:
+                    self._stopped.wait(self.RETRY)
+                    continue
+                poller = select.poll()
+                for conn, _, _ in self._conns.values():
+                    poller.register(conn.sock, select.POLLIN)
+                ready = {fd for fd, _ in poller.poll(self.RETRY * 1000)}
+                for sentinel, (conn, spoke, pinged) in list(self._conns.items()):
+                    try:
+                        self._follow(sentinel, conn, spoke, pinged, conn.sock.fileno() in ready)
+                    except RedisError:
+                        del self._conns[sentinel]
+                        conn.close()
+        finally:
+            for conn, _, _ in self._conns.values():
+                conn.close()
+
+    def _subscribe_anew(self):
+        """A subscription on each sentinel that has none."""
+        for host, port in self._connector.sentinel_list():
+            if (host, port) in self._conns or self._stopped.is_set():
+                continue
+            try:  # briefly: the others' news waits meanwhile
+                conn = self._connector.connect_to(host, port, f"sentinel {host}:{port}", -1,
+                                                  self._connector.sentinel_setup,
+                                                  min(self._connector.connect_timeout, 0.5))
+            except RedisError:
+                continue
+            try:
+                conn.call(_SUBSCRIBE, 1)
+            except RedisError:
+                conn.close()
+                continue
+            self._conns[(host, port)] = [conn, time.monotonic(), False]
+
+    def _follow(self, sentinel, conn, spoke, pinged, readable):
+        """Read what this sentinel said (its news, or a pong), or ping it when it was quiet."""
+        now = time.monotonic()
+        if not readable and not conn.reader.has_unread():
+            if now - spoke > self.QUIET * (2 if pinged else 1):
+                if pinged:
+                    raise RedisTimeoutError(f"sentinel {sentinel} stopped answering")
+                conn.call(_PING, 0)
+                self._conns[sentinel][2] = True
+            return
+        news = conn.call(b"", 1)[0]
+        if not isinstance(news, list) or not news:
+            raise ProtocolError(f"sentinel {sentinel} sent {news!r} to a subscriber")
+        self._conns[sentinel][1:] = [now, False]  # a pong, or news: it is alive
+        if _text(news[0]) == "message" and len(news) == 3:
+            words = _text(news[2]).split()
+            if words and words[0] == self._name:
+                self._switched()
+
+
 def _named_address(reply):
     """A sentinel's [host, port] as (host, port); None for anything else (a hostile one)."""
     if not (isinstance(reply, list) and len(reply) == 2):
@@ -914,6 +1050,19 @@ def _named_address(reply):
     if not valid_host(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
         return None
     return host, int(port)
+
+
+def _sentinels_named(reply):
+    """The (host, port) of each sentinel a ``SENTINEL sentinels`` reply names (each a flat list
+    of fields); an error reply, or a field that is not an address, names none."""
+    found = []
+    for entry in reply[:MAX_SENTINELS] if isinstance(reply, list) else ():
+        if isinstance(entry, list):
+            fields = {_text(key): value for key, value in zip(entry[::2], entry[1::2])}
+            named = _named_address([fields.get("ip", b""), fields.get("port", b"")])
+            if named is not None:
+                found.append(named)
+    return found
 
 
 def _not_the_primary(replies):

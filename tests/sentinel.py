@@ -29,6 +29,38 @@ def call(port, *args, timeout=2):
         return client.execute(*args)
 
 
+class SwitchNews:
+    """The moment the first of these sentinels publishes +switch-master (its failover done), as
+    seen by plain subscribers of our own: ``at`` is its time.monotonic(), None while none came."""
+
+    def __init__(self, ports):
+        import socket
+
+        self.at = None
+        self._socks = [socket.create_connection(("127.0.0.1", port), timeout=2) for port in ports]
+        for sock in self._socks:
+            sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$14\r\n+switch-master\r\n")
+            threading.Thread(target=self._read, args=(sock,), daemon=True).start()
+
+    def _read(self, sock):
+        seen = b""
+        sock.settimeout(None)
+        while b"$7\r\nmessage\r\n" not in seen:
+            try:
+                chunk = sock.recv(4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen += chunk
+        now = time.monotonic()
+        self.at = now if self.at is None else min(self.at, now)
+
+    def close(self):
+        for sock in self._socks:
+            sock.close()
+
+
 class Sentinel:
     def __init__(self, primary_port, quorum=2):
         self.binary = require_redis_server()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 import resp_client
 from fake_redis import FakeRedis, Silence
 from helpers import free_port, metric_sample, request, run_to_exit, serving, wait_until
-from sentinel import MASTER, Replicated, call
+from sentinel import MASTER, Replicated, SwitchNews, call
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,23 @@ def test_a_master_name_no_sentinel_knows_is_a_connection_error_naming_it(replica
         client.incr("x")
     assert "no sentinel named the primary of nosuch" in str(refused.value)
     assert "knows no primary named nosuch" in str(refused.value)
+
+
+@pytest.mark.slow  # real servers and sentinels
+def test_given_one_sentinel_the_client_learns_the_others_and_asks_them_when_it_does_not_answer(replicated):
+    given, *others = replicated.sentinels
+    with client_of(replicated, [("127.0.0.1", given.port)]) as client:
+        client.incr("learned")
+        learned = client.sentinel.sentinel_list()
+        client.close()  # the next call asks the sentinels again
+        os.kill(given.process.pid, signal.SIGSTOP)  # it takes the connection, and never answers
+        try:
+            value = client.incr("learned")
+            answered_first = client.sentinel.sentinel_list()[0]
+        finally:
+            os.kill(given.process.pid, signal.SIGCONT)
+    assert sorted(learned) == sorted(replicated.addresses) and learned[0] == ("127.0.0.1", given.port)
+    assert value >= 2 and answered_first in [("127.0.0.1", s.port) for s in others]
 
 
 @pytest.mark.slow  # real servers and sentinels, and failovers
@@ -89,6 +107,7 @@ def test_pages_follow_the_primary_through_its_death_and_readyz_and_the_log_say_w
         first = page(server)[1]
         old = replicated.primary()
         ready_before = request(server.port, "/readyz").text
+        news = SwitchNews([s.port for s in replicated.sentinels])
         replicated.servers[old].kill()  # kill -9: no goodbye to the replicas or the sentinels
         killed = time.monotonic()
         slowest, shown, counted_at = 0.0, [], None
@@ -106,13 +125,19 @@ def test_pages_follow_the_primary_through_its_death_and_readyz_and_the_log_say_w
         ready_after = request(server.port, "/readyz").text
         metrics = request(server.port, "/metrics").text
         errors = server.error_lines()
+        hints = [t for t in threading.enumerate() if t.name == "sentinel-hint"]
+    news.close()
+    switched_at = news.at - killed
     new = replicated.primary()
     replicated.servers[old].start()  # back as it was, and a replica of the new one at once (as the
     call(old, "REPLICAOF", "127.0.0.1", str(new))  # sentinels would make it, in their own time)
     replicated.wait_until_all_in_sync()
-    print(f"\nprimary {old} killed: pages counted again on {new} after {counted_at:.2f} s; the slowest page "
-          f"{slowest:.2f} s")
+    print(f"\nprimary {old} killed: the sentinels' failover to {new} done (+switch-master) after "
+          f"{switched_at:.2f} s, pages counted on it after {counted_at:.2f} s; the slowest page {slowest:.2f} s")
     assert first["visits"] is not None and new != old and counted_at is not None
+    # Their +switch-master news dropped the pool and the back-off (up to 2 s) at once.
+    assert counted_at - switched_at < 0.3
+    assert len(hints) == 1 and not any(t.is_alive() for t in hints)  # it ended with the server
     assert slowest < 1.2  # no page waits past its deadline (REDIS_TIMEOUT 0.5 s, connect and reply)
     assert f"primary: 127.0.0.1:{old} since " in ready_before and f"primary: 127.0.0.1:{new} since " in ready_after
     assert sum(f"the primary is now 127.0.0.1:{new} (it was 127.0.0.1:{old})" in line for line in errors) == 1
