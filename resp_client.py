@@ -895,7 +895,7 @@ class _SentinelConnector(_Connector):
         that does not answer leaves the others time, and the caller is not held for each."""
         sentinels, failures = self.sentinel_list(), []
         deadline = time.monotonic() + self.connect_timeout
-        for left, (host, port) in zip(range(len(sentinels), 0, -1), sentinels):
+        for left, (host, port) in zip(range(len(sentinels), 0, -1), sentinels, strict=True):
             where = f"{host}:{port}"
             try:
                 conn = self.connect_to(host, port, f"sentinel {where}", generation,
@@ -1058,7 +1058,8 @@ def _sentinels_named(reply):
     found = []
     for entry in reply[:MAX_SENTINELS] if isinstance(reply, list) else ():
         if isinstance(entry, list):
-            fields = {_text(key): value for key, value in zip(entry[::2], entry[1::2])}
+            pairs = zip(entry[::2], entry[1::2], strict=False)  # (an odd field left out)
+            fields = {_text(key): value for key, value in pairs}
             named = _named_address([fields.get("ip", b""), fields.get("port", b"")])
             if named is not None:
                 found.append(named)

@@ -704,7 +704,8 @@ def test_compose_behind_sentinel_goes_on_counting_when_the_primary_is_killed_and
         try:
             wait_until(lambda: counted() and len(shown) > before, 90, "pages counted on the new primary", pace=0.2)
         except AssertionError as exc:  # what the sentinels and the page saw, to tell why
-            raise AssertionError(f"{exc}\n{_logs_of(engine, project, ['sentinel-1', 'sentinel-2', 'sentinel-3', 'web'])}")
+            logged = _logs_of(engine, project, ["sentinel-1", "sentinel-2", "sentinel-3", "web"])
+            raise AssertionError(f"{exc}\n{logged}") from None
         took = time.monotonic() - killed
         for _ in range(5):
             counted()

@@ -11,7 +11,6 @@ import time
 import pytest
 
 import resp_client
-
 from fake_redis import Hangup, Silence
 from helpers import (
     DISABLED,
