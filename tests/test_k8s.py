@@ -5,6 +5,7 @@ server is started with the environment a pod would have, on the port the Deploym
 import json
 import os
 import re
+import subprocess
 
 import kubernetes_validate
 import pytest
@@ -20,17 +21,26 @@ LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernet
           "app.kubernetes.io/version")
 
 
-def manifest_files():
-    """Every whole manifest: the base's and the optional ones (not the overlays' patches)."""
-    found = []
-    for folder, _, files in os.walk(K8S):
-        found += [os.path.relpath(os.path.join(folder, f), K8S) for f in files if f.endswith(".yaml")]
-    return sorted(f for f in found if not f.endswith("kustomization.yaml") and not f.startswith("tls/"))
+OVERLAYS = ("tls", "sentinel")  # `kubectl apply -k k8s/NAME/`: the base, patched and added to
 
 
 def load(name):
     with open(os.path.join(K8S, name)) as text:
         return list(yaml.safe_load_all(text))
+
+
+def overlay_patches():
+    """The overlays' patch files (parts of manifests, not whole ones)."""
+    return {os.path.join(overlay, patch["path"]) for overlay in OVERLAYS
+            for patch in load(os.path.join(overlay, "kustomization.yaml"))[0]["patches"]}
+
+
+def manifest_files():
+    """Every whole manifest: the base's, the overlays' own and the optional ones."""
+    found = []
+    for folder, _, files in os.walk(K8S):
+        found += [os.path.relpath(os.path.join(folder, f), K8S) for f in files if f.endswith(".yaml")]
+    return sorted(f for f in found if not f.endswith("kustomization.yaml") and f not in overlay_patches())
 
 
 def kustomization():
@@ -87,30 +97,39 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_api(name):
 
 
 def merged(base, patch):
-    """A strategic merge patch, as kustomize applies one, for what k8s/tls/'s patch holds:
-    maps merged, lists of named items merged by name, other values replaced."""
+    """A strategic merge patch, as kustomize applies one, for what the overlays' patches hold:
+    maps merged, lists of named items merged by name (``$patch: delete`` removes one), other
+    values replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         return {**base, **{key: merged(base.get(key), value) for key, value in patch.items()}}
     if isinstance(base, list) and isinstance(patch, list) and all("name" in item for item in base + patch):
         by_name = {item["name"]: item for item in base}
         for item in patch:
-            by_name[item["name"]] = merged(by_name.get(item["name"]), item)
+            if item.get("$patch") == "delete":
+                del by_name[item["name"]]
+            else:
+                by_name[item["name"]] = merged(by_name.get(item["name"]), item)
         return list(by_name.values())
     return patch
 
 
-def tls_resources():
-    """What `kubectl apply -k k8s/tls/` creates: the base, with the overlay's patches merged."""
-    (overlay,) = load(os.path.join("tls", "kustomization.yaml"))
-    assert overlay["resources"] == [".."]
-    patches = [doc for patch in overlay["patches"] for doc in load(os.path.join("tls", patch["path"]))]
+def overlay_resources(overlay):
+    """What `kubectl apply -k k8s/OVERLAY/` creates: the base with the overlay's patches merged,
+    and the overlay's own resources."""
+    (kustomization,) = load(os.path.join(overlay, "kustomization.yaml"))
+    assert kustomization["resources"][0] == ".."
+    patches = [doc for patch in kustomization["patches"] for doc in load(os.path.join(overlay, patch["path"]))]
     rendered = []
     for resource in resources():
         for patch in patches:
             if (patch["kind"], patch["metadata"]["name"]) == (resource["kind"], resource["metadata"]["name"]):
                 resource = merged(resource, patch)
         rendered.append(resource)
-    return rendered
+    return rendered + [doc for name in kustomization["resources"][1:] for doc in load(os.path.join(overlay, name))]
+
+
+def tls_resources():
+    return overlay_resources("tls")
 
 
 def test_the_tls_overlay_validates_and_its_pods_meet_the_restricted_standard():
@@ -139,7 +158,7 @@ def test_the_cert_manager_certificate_issues_the_secret_the_tls_overlay_mounts()
 
 def test_kustomization_lists_every_manifest_but_the_optional_ones():
     listed = set(kustomization()["resources"])
-    assert listed == {f for f in manifest_files() if not f.startswith("optional/")}
+    assert listed == {f for f in manifest_files() if not f.startswith(("optional/", *(o + "/" for o in OVERLAYS)))}
 
 
 def test_the_optional_autoscaler_scales_the_web_deployment():
@@ -337,3 +356,105 @@ def test_the_tls_pod_serves_https_from_the_secret_s_two_files_beside_its_probes(
     assert env["TLS_CERT"] == mount["mountPath"] + "/tls.crt" and env["TLS_KEY"] == mount["mountPath"] + "/tls.key"
     assert mount["readOnly"] is True and env["TLS_PORT"] == "8443"
     assert probe == 200 and status == 200 and body.startswith(b"<h3>Hello")
+
+
+# -- behind Redis Sentinel: `kubectl apply -k k8s/sentinel/` ----------------------------------------
+
+def sentinel_overlay(kind, name):
+    (found,) = [r for r in overlay_resources("sentinel") if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def test_the_sentinel_overlay_validates_and_every_pod_meets_the_restricted_standard():
+    rendered = overlay_resources("sentinel")
+    for document in rendered:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    pods = [r["spec"]["template"]["spec"] for r in rendered if r["kind"] in ("Deployment", "StatefulSet")]
+    assert len(pods) == 3 and [restricted_violations(pod) for pod in pods] == [[], [], []]
+    assert sentinel_overlay("StatefulSet", "redis")["spec"]["replicas"] == 3
+    assert sentinel_overlay("StatefulSet", "redis-sentinel")["spec"]["replicas"] == 3
+
+
+def test_behind_the_sentinels_the_web_pods_settings_load_and_name_each_sentinel_pod():
+    (container,) = sentinel_overlay("Deployment", "friendlyhello")["spec"]["template"]["spec"]["containers"]
+    env = pod_environment(container)
+    config = settings.load_config([], env)  # REDIS_HOST is gone: with it, the settings refuse to start
+    assert "REDIS_HOST" not in env and config.redis_wait_replicas == "all"
+    statefulset = sentinel_overlay("StatefulSet", "redis-sentinel")
+    service = statefulset["spec"]["serviceName"]
+    assert [f"{h}:{p}" for h, p in config.redis_sentinels] == [
+        f"redis-sentinel-{n}.{service}:26379" for n in range(statefulset["spec"]["replicas"])]
+
+
+def _policy_admits(policy, labels, port):
+    return any(port in [p["port"] for p in rule["ports"]]
+               and any(peer["podSelector"]["matchLabels"].items() <= labels.items() for peer in rule["from"])
+               for rule in policy["spec"]["ingress"])
+
+
+def test_behind_the_sentinels_every_pod_reaches_what_it_must_and_the_services_resolve_unready_pods():
+    web = sentinel_overlay("Deployment", "friendlyhello")["spec"]["template"]["metadata"]["labels"]
+    redis = sentinel_overlay("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    sentinel = sentinel_overlay("StatefulSet", "redis-sentinel")["spec"]["template"]["metadata"]["labels"]
+    to_redis = sentinel_overlay("NetworkPolicy", "redis")
+    to_sentinels = sentinel_overlay("NetworkPolicy", "redis-sentinel")
+    assert to_redis["spec"]["podSelector"]["matchLabels"].items() <= redis.items()
+    assert not to_redis["spec"]["podSelector"]["matchLabels"].items() <= sentinel.items()
+    assert to_sentinels["spec"]["podSelector"]["matchLabels"].items() <= sentinel.items()
+    for client in (web, redis, sentinel):  # replication, the sentinels' watch, the web's writes
+        assert _policy_admits(to_redis, client, 6379)
+    for client in (web, redis, sentinel):  # the web's questions, a starting pod's, the sentinels' own
+        assert _policy_admits(to_sentinels, client, 26379)
+    for service, labels in (("redis", redis), ("redis-sentinel", sentinel)):
+        spec = sentinel_overlay("Service", service)["spec"]
+        assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is True
+        assert spec["selector"].items() <= labels.items()
+
+
+def start_script(tmp_path):
+    """start.sh as the ConfigMap holds it, and a redis-server on PATH that writes its arguments
+    (and, for a sentinel, its configuration) to a file instead of serving."""
+    script = tmp_path / "start.sh"
+    script.write_text(sentinel_overlay("ConfigMap", "redis-start")["data"]["start.sh"])
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "redis-server").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS"\n'
+                                       '[ "${2:-}" = --sentinel ] && cat "$1" >> "$ARGS"\nexit 0\n')
+    (stub / "redis-server").chmod(0o755)
+
+    def start(kind, pod, sentinels):
+        args = tmp_path / f"{pod}.args"
+        env = {"PATH": f"{stub}:{os.environ['PATH']}", "ARGS": str(args), "POD_NAME": pod, "DATA": str(tmp_path),
+               "SERVICE": "redis" if kind == "redis" else "redis-sentinel", "MASTER": "mymaster",
+               "FIRST_PRIMARY": "redis-0.redis", "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels)}
+        done = subprocess.run(["/bin/sh", str(script), kind], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return args.read_text().split("\n")
+
+    return start
+
+
+def test_at_the_first_start_no_sentinel_answers_redis_0_is_the_primary_and_the_others_its_replicas(tmp_path):
+    start = start_script(tmp_path)
+    nobody = [("127.0.0.1", free_port()), ("127.0.0.1", free_port())]
+    first, second = start("redis", "redis-0", nobody), start("redis", "redis-1", nobody)
+    assert "--replicaof" not in first and "redis-0.redis" in first  # announced by its own name
+    assert second[second.index("--replicaof"):][:3] == ["--replicaof", "redis-0.redis", "6379"]
+    assert "--min-replicas-to-write" in first and "--appendfsync" in first
+    watcher = start("sentinel", "redis-sentinel-1", nobody)
+    assert "sentinel monitor mymaster redis-0.redis 6379 2" in watcher
+    assert "sentinel announce-ip redis-sentinel-1.redis-sentinel" in watcher
+
+
+@pytest.mark.slow  # real servers and sentinels
+def test_a_restarted_redis_0_asks_the_sentinels_and_comes_back_a_replica_of_the_primary_they_name(tmp_path):
+    from sentinel import Replicated
+
+    start = start_script(tmp_path)
+    with Replicated() as servers:
+        primary = servers.primary()
+        dead = ("127.0.0.1", free_port())  # the first sentinel listed is away: the next is asked
+        restarted = start("redis", "redis-0", [dead, *servers.addresses])
+        watcher = start("sentinel", "redis-sentinel-0", [dead, *servers.addresses])
+    assert restarted[restarted.index("--replicaof"):][:3] == ["--replicaof", "127.0.0.1", str(primary)]
+    assert f"sentinel monitor mymaster 127.0.0.1 {primary} 2" in watcher
