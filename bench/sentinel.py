@@ -118,7 +118,7 @@ def main():
                 web, redis = rounds[wait][-1]
                 print(f"round {number + 1}: REDIS_WAIT_REPLICAS={wait:>3}: server {web:6.1f} "
                       f"µs/request, primary {redis:5.2f} µs/visit", flush=True)
-        times = failover_times(args.kills)
+        times = failover_times(args.kills) if args.kills else []
     finally:
         for process in list(PROCESSES):
             stop(process)
@@ -130,6 +130,8 @@ def main():
         print(f"| {title} | {least[0]:.1f} | {least[1]:.1f} | {least[0] / least[1]:.3f}x "
               f"({middle[0] / middle[1]:.3f}x) |")
     target = DOWN_AFTER_MS / 1000 + 1.5
+    if not times:
+        return
     print(f"\nkill -9 to the first page counted on the new primary ({len(times)} kills, down-after "
           f"{DOWN_AFTER_MS} ms): median {statistics.median(times):.2f} s, longest {max(times):.2f} s"
           f" (target: at most {target:.1f} s)")

@@ -16,6 +16,7 @@ from .redis_state import NotReplicated, outcome
 MAX_COMMANDS = 256        # Redis commands sent in one round trip at most
 HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive (and asks the sentinels)
 REPLICA_GRACE = 10.0      # "all": how long a replica that left the primary is still waited for
+ROLE_EVERY = 1.0          # "all": how often ROLE goes with a WAIT (at once after one fell short)
 _ROLE = resp_client.encode_command(("ROLE",))
 _UNKNOWN = 1 << 16  # replicas, when ROLE does not say: no visit is taken as replicated
 
@@ -169,8 +170,9 @@ class RedisThread:
             if heartbeat:
                 self.status.heartbeat(replies[0])
                 replies = replies[1:]
-            if waits:  # the replicas that acknowledged, then the primary's ROLE
-                replies, acked, role = replies[:-2], replies[-2], replies[-1]
+            if waits:  # the replicas that acknowledged (and, at times, the primary's ROLE)
+                replies, answers = replies[:-len(waits)], replies[-len(waits):]
+                acked, role = answers[0], answers[1] if len(answers) > 1 else None
             replies = self._per_request(requests, replies, merged)
             if waits:
                 replies = self._replication.replicated(requests, replies, acked, role,
@@ -242,34 +244,45 @@ class RedisThread:
 
 
 class ReplicaWait:
-    """REDIS_WAIT_REPLICAS: the WAIT (then ROLE) sent after a round trip's visits, and what its
-    replies say of them. ``wanted`` is a number, or "all": the replicas the primary's ROLE
-    names connected, at least one, and one that left still waited for during REPLICA_GRACE.
-    WAIT waits ``wait_ms`` at most."""
+    """REDIS_WAIT_REPLICAS: the WAIT sent after a round trip's visits, and what its reply says of
+    them. ``wanted`` is a number, or "all": the replicas the primary's ROLE names connected, at
+    least one, and one that left still waited for during REPLICA_GRACE; ROLE goes with a WAIT
+    once every ROLE_EVERY (it costs the primary as much as the WAIT), and with the next one
+    after a WAIT fell short. WAIT waits ``wait_ms`` at most."""
 
     def __init__(self, wanted, wait_ms, metrics):
         self._wanted, self._wait_ms, self._metrics = wanted, wait_ms, metrics
         self._known = self._fewer_since = None  # "all": how many; since when fewer
+        self._role_at = 0.0  # when ROLE was last asked
 
     def forget(self):
         """Another primary, maybe: its replicas are asked anew."""
         self._known = self._fewer_since = None
+        self._role_at = 0.0
 
     def commands(self, client, any_visit):
-        """WAIT and ROLE after a round trip that has visits (how many hold them, how many are
-        connected); else nothing."""
+        """WAIT (and, at times, ROLE) after a round trip that has visits; else nothing."""
         if not self._wanted or not any_visit:
             return []
-        if self._wanted == "all" and self._known is None:  # ask, once
-            self._known = _connected(client.pipeline([_ROLE])[0])
-        return [("WAIT", self._needed(), self._wait_ms), _ROLE]
+        wait = ("WAIT", self._needed(), self._wait_ms)
+        if self._wanted != "all":
+            return [wait]
+        now = time.monotonic()
+        if self._known is None:  # ask, once
+            self._known, self._role_at = _connected(client.pipeline([_ROLE])[0]), now
+            wait = ("WAIT", self._needed(), self._wait_ms)
+        if now - self._role_at < ROLE_EVERY:
+            return [wait]
+        self._role_at = now
+        return [wait, _ROLE]
 
     def _needed(self):
         return self._known if self._wanted == "all" else self._wanted
 
     def replicated(self, requests, replies, acked, role, one_visit):
-        """The visits' numbers, or NotReplicated where fewer replicas than needed hold them."""
-        if self._wanted == "all":
+        """The visits' numbers, or NotReplicated where fewer replicas than needed hold them
+        (``role`` is the primary's ROLE reply, where it was asked)."""
+        if self._wanted == "all" and role is not None:
             self._known = self._all_of(_connected(role))
         needed = self._needed()
         if not isinstance(acked, int):  # an error reply to WAIT: nothing known of the replicas
@@ -277,6 +290,7 @@ class ReplicaWait:
         self._metrics.replicas_acknowledged.observe((), max(acked, 0))
         if acked >= needed:
             return replies
+        self._role_at = 0.0  # a replica gone, maybe: ROLE with the next WAIT
         error = NotReplicated(f"{max(acked, 0)} of {needed} replicas acknowledged the visits")
         return [error if command is one_visit and type(reply) is int else reply
                 for (_, command), reply in zip(requests, replies, strict=True)]
