@@ -125,7 +125,20 @@ def overlay_resources(overlay):
             if (patch["kind"], patch["metadata"]["name"]) == (resource["kind"], resource["metadata"]["name"]):
                 resource = merged(resource, patch)
         rendered.append(resource)
-    return rendered + [doc for name in kustomization["resources"][1:] for doc in load(os.path.join(overlay, name))]
+    own = [doc for name in kustomization["resources"][1:] for doc in load(os.path.join(overlay, name))]
+    return rendered + own + [generated(overlay, g) for g in kustomization.get("configMapGenerator", [])]
+
+
+def generated(overlay, generator):
+    """The ConfigMap a configMapGenerator makes: each file by its name (its name kept as is)."""
+    options = generator["options"]
+    assert options["disableNameSuffixHash"] is True  # the workloads name it as written
+    data = {}
+    for name in generator["files"]:
+        with open(os.path.join(K8S, overlay, name)) as text:
+            data[name] = text.read()
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": generator["name"], "labels": options["labels"]}, "data": data}
 
 
 def tls_resources():
@@ -371,8 +384,13 @@ def test_the_sentinel_overlay_validates_and_every_pod_meets_the_restricted_stand
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     pods = [r["spec"]["template"]["spec"] for r in rendered if r["kind"] in ("Deployment", "StatefulSet")]
     assert len(pods) == 3 and [restricted_violations(pod) for pod in pods] == [[], [], []]
-    assert sentinel_overlay("StatefulSet", "redis")["spec"]["replicas"] == 3
-    assert sentinel_overlay("StatefulSet", "redis-sentinel")["spec"]["replicas"] == 3
+    for name in ("redis", "redis-sentinel"):
+        statefulset = sentinel_overlay("StatefulSet", name)
+        (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+        names = [e["name"] for e in container["env"]]
+        me = container["env"][names.index("ME")]["value"]  # the name it announces: the one it has
+        assert statefulset["spec"]["replicas"] == 3 and names.index("POD_NAME") < names.index("ME")
+        assert me == f"$(POD_NAME).{statefulset['spec']['serviceName']}"
 
 
 def test_behind_the_sentinels_the_web_pods_settings_load_and_name_each_sentinel_pod():
@@ -424,9 +442,10 @@ def start_script(tmp_path):
 
     def start(kind, pod, sentinels):
         args = tmp_path / f"{pod}.args"
-        env = {"PATH": f"{stub}:{os.environ['PATH']}", "ARGS": str(args), "POD_NAME": pod, "DATA": str(tmp_path),
-               "SERVICE": "redis" if kind == "redis" else "redis-sentinel", "MASTER": "mymaster",
-               "FIRST_PRIMARY": "redis-0.redis", "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels)}
+        service = "redis" if kind == "redis" else "redis-sentinel"
+        env = {"PATH": f"{stub}:{os.environ['PATH']}", "ARGS": str(args), "ME": f"{pod}.{service}",
+               "DATA": str(tmp_path), "MASTER": "mymaster", "FIRST_PRIMARY": "redis-0.redis",
+               "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels)}
         done = subprocess.run(["/bin/sh", str(script), kind], env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return args.read_text().split("\n")
