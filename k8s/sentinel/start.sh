@@ -28,7 +28,9 @@ if [ "$1" = sentinel ]; then
     "sentinel failover-timeout $MASTER 10000" > "$data/sentinel.conf"
   exec redis-server "$data/sentinel.conf" --sentinel
 fi
-set -- --port 6379 --dir "$data" --appendonly yes --appendfsync always \
+# No password here, as in the base: the network policies (or the overlay network) say who reaches
+# it, so protected mode, which refuses every address but loopback then, is off.
+set -- --port 6379 --protected-mode no --dir "$data" --appendonly yes --appendfsync always \
   --replica-announce-ip "$ME" --min-replicas-to-write 1 --min-replicas-max-lag 5 \
   --repl-diskless-sync-delay 0
 if [ "$host" != "$ME" ]; then

@@ -1,0 +1,79 @@
+"""stack.yaml with stack.sentinel.yaml on a real single-node Swarm: the counter behind a primary,
+two replicas and three sentinels, each a service of one task. The primary's container killed
+under steady load and kept away: pages go on, counted on the replica the sentinels promote, no
+number shown twice, none failed; and the redis task started again comes back a replica, never a
+second primary. Deployed as a user would (`docker stack deploy`), with the tests' overlays on top
+(tests/stack.test.yaml, tests/stack.sentinel.test.yaml: DNS round robin, as there is no IPVS).
+"""
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from helpers import ROOT, unavailable
+from test_swarm import IMAGE, Stack, docker, swarm_wait
+
+pytestmark = pytest.mark.container
+
+FILES = ["stack.yaml", "stack.sentinel.yaml", "tests/stack.test.yaml", "tests/stack.sentinel.test.yaml"]
+
+
+def redis_cli(stack, host, *args, port=6379):
+    """A redis-cli command from a container on the stack's network."""
+    return docker("run", "--rm", "--network", stack.network, "redis:7", "redis-cli", "-h", host, "-p", str(port),
+                  *args, timeout=60)
+
+
+def primary(stack):
+    return redis_cli(stack, "sentinel-1", "SENTINEL", "get-master-addr-by-name", "mymaster", port=26379).split()[0]
+
+
+def test_the_primary_killed_on_the_swarm_the_pages_go_on_and_none_is_shown_twice():
+    if shutil.which("docker") is None or subprocess.run(
+            ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
+            capture_output=True, text=True).stdout.strip() != "active":
+        unavailable("no Docker engine in an active Swarm (run scripts/container-engine.sh as root)")
+    docker("build", "-q", "-t", IMAGE, ROOT, timeout=600)
+    stack = Stack(f"fhsent{uuid.uuid4().hex[:6]}")
+    try:
+        docker("stack", "deploy", *(part for f in FILES for part in ("-c", os.path.join(ROOT, f))), stack.name)
+        swarm_wait(lambda: stack.healthy(2) and len(stack.tasks(f"{stack.name}_sentinel-3")) == 1, 120,
+                   "the stack up")
+        client = stack.load(threads=2)
+        swarm_wait(lambda: stack.counter() > 20, 30, "counting under load")
+        (old, _), = stack.tasks(stack.redis)
+        # Killed, and kept away past down-after (its node gone, say): Swarm would start it again
+        # within seconds, and the sentinels, still naming it, would keep it the primary.
+        docker("kill", old)
+        killed = time.monotonic()
+        docker("service", "scale", "--detach", f"{stack.redis}=0")
+        swarm_wait(lambda: primary(stack) != "redis", 90, "the sentinels to promote a replica")
+        promoted = time.monotonic() - killed
+        new = primary(stack)
+        docker("service", "scale", "--detach", f"{stack.redis}=1")
+        swarm_wait(lambda: stack.tasks(stack.redis), 120, "the redis task back")
+        swarm_wait(lambda: redis_cli(stack, "redis", "ROLE").split()[:2] == ["slave", new], 60,
+                   "the redis task started again to follow the new primary")
+        final_before = int(redis_cli(stack, new, "GET", "counter") or 0)
+        swarm_wait(lambda: int(redis_cli(stack, new, "GET", "counter") or 0) > final_before, 30, "counting again")
+        seen = stack.finish(client)
+        final = int(redis_cli(stack, new, "GET", "counter"))
+    finally:
+        for client_container in stack.clients:
+            docker("rm", "-f", client_container, check=False)
+        docker("stack", "rm", stack.name, check=False)
+        swarm_wait(lambda: not docker("network", "ls", "-q", "--filter", f"name={stack.network}"), 120,
+                   "the stack's removal")
+        for volume in ("redis-data", "redis-replica-1", "redis-replica-2"):
+            docker("volume", "rm", f"{stack.name}_{volume}", check=False)
+    numbers = seen["numbers"]
+    print(f"\nsentinel stack: the primary killed, {new} promoted after {promoted:.1f} s; {seen['requests']} "
+          f"requests, {len(numbers)} numbers shown, {seen['disabled']} pages disabled, the counter {final}")
+    assert seen["failed"] == 0 and set(seen["statuses"]) == {"200"}, seen
+    assert len(numbers) == len(set(numbers)), "a visit number was shown twice"
+    assert max(numbers) <= final  # none shown, then lost
+    assert new.startswith("redis-replica-")
