@@ -89,6 +89,7 @@ class PlainHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # it waits out the pace it measures
 def test_every_request_is_answered_counted_once_and_shown_by_version_and_replica(fake_redis):
     with serving({**redis_env(fake_redis), "VERSION": "5", "REPLICA_ID": "web-1"}) as server:
         kept = start_watch(f"http://127.0.0.1:{server.port}/", "--duration", "0.3", "--rate", "60", "--json")

@@ -107,6 +107,7 @@ def run_watch(url, *options, within=15):
     return finish_watch(start_watch(url, "--json", *options), timeout=within)
 
 
+@pytest.mark.slow  # it waits out the pace it measures
 def test_messages_are_echoed_and_counted_by_version_and_replica_with_ticks_and_pings_told_apart():
     env = refused_env(VERSION="4", REPLICA_ID="web-1", WS_PING_INTERVAL="0.1")
     with serving(env) as server:
@@ -153,6 +154,7 @@ def test_a_server_s_pings_are_answered_and_a_proper_close_under_a_message_sends_
     assert lines[5].split()[-5:-1] == [str(opened), str(opened - 1), "0", str(opened - 1)]  # version 9's row
 
 
+@pytest.mark.slow  # it waits out the pace it measures
 def test_a_ping_between_messages_is_answered_and_no_message_awaited_after_it():
     behave, pongs = ws_server(ping_every=0.05)
     with misbehaving(behave) as (port, _):
