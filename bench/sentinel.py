@@ -18,8 +18,10 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 from cpu import counter, cpu_seconds, pings, wrk
@@ -31,10 +33,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from sentinel import DOWN_AFTER_MS, MASTER, Replicated, call  # noqa: E402  (the tests' own servers)
 
+SCRATCH = tempfile.mkdtemp(prefix="friendlyhello-bench-sentinel-")  # what a replica's sync writes
+
 
 def redis_server(port, *options):
     return start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no", "--repl-diskless-sync-delay", "0", *options])
+                  "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", SCRATCH, *options])
 
 
 def server(env):
@@ -122,6 +126,7 @@ def main():
     finally:
         for process in list(PROCESSES):
             stop(process)
+        shutil.rmtree(SCRATCH, ignore_errors=True)
     print(f"\n| figure (least of {args.rounds} rounds) | WAIT all | WAIT 0 | ratio (median's) |")
     print("| --- | ---: | ---: | ---: |")
     for index, title in enumerate(("server CPU per request (µs)", "primary's CPU per visit (µs)")):
