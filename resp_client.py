@@ -610,7 +610,7 @@ class RespClient:
         """Close idle connections now, busy ones when their call ends, and any subscription."""
         self._drop_pool()
         if self.sentinel is not None:
-            self.sentinel.stop_hint()
+            self.sentinel.stop_watch()
 
     def _switched(self):
         """The sentinels announced another primary: drop the pool, and stop backing off."""
@@ -644,13 +644,6 @@ class RespClient:
         if self.sentinel is not None and _not_the_primary(result):
             self._drop_pool()  # a demoted primary, or one without its replicas: ask them again
         return result
-
-    def check_primary(self):
-        """Behind sentinels, ask them which server is the primary now: another than the one in
-        use drops the pool (a failover they made while this one still took writes)."""
-        if self.sentinel is not None and self._backoff.clear and self.sentinel.replaced(
-                self._generation):  # (while unavailable, the call that probes asks them anyway)
-            self._drop_pool()
 
     @property
     def primary(self):
@@ -845,8 +838,8 @@ class _SentinelConnector(_Connector):
     turn, all within the connect timeout, the one that answered first the next time; ``SENTINEL
     get-master-addr-by-name``, and ``SENTINEL sentinels`` to learn the others; a new
     connection's ``ROLE`` must say master (a replica, or a primary no sentinel names any more, is
-    dropped and the sentinels asked again). Their ``+switch-master`` news, subscribed to by a
-    _SwitchHint once a primary is in use, calls ``switched()``."""
+    dropped and the sentinels asked again). Once a primary is in use, a _PrimaryWatch follows
+    what they name, and calls ``switched()`` when it changes."""
 
     def __init__(self, sentinels, master_name, sentinel_setup, *args):
         super().__init__(*args)
@@ -858,8 +851,8 @@ class _SentinelConnector(_Connector):
         self.primary = None       # (host, port) of the primary last connected to
         self.primary_since = None  # time.time() it became that
         self.replicas = None      # how many replicas its ROLE named connected
-        self.switched = None      # called when the sentinels announce a new primary
-        self._hint = None
+        self.switched = None      # called when the sentinels name a new primary
+        self._watch = None
         self._lock = threading.Lock()
 
     def connect(self, generation):
@@ -876,14 +869,14 @@ class _SentinelConnector(_Connector):
             if self.primary != (host, port):
                 self.primary, self.primary_since = (host, port), time.time()
             self.replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
-        if self.switched is not None and (self._hint is None or not self._hint.alive()):
-            self._hint = _SwitchHint(self, self.master_name, self.switched)  # a primary to follow
+        if self.switched is not None and (self._watch is None or not self._watch.alive()):
+            self._watch = _PrimaryWatch(self, self.master_name, self.switched)  # one to follow
         return conn
 
-    def stop_hint(self):
-        hint, self._hint = self._hint, None
-        if hint is not None:
-            hint.stop()
+    def stop_watch(self):
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
 
     def sentinel_list(self):
         with self._lock:
@@ -950,23 +943,27 @@ _SUBSCRIBE = encode_command(("SUBSCRIBE", "+switch-master"))
 _PING = encode_command(("PING",))
 
 
-class _SwitchHint:
-    """Sentinel's ``+switch-master`` news, subscribed to as a hint (the guidelines' word): a
-    thread holds a subscription on every sentinel that takes one (the one that led a failover
-    tells first; the others hear of it up to seconds later), and when the primary of
-    ``master_name`` is switched calls ``switched()`` at once, rather than wait for the next call
-    to fail or the next check to ask. Never the only signal: a sentinel that drops its
-    subscription is subscribed to again after RETRY; one silent for QUIET seconds is pinged, and
-    dropped when it has not answered QUIET seconds later."""
+class _PrimaryWatch:
+    """A thread that follows which server the sentinels name the primary of ``master_name``, and
+    calls ``switched()`` when it changes, so that the client's calls never wait on a sentinel:
+
+    - Sentinel's ``+switch-master`` news, subscribed to as a hint (the guidelines' word), on
+      every sentinel that takes a subscription (the one that led a failover tells first, the
+      others hear of it seconds later). A sentinel that drops it is subscribed to again after
+      RETRY; one silent for QUIET seconds is pinged, and dropped when it has not answered QUIET
+      seconds later.
+    - Never the only signal: every CHECK_EVERY seconds it asks them which server is the primary
+      (a failover made by hand leaves the old one taking writes until they reconfigure it)."""
 
     RETRY = 1.0
     QUIET = 5.0
+    CHECK_EVERY = 3.0
 
     def __init__(self, connector, master_name, switched):
         self._connector, self._name, self._switched = connector, master_name, switched
         self._stopped = threading.Event()
         self._conns = {}  # sentinel: [connection, when it last spoke, whether it was pinged]
-        self._thread = threading.Thread(target=self._run, name="sentinel-hint", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sentinel-watch", daemon=True)
         self._thread.start()
 
     def alive(self):
@@ -981,12 +978,16 @@ class _SwitchHint:
                 pass
 
     def _run(self):
-        retry_at = 0.0
+        retry_at, check_at = 0.0, time.monotonic() + self.CHECK_EVERY
         try:
             while not self._stopped.is_set():
                 if time.monotonic() >= retry_at:
                     self._subscribe_anew()
                     retry_at = time.monotonic() + self.RETRY
+                if time.monotonic() >= check_at:
+                    check_at = time.monotonic() + self.CHECK_EVERY
+                    if self._connector.replaced(-1):
+                        self._switched()
                 if not self._conns:
                     self._stopped.wait(self.RETRY)
                     continue

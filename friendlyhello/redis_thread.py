@@ -14,7 +14,7 @@ import resp_client
 from .redis_state import NotReplicated, outcome
 
 MAX_COMMANDS = 256        # Redis commands sent in one round trip at most
-HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive (and asks the sentinels)
+HEARTBEAT_INTERVAL = 3.0  # how often a replica tells Redis it is alive
 REPLICA_GRACE = 10.0      # "all": how long a replica that left the primary is still waited for
 ROLE_EVERY = 1.0          # "all": how often ROLE goes with a WAIT (at once after one fell short)
 _ROLE = resp_client.encode_command(("ROLE",))
@@ -149,7 +149,6 @@ class RedisThread:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 heartbeat = [self._heartbeat()]
-                self.client.check_primary()  # behind sentinels: the one they name, still?
             # A bug of ours must not end the thread: it is logged, and the thread goes on.
             try:
                 self._send(heartbeat, requests)

@@ -125,7 +125,7 @@ def test_pages_follow_the_primary_through_its_death_and_readyz_and_the_log_say_w
         ready_after = request(server.port, "/readyz").text
         metrics = request(server.port, "/metrics").text
         errors = server.error_lines()
-        hints = [t for t in threading.enumerate() if t.name == "sentinel-hint"]
+        hints = [t for t in threading.enumerate() if t.name == "sentinel-watch"]
     news.close()
     switched_at = news.at - killed
     new = replicated.primary()
@@ -161,6 +161,27 @@ def test_with_wait_all_a_visit_no_replica_acknowledged_shows_the_counter_disable
     assert counted["visits"] is not None and counted["redis"] == "ok"
     assert refused["visits"] is None and refused["redis"] == "not replicated"
     assert 'friendlyhello_redis_replies_total{outcome="not_replicated"}' in metrics
+
+
+@pytest.mark.slow  # it takes pages through two of the checks, 3 s apart
+def test_sentinels_that_stop_answering_hold_no_page_while_the_primary_answers(redis_server):
+    """The sentinels are asked again every 3 s, by a thread of the client's own: one that stops
+    answering (stuck, say, as a sentinel in TILT) costs the pages nothing while the primary does."""
+    with FakeRedis() as sentinel:
+        named = b"127.0.0.1"
+        sentinel.script(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n" % (len(named), named, len(str(redis_server.port)),
+                                                                 redis_server.port), b"*0\r\n",
+                        *[Silence()] * 200)
+        with serving({"REDIS_SENTINELS": f"127.0.0.1:{sentinel.port}", "REDIS_TIMEOUT": "1"}) as server:
+            slowest, counted, started = 0.0, 0, time.monotonic()
+            while time.monotonic() - started < 7:
+                asked = time.monotonic()
+                counted += page(server)[1]["visits"] is not None
+                slowest = max(slowest, time.monotonic() - asked)
+                time.sleep(0.02)
+            asked_again = len(sentinel.commands)
+    assert asked_again >= 4  # the first two, then two checks (or more: subscriptions tried)
+    assert slowest < 0.5 and counted > 100, (slowest, counted)
 
 
 @pytest.mark.parametrize("reply", [b"*2\r\n$4\r\nhost\r\n$7\r\nnotport\r\n", b"*1\r\n$4\r\nhost\r\n",
