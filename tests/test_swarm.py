@@ -90,13 +90,19 @@ class Stack:
         return seen
 
 
-@pytest.fixture(scope="module")
-def stack():
+def require_swarm_and_image():
+    """An active Swarm (else the test is unavailable: a skip, or in CI a failure), and the
+    image built from this checkout."""
     if shutil.which("docker") is None or subprocess.run(
             ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
             capture_output=True, text=True).stdout.strip() != "active":
         unavailable("no Docker engine in an active Swarm (run scripts/container-engine.sh as root)")
     docker("build", "-q", "-t", IMAGE, ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    require_swarm_and_image()
     deployed = Stack(f"fhtest{uuid.uuid4().hex[:6]}")
     with Registry() as registry, tempfile.TemporaryDirectory() as config:
         # As the tutorial's Part 3 does: the image pushed to a registry, and the stack naming it

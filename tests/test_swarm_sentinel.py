@@ -7,15 +7,13 @@ second primary. Deployed as a user would (`docker stack deploy`), with the tests
 """
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 
 import pytest
 
-from helpers import ROOT, unavailable
-from test_swarm import IMAGE, Stack, docker, swarm_wait
+from helpers import ROOT
+from test_swarm import Stack, docker, require_swarm_and_image, swarm_wait
 
 pytestmark = pytest.mark.container
 
@@ -33,11 +31,7 @@ def primary(stack):
 
 
 def test_the_primary_killed_on_the_swarm_the_pages_go_on_and_none_is_shown_twice():
-    if shutil.which("docker") is None or subprocess.run(
-            ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
-            capture_output=True, text=True).stdout.strip() != "active":
-        unavailable("no Docker engine in an active Swarm (run scripts/container-engine.sh as root)")
-    docker("build", "-q", "-t", IMAGE, ROOT, timeout=600)
+    require_swarm_and_image()
     stack = Stack(f"fhsent{uuid.uuid4().hex[:6]}")
     try:
         docker("stack", "deploy", *(part for f in FILES for part in ("-c", os.path.join(ROOT, f))), stack.name)
