@@ -18,7 +18,8 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     responses       what a route answers; the bytes of every answer
     routes          the route table's rows; what an answer is given
     lifecycle       what the probes say of the process: stopping, its threads alive
-    http11          http.server's handler, held to RFC 9112  -> responses, routes
+    tracing         each request's id, and the W3C trace it belongs to
+    http11          http.server's handler, held to RFC 9112  -> responses, routes, tracing
     connection      one client connection and its states  -> proxies, tls
     websocket       /ws: RFC 6455's frames, and the loop's WebSockets  -> connection, responses
     streams         /bytes/, /stream/, /drip, /sse: bodies made as the client takes them
@@ -31,7 +32,7 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
                         -> redis_state, replica_view, resp_client, responses
     echo            /echo: what arrived, and from whom  -> logs, proxies, responses, tls
     responder       each answer held, counted, logged and written
-                        -> connection, proxies, resp_client, responses
+                        -> connection, proxies, resp_client, responses, tracing
     server          the selector loop
         -> bodies, connection, http11, responder, responses, resp_client, streams, websocket
     listening       the port, or why not

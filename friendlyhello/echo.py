@@ -2,7 +2,8 @@
 
 The request line and header fields as received, the TCP peer, what a PROXY header said, the
 client and the rule that gave it, each forwarding header's entries, and the replica that
-answered; for a POST, PUT or PATCH, what its body was (its length, SHA-256 and first KiB).
+answered; for a POST, PUT or PATCH, what its body was (its length, SHA-256 and first KiB);
+the request's id, and its W3C trace (tracing.py).
 Every value that came from the request is shown escaped as the logs escape it.
 """
 
@@ -62,6 +63,8 @@ class Echo:
         seen["tls"] = tls.info() if tls is not None and tls.version else None
         seen["forwarded_client_cert"] = self._client_cert(headers, peer_host)
         seen["body"] = _body(request.body)
+        seen["request_id"] = request.request_id
+        seen["trace"] = _trace(request.trace)
         seen["replica"] = self.me.replica_id
         seen["version"] = self.me.version
         return seen
@@ -86,6 +89,19 @@ def _body(body):
     return {"length": body.length, "sha256": body.sha256, "framing": body.framing,
             "content_type": body.content_type and request_target(body.content_type),
             "start": body.start.decode("utf-8", "backslashreplace")}
+
+
+def _trace(trace):
+    """What the traceparent said (None without one): when valid, the trace, the caller's span
+    and this server's child of it; when not, only that, and the field escaped."""
+    if trace is None:
+        return None
+    state = trace.state and request_target(trace.state)
+    if not trace.valid:
+        return {"traceparent": request_target(trace.given), "valid": False, "tracestate": state}
+    return {"traceparent": trace.given, "valid": True, "trace_id": trace.trace_id,
+            "parent_id": trace.parent_id, "flags": trace.flags, "span_id": trace.span_id,
+            "tracestate": state}
 
 
 def _proxy_header(proxy):
@@ -131,6 +147,8 @@ def as_text(seen):
         lines.append(f"body: {body['length']} bytes ({body['framing']}), sha256 {body['sha256']}, "
                      f"content type {_shown(body['content_type'] or '-')}")
         lines.append(f"body start: {_shown(body['start'])}")
+    lines.append(f"request_id: {seen['request_id']}")
+    lines.append(f"trace: {_trace_words(seen['trace'])}")
     lines.append(f"replica: {_shown(seen['replica'])}")
     lines.append(f"version: {seen['version']}")
     return "\n".join(lines) + "\n"
@@ -145,6 +163,16 @@ def _proxy_words(proxy):
         destination = _host_port(*proxy["destination"])
         words += f" from {source} to {destination}"
     return words + f", {proxy['tlv_bytes']} bytes of TLVs"
+
+
+def _trace_words(trace):
+    if trace is None:
+        return "none (no traceparent)"
+    state = f", tracestate {_shown(trace['tracestate'])}" if trace["tracestate"] else ""
+    if not trace["valid"]:
+        return f"invalid traceparent {_shown(trace['traceparent'])} (ignored){state}"
+    return (f"trace {trace['trace_id']}, parent span {trace['parent_id']}, this span "
+            f"{trace['span_id']}, flags {trace['flags']}{state}")
 
 
 def _tls_words(tls):

@@ -17,6 +17,7 @@ import urllib.parse
 from . import SERVER_NAME
 from .responses import TEXT, Response, error_response
 from .routes import PageRequest, RedisReply
+from .tracing import trace_of
 
 _NOT_FOUND = Response(404, TEXT, "404 not found\n")
 _NOT_ALLOWED = Response(405, TEXT, "405 method not allowed\n", (("Allow", "GET, HEAD"),))
@@ -157,10 +158,15 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     command = path = headers = None
     requestline = ""
     request_version = default_request_version
+    request_id = None        # the one it came with (X-Request-Id), else one made here
+    trace = None             # its traceparent, read (a tracing.Trace), where it has one
 
-    def __init__(self, head, address, routes, connection=None):
+    def __init__(self, head, address, routes, connection, ids):
         self.connection = connection  # where it came from (its peer, its PROXY header): for /echo
+        self._ids = ids               # a tracing.RequestIds: the serving process's
         super().__init__(head, address, routes)  # handles the request, as http.server does
+        if self.request_id is None:  # its head never had fields: an id of our own
+            self.request_id = self._ids.take(None)
 
     @property
     def routes(self):
@@ -193,6 +199,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             return False
         if not super().parse_request():
             return False
+        self.request_id = self._ids.take(self.headers.get_all("X-Request-Id"))
+        self.trace = trace_of(self.headers)
         status = self._framing_error() or self._host_error() or self._target_error()
         if status:
             self.send_error(status)
@@ -290,7 +298,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(self.path.partition("?")[2]) if "?" in self.path else {}
         wants_json = prefers_json(self.headers.get("Accept", ""))
         return PageRequest(wants_json, query, self.route_path, self.raw_requestline,
-                           self.headers, self.client_address, self.connection)
+                           self.headers, self.client_address, self.connection,
+                           request_id=self.request_id, trace=self.trace)
 
     def do_POST(self):  # noqa: N802 - http.server's name
         """A body for a route that takes one (/echo): read by the loop, then answer_body()."""

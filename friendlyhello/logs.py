@@ -62,9 +62,11 @@ class Log:
         """Lines dropped because a stream's reader was slow or gone."""
         return self.out.dropped + self.err.dropped
 
-    def request(self, address, method, target, status, seconds, probe, peer=None, tls=None):
+    def request(self, address, method, target, status, seconds, probe, peer=None, tls=None,
+                request_id=None, trace=None):
         """A request's line: the client's ``address`` and, when the connection came from
-        elsewhere (a proxy), its ``peer``; on TLS, its version (``tls``) at the end."""
+        elsewhere (a proxy), its ``peer``; on TLS, its version (``tls``); then the request's
+        id and, where its traceparent was valid, the trace and this server's span in it."""
         if not self.access or (probe and not self.probes):
             return
         peer = None if peer == address else peer
@@ -79,10 +81,18 @@ class Log:
                 fields["peer"] = peer
             if tls:
                 fields["tls"] = tls
+            if request_id:
+                fields["request_id"] = request_id
+            if trace is not None and trace.valid:
+                fields["trace_id"], fields["span_id"] = trace.trace_id, trace.span_id
             self.out.put(self._object("info", **fields))
         else:
             via = f" via {peer}" if peer else ""
             over = f" {tls}" if tls else ""
+            if request_id:  # visible ASCII: written as it is
+                over += f" id={request_id}"
+            if trace is not None and trace.valid:
+                over += f" trace={trace.trace_id} span={trace.span_id}"
             self.out.put(f'{address}{via} "{printable(method or "-")} '
                          f'{printable(target or "-")}" {status} {seconds * 1000:.1f}ms{over}')
 

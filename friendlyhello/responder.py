@@ -15,6 +15,7 @@ import resp_client
 from .connection import LINGER, ClientGone, Connection
 from .proxies import conclude
 from .responses import error_response, response_bytes
+from .tracing import RequestIds
 
 
 class Responder:
@@ -28,6 +29,7 @@ class Responder:
         self.idle_timeout = config.idle_timeout
         self.forwarded_header = config.forwarded_header
         self._headers = headers
+        self.ids = RequestIds()  # made here: in each serving process, after a worker's fork
         self._trusted = config.trusted_proxies or None  # None: the client is the connection's
         self.hanging = False   # the hang fault, as the loop last read it
         self.stopping = False  # every answer closes its connection
@@ -55,18 +57,19 @@ class Responder:
         target = handler.path or handler.requestline
         tls = conn.tls and conn.tls.version
         self.log.request(client, handler.command, target, response.status, seconds, handler.probe,
-                         conn.peer[0], tls)
+                         conn.peer[0], tls, handler.request_id, handler.trace)
         if response.upgrade is not None:  # 101: its greeting follows, in WebSocket's frames
             conn.ws, greeting = response.upgrade
-            data = response_bytes(response, self._headers()) + greeting
-            return self._send(conn, data, False, False)
+            data = response_bytes(response, self._headers(), request_id=handler.request_id)
+            return self._send(conn, data + greeting, False, False)
         close = handler.close_connection or self.stopping
         stream = response.stream
         if stream is not None and not stream.length_known:  # chunked, or until the close
             stream.chunked = handler.request_version != "HTTP/1.0"
             close = close or not stream.chunked
         data = response_bytes(response, self._headers(), head_only=handler.head_only, close=close,
-                              keep_alive=handler.request_version == "HTTP/1.0")
+                              keep_alive=handler.request_version == "HTTP/1.0",
+                              request_id=handler.request_id)
         # Lingering is for a client that may still be sending: one that asked to close is done.
         linger = not (handler.client_closes and not conn.buffer)
         if stream is not None and not handler.head_only:  # its head now; then the Streams
@@ -124,10 +127,13 @@ class Responder:
     def refuse(self, conn, status, response=None):
         """Answer a request that never became one (too large, too slow, plain HTTP on the TLS
         port), with ``response`` (else the status's own), and close."""
+        handler, conn.handler = conn.handler, None  # an internal error's, or none
+        request_id = handler.request_id if handler is not None else self.ids.take(None)
         self.metrics.request(None, "other", status, 0.0)
-        self.log.request(conn.address, None, None, status, 0.0, False, conn.peer[0])
-        conn.handler = None
-        data = response_bytes(response or error_response(status), self._headers(), close=True)
+        self.log.request(conn.address, None, None, status, 0.0, False, conn.peer[0], None,
+                         request_id)
+        data = response_bytes(response or error_response(status), self._headers(), close=True,
+                              request_id=request_id)
         self._send(conn, data, True, linger=True)
 
     def internal_error(self, conn, exc):

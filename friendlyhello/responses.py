@@ -66,11 +66,14 @@ class CommonHeaders:
         return self._text
 
 
-def response_bytes(response, common, *, head_only=False, close=False, keep_alive=False):
+def response_bytes(response, common, *, head_only=False, close=False, keep_alive=False,
+                   request_id=None):
     """The whole response, in one buffer: status, the ``common`` fields (a CommonHeaders'
-    text), the route's, the body."""
+    text), the request's id, the route's, the body."""
     body = response.body.encode()
     parts = [_STATUS_LINES[response.status], common]
+    if request_id is not None:  # visible ASCII, whether it came with it or was made here
+        parts += ["X-Request-Id: ", request_id, "\r\n"]
     if response.content_type:  # none on a 101
         parts += ["Content-Type: ", response.content_type, "\r\n"]
     head_only = head_only or response.status in _NO_CONTENT

@@ -35,6 +35,8 @@ class PageRequest(typing.NamedTuple):
     address: str         # where it came from: a PROXY header's source, else the TCP peer
     connection: object   # its connection.Connection: its ``peer``, its ``proxy`` header or None
     body: object = None  # a POST's, PUT's or PATCH's body, once read (a bodies.Body)
+    request_id: str = ""  # its id: the one it came with (X-Request-Id), else one made here
+    trace: object = None  # its traceparent, read (a tracing.Trace), or None
 
 
 class RedisReply(typing.NamedTuple):

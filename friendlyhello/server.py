@@ -120,8 +120,7 @@ class HelloServer:
         self.metrics, self.lifecycle = metrics, lifecycle
         self.supervisor_pid = supervisor_pid  # in a worker: it stops when the supervisor is gone
         self.tls = next((port.tls for port in ports if port.tls), None)  # the TLSFiles
-        # How long a request may wait on Redis: a round trip (connect, then reply), and a margin.
-        self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN
+        self.redis_wait = 2 * config.redis_timeout + WAIT_MARGIN  # connect, reply, and a margin
         self._selector = selectors.DefaultSelector()
         proxies = config.trusted_proxies if config.proxy_protocol != "off" else None
         self.connections = Connections(ports, self._selector, config.max_connections,
@@ -275,7 +274,8 @@ class HelloServer:
                 return
             conn.started = time.monotonic()
             try:
-                handler = conn.handler = RequestHandler(head, conn.address, self.routes, conn)
+                handler = conn.handler = RequestHandler(head, conn.address, self.routes, conn,
+                                                        self.responder.ids)
             except Exception as exc:  # noqa: BLE001 - a bug of ours: this request fails, no more
                 self.responder.internal_error(conn, exc)
                 return

@@ -301,6 +301,11 @@ def readme():
         return file.read()
 
 
+def without_id(line):
+    """An access log line (text) without its request's id and trace at the end."""
+    return re.sub(r" id=\S+( trace=\S+ span=\S+)?$", "", line)
+
+
 def metric_sample(text, name):
     """One unlabelled sample of a metrics page's text."""
     return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))

@@ -17,7 +17,7 @@ import pytest
 
 from friendlyhello import proxies
 from friendlyhello.proxies import V2_SIGNATURE, ProxyRefused, Trusted, read_proxy_header
-from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable, wait_until
+from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable, wait_until, without_id
 
 
 def v1(source="203.0.113.7", sport=40000, family="TCP4", destination="127.0.0.1", dport=80):
@@ -344,7 +344,7 @@ def test_a_proxy_header_counts_toward_no_limit_of_the_head_and_the_limits_hold_a
         too_long = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         assert exchange(server.port, v1() + too_long).startswith(b"HTTP/1.1 414 ")
         log = server.log_lines()
-    assert log[-1] == '203.0.113.7 via 127.0.0.1 "- -" 414 0.0ms'  # refused, and still named by the header
+    assert without_id(log[-1]) == '203.0.113.7 via 127.0.0.1 "- -" 414 0.0ms'  # refused, and still named by the header
 
 
 # -- /echo ----------------------------------------------------------------------------------------
@@ -606,6 +606,8 @@ X-Forwarded-Host: demo.example
 X-Forwarded-Port: 443
 X-Real-IP: 203.0.113.5
 X-Odd: "quoted" \\u202e!
+X-Request-Id: nginx-4f2a
+traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
 Connection: close
 
 peer: 127.0.0.1:PORT
@@ -625,6 +627,8 @@ x-forwarded-host: demo.example
 x-forwarded-port: 443
 x-real-ip: 203.0.113.5
 tls: none (plain HTTP)
+request_id: nginx-4f2a
+trace: trace 4bf92f3577b34da6a3ce929d0e0e4736, parent span 00f067aa0ba902b7, this span SPAN, flags 01
 replica: web-1
 version: 7
 """
@@ -647,6 +651,8 @@ x-forwarded-host: -
 x-forwarded-port: -
 x-real-ip: -
 tls: none (plain HTTP)
+request_id: MADE-HERE
+trace: none (no traceparent)
 replica: web-1
 version: 1
 """
@@ -655,15 +661,19 @@ version: 1
 def echo_text(answer):
     assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Type: text/plain; charset=utf-8\r\n" in answer
     assert b"\r\nVary: Accept\r\n" in answer
-    return re.sub(r"^peer: 127\.0\.0\.1:\d+$", "peer: 127.0.0.1:PORT", answer.split(b"\r\n\r\n", 1)[1].decode(),
+    text = re.sub(r"^peer: 127\.0\.0\.1:\d+$", "peer: 127.0.0.1:PORT", answer.split(b"\r\n\r\n", 1)[1].decode(),
                   flags=re.M)
+    text = re.sub(r"^request_id: [0-9a-f]{12}-[0-9a-f]+$", "request_id: MADE-HERE", text, flags=re.M)
+    return re.sub(r"this span [0-9a-f]{16},", "this span SPAN,", text)
 
 
 def test_echo_as_text_reads_like_this_behind_proxies_and_without():
     env = refused_env(TRUSTED_PROXIES="127.0.0.1,2001:db8::/32", PROXY_PROTOCOL="v2", REPLICA_ID="web-1", VERSION="7")
     request = (b"GET /echo?x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: junk, 203.0.113.5, 2001:db8::7\r\n"
                b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: demo.example\r\nX-Forwarded-Port: 443\r\n"
-               b"X-Real-IP: 203.0.113.5\r\nX-Odd: \"quoted\" \xe2\x80\xae!\r\nConnection: close\r\n\r\n")
+               b"X-Real-IP: 203.0.113.5\r\nX-Odd: \"quoted\" \xe2\x80\xae!\r\nX-Request-Id: nginx-4f2a\r\n"
+               b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+               b"Connection: close\r\n\r\n")
     with serving(env) as server:
         behind = exchange(server.port, v2(family=0x21, source="2001:db8::9", destination="::1", tlvs=b"\x01\x00\x01x")
                           + request)
@@ -694,6 +704,8 @@ def test_echo_as_json_says_the_same():
         "forwarded_from": None, "forwarded_header": "X-Forwarded-For", "not_believed": [],
         "x_forwarded_for": [], "forwarded": [],
         "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
-        "tls": None, "forwarded_client_cert": None, "body": None, "replica": "web-1", "version": "1",
+        "tls": None, "forwarded_client_cert": None, "body": None, "request_id": seen["request_id"], "trace": None,
+        "replica": "web-1", "version": "1",
     }
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", seen["request_id"])  # made here: none came with it
     assert isinstance(seen["peer"]["port"], int) and seen["peer"]["port"] > 0
