@@ -152,3 +152,20 @@ def test_workers_end_when_their_supervisor_is_killed(redis_server):
         wait_until(lambda: not [p for p in workers if process_alive(p)], 5, "the workers' exit")
     finally:
         proc.finish()
+
+
+def test_each_worker_makes_request_ids_of_its_own_so_none_repeats_across_them(redis_server):
+    proc = start(redis_server)
+    try:
+        wait_until(lambda: len(children(proc.process.pid)) == 2, 10, "two workers")
+        made = set()
+        for _ in range(60):  # new connections: the kernel spreads them over the workers
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            conn.request("GET", "/healthz")
+            made.add(conn.getresponse().getheader("X-Request-Id"))
+            conn.close()
+    finally:
+        proc.signal()
+        proc.finish()
+    prefixes = {made_id.rsplit("-", 1)[0] for made_id in made}
+    assert len(made) == 60 and len(prefixes) == 2, prefixes
