@@ -7,8 +7,10 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     tls             the certificate from files, reloaded; each connection's TLS layer
     faults          faults turned on to break it on purpose
     cpus            the CPUs this process may use (WORKERS=auto)
+    values          what each setting's text may be: the table's parsers
+                        -> cpus, proxies, resp_client
     settings        the settings table, read once into one Config
-                        -> cpus, faults, proxies, resp_client, tls
+                        -> faults, proxies, tls, values
     logs            access and event lines that never block serving
     redis_state     how a Redis call ended, in one vocabulary; Redis's state  -> resp_client
     redis_thread    the Redis thread, and the client the settings describe

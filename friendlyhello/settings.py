@@ -10,151 +10,17 @@ by anyone who may inspect the container. Nothing else in the package reads ``os.
 
 import collections
 import os
-import re
 import types
 import typing
 
-import resp_client
-
-from . import cpus
+from . import values
 from .faults import error_rate, latency_range
-from .proxies import FORWARDED_HEADERS, PROXY_MODES, Trusted, trusted_networks
+from .proxies import PROXY_MODES, Trusted
 from .tls import check_tls_settings
 
 
 class ConfigError(Exception):
     """A setting has a value the program cannot use; the message is one line."""
-
-
-# -- parsers: each takes the text and returns the value, or raises ValueError saying what is allowed
-
-def _whole(low, high):
-    def parse(text):
-        if not re.fullmatch(r"[0-9]+", text) or not low <= int(text) <= high:
-            raise ValueError(f"a whole number from {low} to {high}")
-        return int(text)
-    return parse
-
-
-def _seconds(low, high, low_allowed=False):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not (low < value <= high or low_allowed and value == low):
-            bound = "from" if low_allowed else "above"
-            raise ValueError(f"a number of seconds {bound} {low:g} and at most {high:g}")
-        return value
-    return parse
-
-
-def _choice(*allowed):
-    def parse(text):
-        if text.lower() not in allowed:
-            raise ValueError("one of " + ", ".join(allowed))
-        return text.lower()
-    return parse
-
-
-def _text(max_length):
-    """Text that is shown (on the page, in logs, in Redis): printable UTF-8, one line."""
-    def parse(text):
-        if len(text) > max_length or not _printable(text):
-            raise ValueError(f"printable UTF-8 text of at most {max_length} characters, "
-                             "without control or bidirectional formatting characters")
-        return text
-    return parse
-
-
-# C0 and C1 controls and DEL, which terminals act on; lone surrogates, which is how os.environ
-# keeps a byte that is not UTF-8; bidirectional controls, which reorder what a reader sees.
-# (Ranges rather than unicodedata: the tiny image would carry its megabyte of tables.)
-_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f"                      # C0, DEL, C1
-                            "\ud800-\udfff"                               # lone surrogates
-                            "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # bidirectional
-
-
-def _printable(text):
-    return not _NOT_PRINTABLE.search(text)
-
-
-def _version(text):
-    """Shown in a response header too: printable ASCII, no spaces at its ends."""
-    if not re.fullmatch(r"[!-~]([ -~]{0,62}[!-~])?", text):
-        raise ValueError("1 to 64 printable ASCII characters, such as 2 or v1.4.2-rc1")
-    return text
-
-
-def _secret(text):
-    """A password: any characters, but they must be sendable (UTF-8)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise ValueError("UTF-8 text (it holds a byte that is not UTF-8)") from None
-    return text
-
-
-def _token(text):
-    """ADMIN_TOKEN: what a Bearer header carries (RFC 6750's token68), long enough not to guess."""
-    if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}=*", text):
-        raise ValueError("16 to 256 letters, digits or -._~+/ "
-                         "(make one with: openssl rand -hex 16)")
-    return text
-
-
-def _port_or_off(text):
-    """PORT: a port, or off (TLS_PORT alone serves)."""
-    if text.lower() == "off":
-        return None
-    try:
-        return _whole(0, 65535)(text)
-    except ValueError:
-        raise ValueError("a whole number from 0 to 65535, or off (serve TLS_PORT alone)") from None
-
-
-def _path(text):
-    """A file's path: shown in messages, so printable; its contents never are."""
-    if not text or len(text) > 4096 or not _printable(text):
-        raise ValueError("the path of a file, in printable characters")
-    return text
-
-
-def _host(text):
-    if not resp_client.valid_host(text):
-        raise ValueError("a host name or IP address, such as 0.0.0.0, :: or redis")
-    return text
-
-
-def _workers(text):
-    if text.lower() == "auto":
-        return cpus.available()
-    return _whole(1, 256)(text)
-
-
-def _trusted(text):
-    return Trusted(trusted_networks(text))
-
-
-def _forwarded_header(text):
-    """FORWARDED_HEADER: the header's name as requests spell it (None for none)."""
-    return FORWARDED_HEADERS[_choice(*FORWARDED_HEADERS)(text)]
-
-
-def _sentinels(text):
-    """REDIS_SENTINELS: host:port,host:port,... ([::1]:26379 for an IPv6 address)."""
-    return resp_client.parse_addresses(text, "sentinel-1:26379,sentinel-2:26379")
-
-
-def _wait_replicas(text):
-    """REDIS_WAIT_REPLICAS: a number of replicas, or all (those the primary has connected)."""
-    return "all" if text.lower() == "all" else _whole(0, 100)(text)
-
-
-def _redis_url(text):
-    _secret(text)
-    resp_client.parse_url(text)  # a ValueError's message quotes nothing of the URL
-    return text
 
 
 class Setting(typing.NamedTuple):
@@ -193,127 +59,127 @@ MAX_SECRET_FILE = 64 * 1024  # bytes: a password, a token or a URL is far shorte
 
 
 SETTINGS = [
-    Setting("NAME", "world", _text(256),
+    Setting("NAME", "world", values.text(256),
             "who the page greets"),
-    Setting("VERSION", "1", _version,
+    Setting("VERSION", "1", values.version,
             "this release's name: in a header of every answer, the JSON answer, /replicas and "
             "/metrics, so a rolling update can be watched"),
-    Setting("PORT", 80, _port_or_off,
+    Setting("PORT", 80, values.port_or_off,
             "TCP port to serve plain HTTP on (0 picks a free one), or off to serve TLS_PORT alone"),
-    Setting("BIND", "0.0.0.0", _host,
+    Setting("BIND", "0.0.0.0", values.host,
             "address to listen on"),
-    Setting("REDIS_URL", None, _redis_url,
+    Setting("REDIS_URL", None, values.redis_url,
             "redis://[[user]:password@]host[:port][/db], rediss:// or unix:///path; replaces the "
             "four REDIS_* settings below", secret=True),
-    Setting("REDIS_HOST", "redis", _host,
+    Setting("REDIS_HOST", "redis", values.host,
             "Redis host name"),
-    Setting("REDIS_PORT", 6379, _whole(1, 65535),
+    Setting("REDIS_PORT", 6379, values.whole(1, 65535),
             "Redis port"),
-    Setting("REDIS_DB", 0, _whole(0, 100000),
+    Setting("REDIS_DB", 0, values.whole(0, 100000),
             "Redis database number"),
-    Setting("REDIS_PASSWORD", None, _secret,
+    Setting("REDIS_PASSWORD", None, values.secret,
             "Redis password", secret=True),
-    Setting("REDIS_TIMEOUT", 2.0, _seconds(0, 60),
+    Setting("REDIS_TIMEOUT", 2.0, values.seconds(0, 60),
             "seconds to wait for Redis to connect or reply"),
-    Setting("REDIS_SENTINELS", None, _sentinels,
+    Setting("REDIS_SENTINELS", None, values.sentinels,
             "host:port of Redis Sentinels, comma-separated: the primary is the one they name, "
             "followed through failovers (instead of REDIS_HOST and REDIS_PORT)"),
-    Setting("REDIS_MASTER_NAME", "mymaster", _text(200),
+    Setting("REDIS_MASTER_NAME", "mymaster", values.text(200),
             "the name the sentinels know the primary by"),
-    Setting("REDIS_SENTINEL_USERNAME", None, _text(200),
+    Setting("REDIS_SENTINEL_USERNAME", None, values.text(200),
             "the user to authenticate to the sentinels as (ACLs); needs REDIS_SENTINEL_PASSWORD"),
-    Setting("REDIS_SENTINEL_PASSWORD", None, _secret,
+    Setting("REDIS_SENTINEL_PASSWORD", None, values.secret,
             "the sentinels' password (requirepass in sentinel.conf)", secret=True),
-    Setting("REDIS_WAIT_REPLICAS", 0, _wait_replicas,
+    Setting("REDIS_WAIT_REPLICAS", 0, values.wait_replicas,
             "replicas that must hold a visit (WAIT) before its page shows the number, or all "
             "(those connected); fewer: the counter disabled (not replicated); 0: no WAIT"),
-    Setting("ACCESS_LOG", "on", _choice("on", "off", "all"),
+    Setting("ACCESS_LOG", "on", values.choice("on", "off", "all"),
             "on: a line per request on stdout, health probes and /metrics left out; all: them too; "
             "off: none"),
-    Setting("LOG_FORMAT", "text", _choice("text", "json"),
+    Setting("LOG_FORMAT", "text", values.choice("text", "json"),
             "text: one line of words per event; json: one JSON object per line, for log pipelines"),
-    Setting("WORKERS", 1, _workers,
+    Setting("WORKERS", 1, values.workers,
             "processes serving the port, or auto: one per CPU this process may use (its affinity "
             "and cgroup quota); more than 1 adds a supervisor process"),
-    Setting("MAX_CONNECTIONS", 4096, _whole(1, 1000000),
+    Setting("MAX_CONNECTIONS", 4096, values.whole(1, 1000000),
             "open client connections at most; more wait in the listen backlog"),
-    Setting("IDLE_TIMEOUT", 5.0, _seconds(0, 3600),
+    Setting("IDLE_TIMEOUT", 5.0, values.seconds(0, 3600),
             "seconds a keep-alive connection may idle, a request head may take to arrive (then "
             "408), and a client may take to read a response"),
-    Setting("READY_NEEDS_REDIS", "off", _choice("off", "on"),
+    Setting("READY_NEEDS_REDIS", "off", values.choice("off", "on"),
             "on: /readyz answers 503 while Redis does not answer PING; off: /readyz only says how "
             "Redis is"),
-    Setting("SHUTDOWN_DELAY", 0.0, _seconds(0, 3600, low_allowed=True),
+    Setting("SHUTDOWN_DELAY", 0.0, values.seconds(0, 3600, low_allowed=True),
             "after SIGTERM, seconds to go on accepting and serving (with /readyz at 503) while "
             "load balancers and DNS learn that this replica is going"),
-    Setting("DRAIN_TIMEOUT", 5.0, _seconds(0, 3600),
+    Setting("DRAIN_TIMEOUT", 5.0, values.seconds(0, 3600),
             "then, with the port closed, seconds that requests in flight may take to finish"),
     # Where a replica runs, as Kubernetes' Downward API tells it, in the usual spellings.
-    Setting("POD_NAME", None, _text(253),
+    Setting("POD_NAME", None, values.text(253),
             "the pod's name, shown in the JSON answer and logs",
             aliases=("MY_POD_NAME", "KUBERNETES_POD_NAME")),
-    Setting("POD_NAMESPACE", None, _text(253),
+    Setting("POD_NAMESPACE", None, values.text(253),
             "the pod's namespace, shown likewise",
             aliases=("MY_POD_NAMESPACE", "KUBERNETES_NAMESPACE", "KUBERNETES_POD_NAMESPACE")),
-    Setting("NODE_NAME", None, _text(253),
+    Setting("NODE_NAME", None, values.text(253),
             "the node's name, shown likewise", aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
-    Setting("POD_IP", None, _text(253),
+    Setting("POD_IP", None, values.text(253),
             "the pod's IP address, shown likewise", aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
-    Setting("TRUSTED_PROXIES", Trusted(()), _trusted,
+    Setting("TRUSTED_PROXIES", Trusted(()), values.trusted,
             "addresses and CIDR blocks of the proxies whose forwarded header (FORWARDED_HEADER) "
             "and PROXY headers are believed, comma-separated (default: none)"),
-    Setting("FORWARDED_HEADER", "x-forwarded-for", _forwarded_header,
+    Setting("FORWARDED_HEADER", "x-forwarded-for", values.forwarded_header,
             "the one header the trusted proxies write the client into: x-forwarded-for (nginx, "
             "HAProxy's option forwardfor), forwarded (RFC 7239: Envoy, Traefik, HAProxy's option "
             "forwarded), x-real-ip, or none; a proxy passes the others on as the client wrote "
             "them, so they are shown in /echo flagged, never believed"),
-    Setting("PROXY_PROTOCOL", "off", _choice(*PROXY_MODES),
+    Setting("PROXY_PROTOCOL", "off", values.choice(*PROXY_MODES),
             "v1, v2 or any: every connection must begin with a PROXY header (HAProxy's PROXY "
             "protocol) from one of TRUSTED_PROXIES; off: none is read"),
-    Setting("TLS_PORT", None, _whole(0, 65535),
+    Setting("TLS_PORT", None, values.whole(0, 65535),
             "a TCP port to serve HTTPS on, beside PORT; needs TLS_CERT and TLS_KEY; unset: no TLS"),
-    Setting("TLS_CERT", None, _path,
+    Setting("TLS_CERT", None, values.path,
             "PEM file of the certificate, then its chain; read again within 5 s of changing, and "
             "on SIGHUP"),
-    Setting("TLS_KEY", None, _path,
+    Setting("TLS_KEY", None, values.path,
             "PEM file of the certificate's private key, unencrypted (its bytes are never shown)"),
-    Setting("TLS_CLIENT_CA", None, _path,
+    Setting("TLS_CLIENT_CA", None, values.path,
             "PEM file of the CA certificates that client certificates must chain to"),
-    Setting("TLS_CLIENT_AUTH", "off", _choice("off", "optional", "require"),
+    Setting("TLS_CLIENT_AUTH", "off", values.choice("off", "optional", "require"),
             "client certificates: off (none asked for), optional (checked and shown in /echo if "
             "sent), require (a handshake without one fails); optional and require need "
             "TLS_CLIENT_CA"),
-    Setting("MAX_BODY", 1024 * 1024, _whole(0, 1 << 30),
+    Setting("MAX_BODY", 1024 * 1024, values.whole(0, 1 << 30),
             "bytes of a request body at most (POST, PUT or PATCH to /echo): a longer one is 413 "
             "and its connection closes, nothing more read"),
-    Setting("BODY_TIMEOUT", 30.0, _seconds(0, 3600),
+    Setting("BODY_TIMEOUT", 30.0, values.seconds(0, 3600),
             "seconds a request body may take to arrive whole (and IDLE_TIMEOUT between two of its "
             "reads); then 408"),
-    Setting("WS_MAX_MESSAGE", 1024 * 1024, _whole(125, 64 * 1024 * 1024),
+    Setting("WS_MAX_MESSAGE", 1024 * 1024, values.whole(125, 64 * 1024 * 1024),
             "bytes of one WebSocket message at most (its fragments together); more closes it "
             "with 1009"),
-    Setting("WS_PING_INTERVAL", 20.0, _seconds(0, 3600),
+    Setting("WS_PING_INTERVAL", 20.0, values.seconds(0, 3600),
             "seconds between the pings each WebSocket is sent; one unanswered by the next closes "
             "it"),
     # Faults to break it on purpose (see faults.py); all off by default.
     Setting("FAULT_ERRORS", "0", error_rate,
             "a share of page requests, 0 to 1, answered with FAULT_ERROR_STATUS and counting no "
             "visit"),
-    Setting("FAULT_ERROR_STATUS", 500, _whole(400, 599),
+    Setting("FAULT_ERROR_STATUS", 500, values.whole(400, 599),
             "the status those pages get"),
     Setting("FAULT_LATENCY", "0", latency_range,
             "seconds added to each page, or a range such as 0.1-0.5 (each page a random delay in "
             "it), at most 30"),
-    Setting("FAULT_READY", "ok", _choice("ok", "fail"),
+    Setting("FAULT_READY", "ok", values.choice("ok", "fail"),
             "fail: /readyz answers 503 from the start"),
-    Setting("FAULT_LIVE", "ok", _choice("ok", "fail"),
+    Setting("FAULT_LIVE", "ok", values.choice("ok", "fail"),
             "fail: /healthz and /livez answer 503 from the start, and so the image's HEALTHCHECK"),
-    Setting("ADMIN_PORT", None, _whole(0, 65535),
+    Setting("ADMIN_PORT", None, values.whole(0, 65535),
             "a second port, for turning faults on and off at run time (GET /faults, POST "
             "/faults/...; see the README); needs ADMIN_TOKEN; unset: no admin port"),
-    Setting("ADMIN_TOKEN", None, _token,
+    Setting("ADMIN_TOKEN", None, values.token,
             "what admin requests must carry as Authorization: Bearer TOKEN", secret=True),
-    Setting("REPLICA_ID", None, _text(253),
+    Setting("REPLICA_ID", None, values.text(253),
             "this replica's name in /replicas (default: the pod's name, else the host name; "
             "replicas that share it count as one)"),
 ]
