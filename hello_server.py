@@ -41,7 +41,7 @@ from friendlyhello.redis_state import RedisStatus
 from friendlyhello.redis_thread import RedisThread, describe_redis, redis_client
 from friendlyhello.replicas import identity, placement, replica_commands
 from friendlyhello.responses import CommonHeaders
-from friendlyhello.routes import Route
+from friendlyhello.routes import Route, RouteTable
 from friendlyhello.server import HelloServer, Waker
 from friendlyhello.settings import ConfigError, load_config, parse_arguments, secrets_in_flags
 from friendlyhello.site import Site
@@ -60,7 +60,7 @@ def route_table(config, site, echo, commands, upgrade, streams):
     as its argument. Anything else is 404; methods but GET and HEAD, 405 (but POST, PUT and
     PATCH where a route takes a body)."""
     ready_command = PING if config.ready_needs_redis == "on" else None
-    return {
+    return RouteTable({
         "/":         Route(site.page, commands.one_visit, counts_visit=True, gate=site.page_gate),
         "/healthz":  Route(site.livez, probe=True),
         "/livez":    Route(site.livez, probe=True),
@@ -75,7 +75,7 @@ def route_table(config, site, echo, commands, upgrade, streams):
         "/stream/":  Route(streams.lines),   # /stream/20: JSON lines, a chunk each
         "/drip":     Route(streams.drip),    # ?bytes=N&duration=S&delay=D
         "/sse":      Route(streams.events),  # server-sent events: ?count=N&interval=S
-    }
+    }, config.path_prefix)  # every path under PATH_PREFIX; the probes at the root too
 
 
 def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):

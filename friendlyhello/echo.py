@@ -62,6 +62,7 @@ class Echo:
         tls = request.connection.tls
         seen["tls"] = tls.info() if tls is not None and tls.version else None
         seen["forwarded_client_cert"] = self._client_cert(headers, peer_host)
+        seen["x_forwarded_prefix"] = self._forwarded_prefix(headers, peer_host)
         seen["body"] = _body(request.body)
         seen["request_id"] = request.request_id
         seen["trace"] = _trace(request.trace)
@@ -79,6 +80,15 @@ class Echo:
         if not self.trusted.trusts(peer):
             return {"from_trusted_proxy": False, "elements": None}
         return {"from_trusted_proxy": True, "elements": forwarded_client_cert(value)}
+
+
+    def _forwarded_prefix(self, headers, peer):
+        """X-Forwarded-Prefix: the path a proxy took off before passing the request on (so a
+        page's links would carry it), believed from a trusted proxy only."""
+        value = headers.get("X-Forwarded-Prefix")
+        if value is None:
+            return None
+        return {"prefix": request_target(value), "from_trusted_proxy": self.trusted.trusts(peer)}
 
 
 def _body(body):
@@ -142,6 +152,11 @@ def as_text(seen):
         said = json.dumps(cert["elements"]) if cert["from_trusted_proxy"] else "not read: the " \
             "peer is not a trusted proxy"
         lines.append(f"x-forwarded-client-cert: {_shown(said)}")
+    prefix = seen["x_forwarded_prefix"]
+    if prefix is not None:
+        trust = "from a trusted proxy" if prefix["from_trusted_proxy"] else "not believed: the " \
+            "peer is not a trusted proxy"
+        lines.append(f"x-forwarded-prefix: {_shown(prefix['prefix'])} ({trust})")
     body = seen["body"]
     if body is not None:
         lines.append(f"body: {body['length']} bytes ({body['framing']}), sha256 {body['sha256']}, "

@@ -211,8 +211,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.client_closes = "close" in options or (
             self.request_version == "HTTP/1.0" and "keep-alive" not in options)
         self.close_connection = self.client_closes or self.close_connection
-        path = self.route_path = self.path_only()
-        if path in self.routes:
+        path = self.route_path = self.routes.within(self.path_only())
+        if path is None:  # outside PATH_PREFIX: 404, or the prefix itself (redirected)
+            self.route_path = ""
+        elif path in self.routes:
             self.route_label = path
         else:  # a route taking the rest of the path: "/status/" for /status/418
             prefix = path[:path.rfind("/") + 1]
@@ -277,7 +279,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         route = self.routes.get(self.route_label)  # "other" is no route
         if route is None:
-            self.response = _NOT_FOUND
+            self.response = _moved(self.routes.prefix, self.path) or _NOT_FOUND
         elif route.counts_visit and is_prefetch(self.headers):
             self.response = _PREFETCH_DECLINED
         else:
@@ -326,6 +328,15 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def answer(self, reply, error):
         """The route's Response once Redis has answered (or failed)."""
         return self.route.answer(self.page_request, RedisReply(reply, error))
+
+
+def _moved(prefix, target):
+    """For PATH_PREFIX itself, 308 to it with a slash (the query kept); else None."""
+    path, mark, query = target.partition("?")
+    if not prefix or path != prefix:
+        return None
+    return Response(308, TEXT, f"308 the page is at {prefix}/\n",
+                    (("Location", f"{prefix}/{mark}{query}"),))
 
 
 def malformed_lines(head):

@@ -24,12 +24,32 @@ class Route(typing.NamedTuple):
     takes_body: bool = False
 
 
+class RouteTable(dict):
+    """The route table, path -> Route, served under ``prefix`` (PATH_PREFIX; "" for the root),
+    where the probes answer at the root too."""
+
+    def __init__(self, rows, prefix=""):
+        super().__init__(rows)
+        self.prefix = prefix
+
+    def within(self, path):
+        """The path as the table knows it: one under the prefix without it, a probe's at the
+        root as it is; None for any other (a 404, or the prefix itself: redirected)."""
+        prefix = self.prefix
+        if not prefix:
+            return path
+        if path.startswith(prefix) and path[len(prefix):len(prefix) + 1] == "/":
+            return path[len(prefix):]
+        route = self.get(path)
+        return path if route is not None and route.probe else None
+
+
 class PageRequest(typing.NamedTuple):
     """What an answer may read of its request."""
 
     wants_json: bool     # JSON ranks above HTML in its Accept field
     query: dict          # the query's parameters: name -> [values]
-    path: str            # without the query
+    path: str            # without the query, nor PATH_PREFIX
     requestline: bytes   # for /echo, as received
     headers: object      # http11.RequestHeaders
     address: str         # where it came from: a PROXY header's source, else the TCP peer

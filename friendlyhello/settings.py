@@ -64,6 +64,9 @@ SETTINGS = [
     Setting("VERSION", "1", values.version,
             "this release's name: in a header of every answer, the JSON answer, /replicas and "
             "/metrics, so a rolling update can be watched"),
+    Setting("PATH_PREFIX", "", values.path_prefix,
+            "a path every route is served under, such as /app (an ingress that passes it on): "
+            "the probes answer at the root too, /app redirects to /app/, anything else is 404"),
     Setting("PORT", 80, values.port_or_off,
             "TCP port to serve plain HTTP on (0 picks a free one), or off to serve TLS_PORT alone"),
     Setting("BIND", "0.0.0.0", values.host,

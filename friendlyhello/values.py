@@ -138,3 +138,15 @@ def redis_url(text):
     secret(text)
     resp_client.parse_url(text)  # a ValueError's message quotes nothing of the URL
     return text
+
+
+def path_prefix(text):
+    """PATH_PREFIX: where every route is served, such as /app (a trailing slash dropped; empty:
+    the root)."""
+    prefix = text.rstrip("/")
+    segments = prefix.split("/")[1:]
+    if prefix and (not prefix.startswith("/") or len(prefix) > 200 or any(
+            seg in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._~-]+", seg) for seg in segments)):
+        raise ValueError("a path such as /app or /demo/hello: segments of letters, digits and "
+                         "-._~, none of them . or ..")
+    return prefix

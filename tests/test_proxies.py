@@ -704,7 +704,8 @@ def test_echo_as_json_says_the_same():
         "forwarded_from": None, "forwarded_header": "X-Forwarded-For", "not_believed": [],
         "x_forwarded_for": [], "forwarded": [],
         "x_forwarded_proto": None, "x_forwarded_host": None, "x_forwarded_port": None, "x_real_ip": None,
-        "tls": None, "forwarded_client_cert": None, "body": None, "request_id": seen["request_id"], "trace": None,
+        "tls": None, "forwarded_client_cert": None, "x_forwarded_prefix": None, "body": None,
+        "request_id": seen["request_id"], "trace": None,
         "replica": "web-1", "version": "1",
     }
     assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", seen["request_id"])  # made here: none came with it
