@@ -107,7 +107,7 @@ class RedisThread:
         one wake-up of this thread for them all, and they share a round trip. While Redis is
         unavailable and a round trip is under way (a connect that may take its whole timeout),
         they are not held behind it: each is answered at once, Redis unavailable."""
-        if self._under_way and not self.status.up and self._last_error is not None:
+        if self._under_way and not self.status.up:
             error = resp_client.RedisConnectionError(
                 f"{self.status.address} is unavailable (its last error: {self._last_error})")
             error.cause = self._last_error
@@ -163,8 +163,7 @@ class RedisThread:
     def _send(self, heartbeat, requests):
         commands, merged = self._commands(requests)
         try:
-            waits = self._replication.commands(self.client, any(c is self._one_visit
-                                                                for _, c in requests))
+            waits = self._replication.commands(self.client, requests, self._one_visit)
             replies = self.client.pipeline(heartbeat + commands + waits)
             if heartbeat:
                 self.status.heartbeat(replies[0])
@@ -180,8 +179,8 @@ class RedisThread:
             self.status.answered()
         except resp_client.RedisError as exc:
             replies, errors = [None] * len(requests), [exc] * len(requests)
+            self._last_error = exc.cause or exc  # first: submit() reads it once Redis is not up
             self.status.failed(exc)
-            self._last_error = exc.cause or exc
             self._replication.forget()  # another primary, maybe
         if self.status.primary_in_use(self.client.primary):
             self.metrics.primary_changes += 1
@@ -259,17 +258,17 @@ class ReplicaWait:
         self._known = self._fewer_since = None
         self._role_at = 0.0
 
-    def commands(self, client, any_visit):
-        """WAIT (and, at times, ROLE) after a round trip that has visits; else nothing."""
-        if not self._wanted or not any_visit:
+    def commands(self, client, requests, one_visit):
+        """WAIT (and, at times, ROLE) after a round trip that has visits (``one_visit`` is the
+        command of one); else nothing."""
+        if not self._wanted or not any(command is one_visit for _, command in requests):
             return []
-        wait = ("WAIT", self._needed(), self._wait_ms)
         if self._wanted != "all":
-            return [wait]
+            return [("WAIT", self._wanted, self._wait_ms)]
         now = time.monotonic()
         if self._known is None:  # ask, once
             self._known, self._role_at = _connected(client.pipeline([_ROLE])[0]), now
-            wait = ("WAIT", self._needed(), self._wait_ms)
+        wait = ("WAIT", self._known, self._wait_ms)
         if now - self._role_at < ROLE_EVERY:
             return [wait]
         self._role_at = now
