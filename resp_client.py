@@ -400,10 +400,6 @@ class _Connection:
         except OSError:
             pass
 
-    def readable(self, seconds):
-        """Whether a reply came (or the server closed) within ``seconds``: a subscription's."""
-        return self.reader.has_unread() or bool(self._poller.poll(int(seconds * 1000)))
-
     def call(self, payload, replies):
         if self._shortened:
             self._wait_at_most(self.timeout)
