@@ -144,9 +144,8 @@ def path_prefix(text):
     """PATH_PREFIX: where every route is served, such as /app (a trailing slash dropped; empty:
     the root)."""
     prefix = text.rstrip("/")
-    segments = prefix.split("/")[1:]
-    if prefix and (not prefix.startswith("/") or len(prefix) > 200 or any(
-            seg in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._~-]+", seg) for seg in segments)):
+    if prefix and (len(prefix) > 200 or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix)
+                   or {".", ".."} & set(prefix.split("/"))):
         raise ValueError("a path such as /app or /demo/hello: segments of letters, digits and "
                          "-._~, none of them . or ..")
     return prefix
