@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-import resp_client
 from fake_redis import Hangup, Silence
 from helpers import (
     DISABLED,
@@ -19,6 +18,8 @@ from helpers import (
     redis_env,
     refused_env,
     serving,
+    shut_down,
+    wait_until,
 )
 
 README = readme()
@@ -88,21 +89,30 @@ def test_while_redis_is_unavailable_no_page_waits_behind_a_probe_stuck_on_a_sile
     """The probe that tries Redis again may wait its whole timeout (a server that takes the
     connection and never answers: Redis itself, or the sentinel that should name it); the pages
     that come meanwhile are answered at once, the counter disabled, not held behind it."""
-    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:  # connects; never answers
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:  # takes them; never answers
+        threading.Thread(target=lambda: [accepted.append(silent.accept()[0]) for _ in range(8)],
+                         daemon=True).start()
         port = silent.getsockname()[1]
         where = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)} if behind == "redis" else {
             "REDIS_SENTINELS": f"127.0.0.1:{port}"}
         with serving({**where, "REDIS_TIMEOUT": "2"}) as server:
             server.get("/")  # waits on the silent server, and the outage begins
-            time.sleep(resp_client.BACKOFF_FIRST + 0.1)
-            probe = threading.Thread(target=server.get, args=("/",))
-            probe.start()  # it tries the silent server again: stuck for 2 s
-            time.sleep(0.3)
+
+            def until_the_probe():  # pages refused at once while backing off, then the probe's
+                deadline = time.monotonic() + 10
+                while len(accepted) < 2 and time.monotonic() < deadline:
+                    server.get("/")
+
+            probe = threading.Thread(target=until_the_probe)
+            probe.start()
+            wait_until(lambda: len(accepted) >= 2, 10, "the probe's connection")  # stuck for 2 s now
             started = time.monotonic()
             during = [json.loads(server.get("/", headers={"Accept": "application/json"}).body) for _ in range(5)]
             took = time.monotonic() - started
             probe.join()
             scraped = server.get("/metrics").text
+        shut_down(accepted)
     reason = "timeout" if behind == "redis" else "cannot connect"
     assert [page["redis"] for page in during] == [reason] * 5 and took < 1.0, (during, took)
     assert metric_sample(scraped, f'friendlyhello_redis_replies_total{{outcome="{reason.replace(" ", "_")}"}}') >= 5
