@@ -45,7 +45,12 @@ def test_the_primary_killed_on_the_swarm_the_pages_go_on_and_none_is_shown_twice
         docker("kill", old)
         killed = time.monotonic()
         docker("service", "scale", "--detach", f"{stack.redis}=0")
-        swarm_wait(lambda: primary(stack) != "redis", 90, "the sentinels to promote a replica")
+        try:
+            swarm_wait(lambda: primary(stack) != "redis", 150, "the sentinels to promote a replica")
+        except AssertionError as exc:  # what the sentinels said, to tell why
+            logged = [docker("service", "logs", "--raw", "--tail", "15", f"{stack.name}_sentinel-{n}", check=False)
+                      for n in (1, 2, 3)]
+            raise AssertionError(f"{exc}\n" + "\n---\n".join(logged)) from None
         promoted = time.monotonic() - killed
         new = primary(stack)
         docker("service", "scale", "--detach", f"{stack.redis}=1")

@@ -8,6 +8,10 @@
 # replica of it, so one restarted after a failover comes back a replica of the server promoted,
 # never a second primary; a sentinel monitors it. $DATA is where each writes (/data).
 set -eu
+# A sentinel looks names up in its event loop: a lost DNS answer (glibc waits 5 s a try) can
+# stall it into TILT and then into never promoting a replica (docs/sentinel.md). One question
+# at a time, 1 s for each; glibc reads RES_OPTIONS over the container's resolv.conf.
+export RES_OPTIONS="single-request timeout:1 attempts:1"
 host="" port=""
 for sentinel in $SENTINELS; do
   answer=$(timeout 2 redis-cli -h "${sentinel%:*}" -p "${sentinel##*:}" --raw \
