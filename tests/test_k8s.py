@@ -5,7 +5,9 @@ server is started with the environment a pod would have, on the port the Deploym
 import json
 import os
 import re
+import socket
 import subprocess
+import threading
 
 import kubernetes_validate
 import pytest
@@ -388,7 +390,7 @@ def test_the_sentinel_overlay_validates_and_every_pod_meets_the_restricted_stand
         statefulset = sentinel_overlay("StatefulSet", name)
         (container,) = statefulset["spec"]["template"]["spec"]["containers"]
         names = [e["name"] for e in container["env"]]
-        me = container["env"][names.index("ME")]["value"]  # the name it announces: the one it has
+        me = container["env"][names.index("ME")]["value"]  # its own name, its sentinel id made from it
         assert statefulset["spec"]["replicas"] == 3 and names.index("POD_NAME") < names.index("ME")
         assert me == f"$(POD_NAME).{statefulset['spec']['serviceName']}"
 
@@ -440,11 +442,13 @@ def start_script(tmp_path):
                                        '[ "${2:-}" = --sentinel ] && cat "$1" >> "$ARGS"\nexit 0\n')
     (stub / "redis-server").chmod(0o755)
 
-    def start(kind, pod, sentinels):
+    def start(kind, pod, sentinels, first_primary="localhost"):
+        """start.sh run as this pod; ``first_primary`` stands for redis-0.redis (which does not
+        resolve here): the first primary's name, looked up only when no sentinel answers."""
         args = tmp_path / f"{pod}.args"
         service = "redis" if kind == "redis" else "redis-sentinel"
         env = {"PATH": f"{stub}:{os.environ['PATH']}", "ARGS": str(args), "ME": f"{pod}.{service}",
-               "DATA": str(tmp_path), "MASTER": "mymaster", "FIRST_PRIMARY": "redis-0.redis",
+               "DATA": str(tmp_path), "MASTER": "mymaster", "FIRST_PRIMARY": first_primary,
                "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels)}
         done = subprocess.run(["/bin/sh", str(script), kind], env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
@@ -456,13 +460,46 @@ def start_script(tmp_path):
 def test_at_the_first_start_no_sentinel_answers_redis_0_is_the_primary_and_the_others_its_replicas(tmp_path):
     start = start_script(tmp_path)
     nobody = [("127.0.0.1", free_port()), ("127.0.0.1", free_port())]
-    first, second = start("redis", "redis-0", nobody), start("redis", "redis-1", nobody)
-    assert "--replicaof" not in first and "redis-0.redis" in first  # announced by its own name
-    assert second[second.index("--replicaof"):][:3] == ["--replicaof", "redis-0.redis", "6379"]
-    assert "--min-replicas-to-write" in first and "--appendfsync" in first
-    watcher = start("sentinel", "redis-sentinel-1", nobody)
-    assert "sentinel monitor mymaster redis-0.redis 6379 2" in watcher
-    assert "sentinel announce-ip redis-sentinel-1.redis-sentinel" in watcher
+    first = start("redis", "redis-0", nobody, first_primary="redis-0.redis")  # its own name: not looked up
+    second = start("redis", "redis-1", nobody)
+    assert "--replicaof" not in first and "--min-replicas-to-write" in first and "--appendfsync" in first
+    assert second[second.index("--replicaof"):][:3] == ["--replicaof", "127.0.0.1", "6379"]  # an address
+    watcher, again, other = (start("sentinel", pod, nobody) for pod in ("redis-sentinel-1", "redis-sentinel-1",
+                                                                         "redis-sentinel-2"))
+    assert "sentinel monitor mymaster 127.0.0.1 6379 2" in watcher
+    assert not [line for line in watcher + second if "announce" in line or "hostnames" in line]
+    ids = [[line.split()[2] for line in lines if line.startswith("sentinel myid ")]
+           for lines in (watcher, again, other)]
+    assert ids[0] == ids[1] != ids[2] and all(len(i) == 1 and len(i[0]) == 40 for i in ids)  # one per name
+
+
+def test_a_server_the_sentinels_name_by_one_of_its_own_addresses_starts_as_the_primary(tmp_path):
+    """A sentinel's answer is an address: a server restarted where it was (its address kept) is
+    still the primary, and any other server becomes its replica."""
+    own = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()[0]
+    listener = socket.create_server(("127.0.0.1", 0))
+    answer = f"*2\r\n${len(own)}\r\n{own}\r\n$4\r\n6379\r\n".encode()
+
+    def sentinel():  # answers every question with that address
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(4096)
+                connection.sendall(answer)
+
+    threading.Thread(target=sentinel, daemon=True).start()
+    try:
+        start = start_script(tmp_path)
+        named = [("127.0.0.1", listener.getsockname()[1])]
+        primary = start("redis", "redis-1", named, first_primary="nowhere.invalid")
+        watcher = start("sentinel", "redis-sentinel-0", named, first_primary="nowhere.invalid")
+    finally:
+        listener.close()
+    assert "--replicaof" not in primary
+    assert f"sentinel monitor mymaster {own} 6379 2" in watcher
 
 
 @pytest.mark.slow  # real servers and sentinels
