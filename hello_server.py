@@ -37,6 +37,7 @@ from friendlyhello.lifecycle import Lifecycle
 from friendlyhello.listening import ListenError, listen, raise_file_limit
 from friendlyhello.logs import Log, printable
 from friendlyhello.metrics import Metrics
+from friendlyhello.network_tools import NetworkTools
 from friendlyhello.redis_state import RedisStatus
 from friendlyhello.redis_thread import RedisThread, describe_redis, redis_client
 from friendlyhello.replicas import identity, placement, replica_commands
@@ -53,14 +54,15 @@ from friendlyhello.workers import HELD_SIGNALS, Supervisor
 PING = resp_client.encode_command(("PING",))
 
 
-def route_table(config, site, echo, commands, upgrade, streams):
+def route_table(config, site, echo, commands, upgrade, streams, tools=None):
     """Every path the server answers: the Site's answer, the Redis command sent first (none
     when unset), whether a GET counts a visit (a HEAD never does), and whether it is a probe
     (left out of the access log by default). A path ending in "/" takes the rest of the path
     as its argument. Anything else is 404; methods but GET and HEAD, 405 (but POST, PUT and
-    PATCH where a route takes a body)."""
+    PATCH where a route takes a body). /dns and /dial are there only with ``tools``
+    (NETWORK_TOOLS=on), their work done off the loop."""
     ready_command = PING if config.ready_needs_redis == "on" else None
-    return RouteTable({
+    rows = {
         "/":         Route(site.page, commands.one_visit, counts_visit=True, gate=site.page_gate),
         "/healthz":  Route(site.livez, probe=True),
         "/livez":    Route(site.livez, probe=True),
@@ -75,7 +77,11 @@ def route_table(config, site, echo, commands, upgrade, streams):
         "/stream/":  Route(streams.lines),   # /stream/20: JSON lines, a chunk each
         "/drip":     Route(streams.drip),    # ?bytes=N&duration=S&delay=D
         "/sse":      Route(streams.events),  # server-sent events: ?count=N&interval=S
-    }, config.path_prefix)  # every path under PATH_PREFIX; the probes at the root too
+    }
+    if tools is not None:
+        rows["/dns"] = Route(tools.dns_answer, gate=tools.dns_gate, work=tools.dns_work)
+        rows["/dial"] = Route(tools.dial_answer, gate=tools.dial_gate, work=tools.dial_work)
+    return RouteTable(rows, config.path_prefix)  # under PATH_PREFIX; the probes at the root too
 
 
 def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None, faults=None):
@@ -103,11 +109,14 @@ def wire(config, ports, log, hostname, shared=None, slot=0, supervisor_pid=None,
     redis_thread = RedisThread(client, status, metrics, heartbeat, waker.wake, log,
                                commands.visit_commands, config.redis_wait_replicas)
     lifecycle.needs("redis", redis_thread.is_alive)
+    tools = None
+    if config.network_tools == "on":
+        tools = NetworkTools(me, config.dial_allow, waker.wake, metrics)
     routes = route_table(config, site, Echo(config, me), commands, Upgrade(config, me),
-                         StreamRoutes(me))
+                         StreamRoutes(me), tools)
     headers = CommonHeaders(me.replica_id, config.version)
     return HelloServer(config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
-                       headers, faults, supervisor_pid)
+                       headers, faults, supervisor_pid, tools)
 
 
 def open_admin(config, listener, faults, log, changed=lambda: None, crash=os._exit, tls=None):

@@ -33,6 +33,8 @@ Imports run one way, from the leaves up; nothing here imports ``hello_server``, 
     site            the page, the probes, /metrics, /replicas, /status/ and /delay/
                         -> redis_state, replica_view, resp_client, responses
     echo            /echo: what arrived, and from whom  -> logs, proxies, responses, tls
+    network_tools   /dns and /dial (NETWORK_TOOLS=on), asked by threads of their own
+                        -> responses
     responder       each answer held, counted, logged and written
                         -> connection, proxies, resp_client, responses, tracing
     server          the selector loop

@@ -16,7 +16,7 @@ import urllib.parse
 
 from . import SERVER_NAME
 from .responses import TEXT, Response, error_response
-from .routes import PageRequest, RedisReply
+from .routes import PageRequest, Reply
 from .tracing import trace_of
 
 _NOT_FOUND = Response(404, TEXT, "404 not found\n")
@@ -289,7 +289,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.response = route.gate(self.page_request)
                 if self.response is not None:
                     return
-            if route.redis_command is None or (route.counts_visit and self.head_only):
+            if (route.redis_command is None and route.work is None
+                    or route.counts_visit and self.head_only):
                 self.response = route.answer(self.page_request, None)
             else:
                 self.route = route
@@ -326,8 +327,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def answer(self, reply, error):
-        """The route's Response once Redis has answered (or failed)."""
-        return self.route.answer(self.page_request, RedisReply(reply, error))
+        """The route's Response once Redis has answered (or failed), or its work has ended."""
+        return self.route.answer(self.page_request, Reply(reply, error))
 
 
 def _moved(prefix, target):

@@ -79,6 +79,9 @@ FAMILIES = (
            "Bytes of streamed answers' bodies sent, by route.", ("route",)),
     Family("friendlyhello_request_body_bytes_total", "counter",
            "Bytes of request bodies read, by route.", ("route",)),
+    Family("friendlyhello_network_tool_answers_total", "counter",
+           "Answers of /dns and /dial (NETWORK_TOOLS=on), by tool and outcome (invalid, forbidden "
+           "and busy: not asked).", ("tool", "outcome")),
     Family("friendlyhello_redis_primary_changes_total", "counter",
            "Times the primary the sentinels name changed under this process (failovers seen)."),
     Family("friendlyhello_redis_replicas_acknowledged", "histogram",
@@ -161,6 +164,8 @@ class Metrics:
         self.streams_open = 0
         streamed = "friendlyhello_stream_bytes_total"
         self.stream_bytes = self.series[streamed] = collections.Counter(self.series[streamed])
+        tools = "friendlyhello_network_tool_answers_total"
+        self.tool_answers = self.series[tools] = collections.Counter(self.series[tools])
         bodies = "friendlyhello_request_body_bytes_total"
         self.body_bytes = self.series[bodies] = collections.Counter(self.series[bodies])
         self.tls_files = None  # a tls.TLSFiles, for the certificate's notAfter
@@ -189,6 +194,9 @@ class Metrics:
 
     def websocket_message(self, direction):
         self.ws_messages[(direction,)] += 1
+
+    def network_tool(self, tool, outcome):
+        self.tool_answers[(tool, outcome)] += 1  # two tools, a dozen outcomes: bounded
 
     def websocket_close(self, code):
         self.ws_closes[(str(code),)] += 1  # RFC 6455's codes and "cut": bounded

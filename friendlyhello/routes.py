@@ -1,5 +1,5 @@
 """The route table's rows, and what a route's answer is given: the request as a PageRequest,
-and Redis's reply (or why there is none) as a RedisReply.
+and what it waited for (Redis's reply, or its work's value; or why there is none) as a Reply.
 """
 
 import typing
@@ -9,8 +9,10 @@ class Route(typing.NamedTuple):
     """One path: ``answer(request, reply)`` makes its Response from a PageRequest.
 
     ``redis_command`` (``encode_command()``'s bytes, made once) is sent first when set, and
-    ``reply`` is then a ``RedisReply``; it is None when nothing was sent (a HEAD of a route
-    that counts visits sends nothing). A ``probe`` is left out of the access log by default.
+    ``reply`` is then a ``Reply``; it is None when nothing was sent (a HEAD of a route
+    that counts visits sends nothing). A ``work(request)`` is done off the loop instead (by
+    the network tools' threads), and its value is the reply's. A ``probe`` is left out of the
+    access log by default.
     A ``gate(request)``, when set, is asked first: a Response from it is the answer, and
     nothing is sent to Redis. A route that ``takes_body`` answers POST, PUT and PATCH too,
     once the body has been read: ``request.body`` is then a bodies.Body.
@@ -22,6 +24,7 @@ class Route(typing.NamedTuple):
     probe: bool = False
     gate: typing.Callable | None = None
     takes_body: bool = False
+    work: typing.Callable | None = None
 
 
 class RouteTable(dict):
@@ -59,8 +62,9 @@ class PageRequest(typing.NamedTuple):
     trace: object = None  # its traceparent, read (a tracing.Trace), or None
 
 
-class RedisReply(typing.NamedTuple):
-    """Redis's reply to a route's command, or why there is none."""
+class Reply(typing.NamedTuple):
+    """What a route waited for: Redis's reply to its command, or its work's value; or why
+    there is none (an error)."""
 
     value: object
     error: Exception | None

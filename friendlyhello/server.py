@@ -106,6 +106,37 @@ def loop_parts(config, connections, responder, metrics):
             Connection.BODY: Bodies(config, responder, metrics)}
 
 
+class Waits:
+    """Where a request's answer waits, off the loop: its Redis command, sent with the turn's
+    others in one round trip (as auto-pipelining does), or its work (a route's ``work``: /dns,
+    /dial), handed at once to the network tools' threads. Either wakes the loop when done."""
+
+    def __init__(self, redis_thread, tools, redis_wait):
+        self.redis_thread, self.tools, self.redis_wait = redis_thread, tools, redis_wait
+        self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
+
+    def add(self, conn, handler):
+        route = handler.route
+        if route.work is None:
+            conn.enter(Connection.WAITING, self.redis_wait)
+            self._for_redis.append(((conn, handler), route.redis_command))
+        else:
+            conn.enter(Connection.WAITING, self.tools.wait)  # network_tools.TOOL_WAIT
+            self.tools.submit((conn, handler), route.work, handler.page_request)
+
+    def send(self):
+        """The turn's Redis commands, together."""
+        if self._for_redis:
+            self.redis_thread.submit(self._for_redis)
+            self._for_redis = []
+
+    def replies(self):
+        """(connection, handler), reply, error: what came back, from Redis or from a tool."""
+        yield from self.redis_thread.replies()
+        if self.tools is not None:
+            yield from self.tools.results()
+
+
 class HelloServer:
     """Serves HTTP on the ``ports`` (connection.Port: plain, or TLS with its files): accepts,
     sets up TLS, reads heads, hands each to a RequestHandler with the ``routes``, has the
@@ -114,7 +145,7 @@ class HelloServer:
     ``stop()`` (safe from a signal handler) turns readiness to 503 at once; then Shutdown runs."""
 
     def __init__(self, config, routes, redis_thread, waker, metrics, lifecycle, ports, log,
-                 headers, faults, supervisor_pid=None):
+                 headers, faults, supervisor_pid=None, tools=None):
         self.config, self.routes, self.faults, self.log = config, routes, faults, log
         self.redis_thread, self.waker, self.stopping = redis_thread, waker, False
         self.metrics, self.lifecycle = metrics, lifecycle
@@ -131,7 +162,7 @@ class HelloServer:
         self.websockets = self.parts[Connection.WEBSOCKET]  # their timers: see serve()
         self.streams = self.parts[Connection.STREAMING]
         self._ready = []  # connections in state READY, served next turn
-        self._for_redis = []  # (connection, handler), command: what this turn sends to Redis
+        self.waits = Waits(redis_thread, tools, self.redis_wait)  # answers waited for off the loop
 
     def serve(self):
         """Serve until stop(); then let in-flight requests finish (bounded) and return."""
@@ -149,9 +180,7 @@ class HelloServer:
                         return
                 wait = until(wait, self.responder.next_release(), self.websockets.next_due(),
                              self.streams.next_due())
-                if self._for_redis:  # the turn's Redis commands, together (as auto-pipelining does)
-                    self.redis_thread.submit(self._for_redis)
-                    self._for_redis = []
+                self.waits.send()
                 for key, events in self._selector.select(0 if self._ready else wait):
                     self._handle(key.data, events)
                 self._serve_ready()
@@ -282,9 +311,8 @@ class HelloServer:
             if handler.reads_body:  # the loop's Bodies read it, then answer
                 conn.enter(Connection.BODY, self.config.idle_timeout)
                 continue
-            if handler.route is not None:  # its command is sent at the turn's end
-                conn.enter(Connection.WAITING, self.redis_wait)
-                self._for_redis.append(((conn, handler), handler.route.redis_command))
+            if handler.route is not None:  # its Redis command, or its work: see Waits
+                self.waits.add(conn, handler)
                 return
             if not self.responder.respond(conn, handler.response):
                 return
@@ -293,7 +321,7 @@ class HelloServer:
             self._ready.append(conn)
 
     def _take_replies(self):
-        for (conn, handler), reply, error in self.redis_thread.replies():
+        for (conn, handler), reply, error in self.waits.replies():
             if conn.handler is handler and conn.state is Connection.WAITING:  # else: timed out
                 self._answer(conn, reply, error)
 

@@ -182,6 +182,12 @@ SETTINGS = [
             "/faults/...; see the README); needs ADMIN_TOKEN; unset: no admin port"),
     Setting("ADMIN_TOKEN", None, values.token,
             "what admin requests must carry as Authorization: Bearer TOKEN", secret=True),
+    Setting("NETWORK_TOOLS", "off", values.choice("off", "on"),
+            "on: /dns?name=N (what a name resolves to here) and /dial?host=H&port=P (one TCP "
+            "connection, 2 s at most), for looking into the network from inside; off: both 404"),
+    Setting("DIAL_ALLOW", (), values.networks,
+            "addresses and CIDR blocks /dial may connect to, comma-separated; every address a "
+            "name resolves to must be within (default: none, so /dial answers 403)"),
     Setting("REPLICA_ID", None, values.text(253),
             "this replica's name in /replicas (default: the pod's name, else the host name; "
             "replicas that share it count as one)"),
@@ -308,6 +314,8 @@ def load_config(argv=None, environ=None, args=None):
     if (values["admin_port"] is None) != (values["admin_token"] is None):
         raise ConfigError("ADMIN_PORT needs ADMIN_TOKEN, and ADMIN_TOKEN needs ADMIN_PORT: "
                           "set both, or neither")
+    if values["dial_allow"] and values["network_tools"] != "on":
+        raise ConfigError("DIAL_ALLOW needs NETWORK_TOOLS=on: /dial is off without it")
     if values["admin_port"] and values["admin_port"] == values["port"]:
         raise ConfigError(f"ADMIN_PORT={values['admin_port']} is PORT too: the admin port must "
                           "be another")

@@ -1,7 +1,7 @@
 """The site: what each route answers, as a status and content. Nothing of sockets or threads.
 
 The page is the tutorial's, byte for byte. A route that needs Redis gets its reply (or why
-there is none) as a ``RedisReply``; the probes say what the process knows of itself.
+there is none) as a ``Reply``; the probes say what the process knows of itself.
 """
 
 import html
@@ -36,7 +36,7 @@ _BAD_DELAY = Response(400, TEXT, f"the delay must be a number of seconds from 0 
 
 class Site:
     """The answers: ``page``, the probes, ``metrics_page`` and ``replicas``. Each takes a
-    PageRequest and, for a route that sent a Redis command, its RedisReply (else None)."""
+    PageRequest and, for a route that sent a Redis command, its Reply (else None)."""
 
     def __init__(self, config, me, redis_status, metrics, lifecycle, faults):
         self.name = config.name

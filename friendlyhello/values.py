@@ -119,6 +119,11 @@ def trusted(text):
     return Trusted(trusted_networks(text))
 
 
+def networks(text):
+    """DIAL_ALLOW: addresses and CIDR blocks, as TRUSTED_PROXIES has them."""
+    return trusted_networks(text)
+
+
 def forwarded_header(text):
     """FORWARDED_HEADER: the header's name as requests spell it (None for none)."""
     return FORWARDED_HEADERS[choice(*FORWARDED_HEADERS)(text)]

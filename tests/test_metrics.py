@@ -41,7 +41,8 @@ FAMILIES = {
     "friendlyhello_fault": "gauge", "friendlyhello_tls_handshakes": "counter",
     "friendlyhello_tls_connections_open": "gauge", "friendlyhello_websockets_open": "gauge",
     "friendlyhello_streams_open": "gauge", "friendlyhello_stream_bytes": "counter",
-    "friendlyhello_request_body_bytes": "counter", "friendlyhello_redis_primary_changes": "counter",
+    "friendlyhello_request_body_bytes": "counter", "friendlyhello_network_tool_answers": "counter",
+    "friendlyhello_redis_primary_changes": "counter",
     "friendlyhello_redis_replicas_acknowledged": "histogram",
     "friendlyhello_websocket_messages": "counter", "friendlyhello_websocket_closes": "counter",
 }
@@ -277,6 +278,9 @@ def test_the_exposition_of_a_known_snapshot_is_this_text_exactly():
         "# TYPE friendlyhello_stream_bytes_total counter\n"
         "# HELP friendlyhello_request_body_bytes_total Bytes of request bodies read, by route.\n"
         "# TYPE friendlyhello_request_body_bytes_total counter\n"
+        "# HELP friendlyhello_network_tool_answers_total Answers of /dns and /dial (NETWORK_TOOLS=on), by tool and "
+        "outcome (invalid, forbidden and busy: not asked).\n"
+        "# TYPE friendlyhello_network_tool_answers_total counter\n"
         "# HELP friendlyhello_redis_primary_changes_total Times the primary the sentinels name changed under this "
         "process (failovers seen).\n"
         "# TYPE friendlyhello_redis_primary_changes_total counter\n"

@@ -169,6 +169,33 @@ def test_https_is_served_by_every_replica_from_the_swarm_s_secrets_readable_by_i
     assert mode == "10001 10001 0o400"
 
 
+TOOLS_CLIENT = """
+import json, socket, urllib.request
+def ask(path):
+    try:
+        with urllib.request.urlopen(urllib.request.Request("http://tasks.web" + path,
+                                    headers={"Accept": "application/json"}), timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+seen = sorted({info[4][0] for info in socket.getaddrinfo("tasks.web", 80, type=socket.SOCK_STREAM)})
+print(json.dumps({"client": seen, "dns": ask("/dns?name=tasks.web"), "redis": ask("/dial?host=redis&port=6379"),
+                  "itself": ask("/dial?host=127.0.0.1&port=80")}))
+"""
+
+
+def test_a_replica_says_what_tasks_web_resolves_to_there_and_that_it_reaches_redis_on_the_network(stack):
+    out = docker("run", "--rm", "--network", stack.network, CLIENT_IMAGE, "python", "-c", TOOLS_CLIENT, timeout=60)
+    seen = json.loads(out.splitlines()[-1])
+    (dns_status, dns), (dial_status, dial), (outside_status, outside) = seen["dns"], seen["redis"], seen["itself"]
+    print(f"\n/dns?name=tasks.web on {dns['hostname']}: {dns['addresses']} in {dns['seconds'] * 1000:.1f} ms; "
+          f"/dial redis:6379: {dial['outcome']} ({dial['address']}) in {dial['seconds'] * 1000:.1f} ms")
+    assert dns_status == 200 and dns["outcome"] == "resolved"
+    assert sorted(dns["addresses"]) == seen["client"] and len(seen["client"]) == 5  # every replica, as a client sees
+    assert dial_status == 200 and dial["outcome"] == "connected" and dial["address"].startswith("10.")
+    assert outside_status == 403 and outside["error"] == "127.0.0.1 is not within DIAL_ALLOW"
+
+
 def assert_every_request_answered_and_counted_once(seen, rise):
     assert seen["failed"] == 0, seen["errors"]
     assert set(seen["statuses"]) == {"200"}, seen["statuses"]
