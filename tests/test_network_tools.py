@@ -16,7 +16,7 @@ from fake_redis import FakeRedis
 from friendlyhello import network_tools
 from helpers import metric_sample, redis_env, refused_env, request, run_to_exit, serving
 
-TOOLS = {"NETWORK_TOOLS": "on", "DIAL_ALLOW": "127.0.0.1/32,255.255.255.255"}
+TOOLS = {"NETWORK_TOOLS": "on", "DIAL_ALLOW": "127.0.0.1/32,::1,255.255.255.255,fe80::/10"}
 
 
 def asked(server, path, json_too=True):
@@ -27,7 +27,8 @@ def asked(server, path, json_too=True):
 
 
 def listener(host="127.0.0.1", backlog=16):
-    sock = socket.create_server((host, 0), backlog=backlog)
+    sock = socket.create_server((host, 0), backlog=backlog,
+                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setblocking(False)
     return sock
 
@@ -48,12 +49,16 @@ def test_without_network_tools_on_both_tools_are_404_and_dial_allow_alone_stops_
 def test_dns_lists_every_address_the_resolver_gives_in_its_order_with_the_time_taken():
     expected = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo("localhost", None,
                                                                               type=socket.SOCK_STREAM)))
-    with serving(refused_env(**TOOLS), hostname="replica-7") as server:
+    with serving(refused_env(REPLICA_ID="web-3", **TOOLS), hostname="replica-7") as server:
         text, seen = asked(server, "/dns?name=localhost")
-    assert text.status == 200 and text.text.splitlines()[1:] == expected
+        data = server.get("/dns?name=localhost", headers={"Accept": "application/json"})
+    assert text.headers["Content-Type"].startswith("text/plain") and text.headers["Vary"] == "Accept"
+    assert data.headers["Content-Type"] == "application/json" and data.headers["Vary"] == "Accept"
+    assert text.status == 200 and text.text.splitlines()[1:] == expected  # no error line
     assert text.text.startswith("dns localhost: resolved in ") and text.text.splitlines()[0].endswith(" ms")
     assert seen["addresses"] == expected and seen["outcome"] == "resolved" and seen["error"] is None
-    assert seen["name"] == "localhost" and 0 <= seen["seconds"] < 2 and seen["hostname"] == "replica-7"
+    assert seen["name"] == "localhost" and 0 <= seen["seconds"] < 2
+    assert seen["hostname"] == "replica-7" and seen["replica"] == "web-3"
 
 
 def test_dns_says_an_unknown_name_is_unknown_and_refuses_what_is_no_name():
@@ -63,7 +68,9 @@ def test_dns_says_an_unknown_name_is_unknown_and_refuses_what_is_no_name():
                                            "/dns?name=" + "a" * 254, "/dns?name=%3Cscript%3E")]
     assert text.status == 200 and seen["outcome"] == "unknown" and seen["addresses"] == [] and seen["error"]
     assert text.text.startswith("dns no-such-name.invalid: unknown in ")
+    assert text.text.splitlines()[1] == f"error: {seen['error']}"
     assert {r.status for r in refused} == {400} and all("give one name" in r.text for r in refused)
+    assert refused[0].headers["Content-Type"].startswith("text/plain") and refused[0].headers["Vary"] == "Accept"
 
 
 def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled():
@@ -77,13 +84,24 @@ def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled
             connected, seen = asked(server, f"/dial?host=127.0.0.1&port={port}")
             refused, refused_seen = asked(server, f"/dial?host=127.0.0.1&port={closed_port}")
             unreachable, unreachable_seen = asked(server, "/dial?host=255.255.255.255&port=80")
+            named, named_seen = asked(server, f"/dial?host=localhost&port={port}")
+            failed, failed_seen = asked(server, "/dial?host=fe80::1&port=80")  # a link-local address, no scope
+            six = listener("::1")
+            v6, v6_seen = asked(server, f"/dial?host=::1&port={six.getsockname()[1]}")
+            six.close()
     finally:
         open_port.close()
     assert connected.status == 200 and connected.text.startswith(f"dial 127.0.0.1:{port}: connected in ")
+    assert len(connected.text.splitlines()) == 1  # no error line
     assert seen["outcome"] == "connected" and seen["address"] == "127.0.0.1" and seen["port"] == port
     assert refused.status == 200 and refused_seen["outcome"] == "refused" and "refused" in refused.text
     # No TCP to the broadcast address: Linux says the network is unreachable, sending nothing.
     assert unreachable_seen["outcome"] == "unreachable" and "unreachable" in unreachable.text
+    assert unreachable.text.splitlines()[1] == f"error: {unreachable_seen['error']}"
+    assert named.text.startswith(f"dial localhost:{port} ({named_seen['address']}): ")  # the address dialled
+    assert named_seen["address"] in named_seen["addresses"]
+    assert failed_seen["outcome"] == "failed" and failed_seen["error"] == "Invalid argument", failed_seen
+    assert v6_seen["outcome"] == "connected" and v6.text.startswith("dial ::1:")
 
 
 def test_dial_reaches_only_dial_allow_a_name_s_every_address_checked_and_nothing_dialled_else():
@@ -105,8 +123,9 @@ def test_dial_reaches_only_dial_allow_a_name_s_every_address_checked_and_nothing
     assert literal_seen == {"tool": "dial", "error": "127.0.0.2 is not within DIAL_ALLOW"}
     assert mapped.status == 403 and allowed_mapped.status == 200  # an IPv4-mapped address is the IPv4 one
     assert named.status == 403 and named_seen["outcome"] == "forbidden" and named_seen["address"] is None
-    assert "127.0.0.1" in named_seen["error"] and "nothing dialled" in named.text
-    assert unset.status == 403 and "DIAL_ALLOW is not set" in unset.text
+    assert named_seen["error"] == "127.0.0.1: not within DIAL_ALLOW; nothing dialled"
+    assert named.text.splitlines()[1] == f"error: {named_seen['error']}"
+    assert unset.status == 403 and unset.text == "403 DIAL_ALLOW is not set: /dial dials nowhere\n"
     assert quiet, "a target outside DIAL_ALLOW was connected to"
 
 
@@ -125,13 +144,14 @@ def test_the_tools_count_no_visit_answer_head_and_show_their_outcomes_in_metrics
         server.get("/dns?name=no-such-name.invalid")
         server.get("/dial?host=127.0.0.1&port=1")
         server.get("/dial?host=10.1.2.3&port=1")
+        server.get("/dns?name=")
         head = server.get("/dns?name=localhost", method="HEAD")
         metrics = server.get("/metrics").text
         incr = [c for c in fake.commands if c and c[0].upper() == b"INCR"]
     assert incr == [] and head.status == 200 and head.body == b""
     family = "friendlyhello_network_tool_answers_total"
     for labels, count in ((("dns", "resolved"), 2), (("dns", "unknown"), 1), (("dial", "refused"), 1),
-                          (("dial", "forbidden"), 1)):
+                          (("dial", "forbidden"), 1), (("dns", "invalid"), 1)):
         assert metric_sample(metrics, f'{family}{{tool="{labels[0]}",outcome="{labels[1]}"}}') == count
     assert metric_sample(metrics, 'http_requests_total{method="GET",route="/dns",code="200"}') == 2
 
@@ -139,22 +159,32 @@ def test_the_tools_count_no_visit_answer_head_and_show_their_outcomes_in_metrics
 def test_a_lookup_that_never_ends_is_answered_timed_out_and_the_loop_serves_on(monkeypatch):
     resolve = socket.getaddrinfo
 
-    def stuck(host, *args, **kwargs):
+    def resolver(host, *args, **kwargs):
         if host == "stuck.example":
             time.sleep(3)
+        if host == "broken.example":
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return resolve(host, *args, **kwargs)
 
     monkeypatch.setattr(network_tools, "TOOL_WAIT", 0.5)
-    monkeypatch.setattr(network_tools.socket, "getaddrinfo", stuck)
-    with serving(refused_env(**TOOLS)) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        asking = pool.submit(server.get, "/dns?name=stuck.example", headers={"Accept": "application/json"})
+    monkeypatch.setattr(network_tools.socket, "getaddrinfo", resolver)
+    with serving(refused_env(**TOOLS)) as server, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        asking = [pool.submit(server.get, path, headers=headers) for path, headers in (
+            ("/dns?name=stuck.example", {"Accept": "application/json"}), ("/dns?name=stuck.example", {}),
+            ("/dial?host=stuck.example&port=80", {"Accept": "application/json"}))]
         started = time.monotonic()
         probe = server.get("/healthz")
         probed = time.monotonic() - started
-        late = asking.result(timeout=5)
-    seen = json.loads(late.body)
+        (late, late_text, late_dial) = (a.result(timeout=5) for a in asking)
+        broken, broken_seen = asked(server, "/dns?name=broken.example")
+    seen, dialled = json.loads(late.body), json.loads(late_dial.body)
     assert probe.status == 200 and probed < 0.3  # the loop did not wait on the resolver
     assert late.status == 200 and seen["outcome"] == "timed out" and seen["name"] == "stuck.example"
+    assert late_text.text.startswith("dns stuck.example: timed out in 500.0 ms\nerror: no answer within 0.5 s")
+    assert dialled == {**dialled, "tool": "dial", "host": "stuck.example", "port": 80, "address": None,
+                       "outcome": "timed out"}
+    assert broken_seen["outcome"] == "failed" and broken_seen["error"] == "Temporary failure in name resolution"
+    assert broken.text.startswith("dns broken.example: failed in ")
 
 
 def _full_backlog():
