@@ -2,21 +2,58 @@
 resolver gives; one TCP connection of 2 s at most, said connected, refused, timed out or
 unreachable; DIAL_ALLOW bounding where (a name's every address checked, nothing dialled
 otherwise); answered off the loop, a few at a time, no visit counted. Targets are on loopback,
-or the broadcast address (which TCP never leaves for)."""
+and never elsewhere: names that are not in /etc/hosts and the errors no loopback address gives
+are the resolver's and the socket's, faked in this process (a question or a connection to anywhere
+else would leave the machine)."""
 
 import concurrent.futures
+import errno
 import json
 import select
 import socket
+import threading
 import time
+import types
 
 import pytest
 
 from fake_redis import FakeRedis
 from friendlyhello import network_tools, settings
-from helpers import metric_sample, redis_env, refused_env, request, serving, wait_until
+from helpers import free_port, metric_sample, redis_env, refused_env, request, serving, wait_until
 
-TOOLS = {"NETWORK_TOOLS": "on", "DIAL_ALLOW": "127.0.0.1/32,::1,255.255.255.255,fe80::/10"}
+TOOLS = {"NETWORK_TOOLS": "on", "DIAL_ALLOW": "127.0.0.1/32,::1"}
+
+
+@pytest.fixture
+def faked(monkeypatch):
+    """The system resolver and TCP, faked for what loopback cannot give: unknown.test is unknown,
+    broken.test a temporary failure, stuck.test answers only once the test ends; a connection
+    to a port of ``faked.unreachable`` (unused loopback ports) finds no route, one of
+    ``faked.invalid`` an invalid argument. Everything else is the real resolver and socket."""
+    resolve, ended = socket.getaddrinfo, threading.Event()
+    faults = types.SimpleNamespace(unreachable={free_port()}, invalid={free_port()})
+
+    def resolver(host, *args, **kwargs):
+        if host == "stuck.test":
+            ended.wait(10)
+        if host in ("unknown.test", "stuck.test"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host == "broken.test":
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return resolve(host, *args, **kwargs)
+
+    class Socket(socket.socket):
+        def connect(self, address):
+            if address[1] in faults.unreachable:
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+            if address[1] in faults.invalid:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return super().connect(address)
+
+    monkeypatch.setattr(network_tools.socket, "getaddrinfo", resolver)
+    monkeypatch.setattr(network_tools.socket, "socket", Socket)
+    yield faults
+    ended.set()
 
 
 def asked(server, path, json_too=True):
@@ -61,19 +98,19 @@ def test_dns_lists_every_address_the_resolver_gives_in_its_order_with_the_time_t
     assert seen["hostname"] == "replica-7" and seen["replica"] == "web-3"
 
 
-def test_dns_says_an_unknown_name_is_unknown_and_refuses_what_is_no_name():
+def test_dns_says_an_unknown_name_is_unknown_and_refuses_what_is_no_name(faked):
     with serving(refused_env(**TOOLS)) as server:
-        text, seen = asked(server, "/dns?name=no-such-name.invalid")
+        text, seen = asked(server, "/dns?name=unknown.test")
         refused = [server.get(p) for p in ("/dns", "/dns?name=", "/dns?name=a%20b", "/dns?name=a&name=b",
                                            "/dns?name=" + "a" * 254, "/dns?name=%3Cscript%3E")]
     assert text.status == 200 and seen["outcome"] == "unknown" and seen["addresses"] == [] and seen["error"]
-    assert text.text.startswith("dns no-such-name.invalid: unknown in ")
+    assert text.text.startswith("dns unknown.test: unknown in ")
     assert text.text.splitlines()[1] == f"error: {seen['error']}"
     assert {r.status for r in refused} == {400} and all("give one name" in r.text for r in refused)
     assert refused[0].headers["Content-Type"].startswith("text/plain") and refused[0].headers["Vary"] == "Accept"
 
 
-def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled():
+def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled(faked):
     open_port = listener()
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
@@ -83,9 +120,9 @@ def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled
             port = open_port.getsockname()[1]
             connected, seen = asked(server, f"/dial?host=127.0.0.1&port={port}")
             refused, refused_seen = asked(server, f"/dial?host=127.0.0.1&port={closed_port}")
-            unreachable, unreachable_seen = asked(server, "/dial?host=255.255.255.255&port=80")
+            unreachable, unreachable_seen = asked(server, f"/dial?host=127.0.0.1&port={min(faked.unreachable)}")
             named, named_seen = asked(server, f"/dial?host=localhost&port={port}")
-            failed, failed_seen = asked(server, "/dial?host=fe80::1&port=80")  # a link-local address, no scope
+            failed, failed_seen = asked(server, f"/dial?host=127.0.0.1&port={min(faked.invalid)}")
             six = listener("::1")
             v6, v6_seen = asked(server, f"/dial?host=::1&port={six.getsockname()[1]}")
             six.close()
@@ -95,7 +132,6 @@ def test_dial_says_connected_refused_and_unreachable_with_the_address_it_dialled
     assert len(connected.text.splitlines()) == 1  # no error line
     assert seen["outcome"] == "connected" and seen["address"] == "127.0.0.1" and seen["port"] == port
     assert refused.status == 200 and refused_seen["outcome"] == "refused" and "refused" in refused.text
-    # No TCP to the broadcast address: Linux says the network is unreachable, sending nothing.
     assert unreachable_seen["outcome"] == "unreachable" and "unreachable" in unreachable.text
     assert unreachable.text.splitlines()[1] == f"error: {unreachable_seen['error']}"
     assert named.text.startswith(f"dial localhost:{port} ({named_seen['address']}): ")  # the address dialled
@@ -140,12 +176,12 @@ def test_dial_refuses_a_port_that_is_no_port():
     assert highest.status == 200 and json.loads(highest.body)["port"] == 65535
 
 
-def test_the_tools_count_no_visit_answer_head_and_show_their_outcomes_in_metrics():
+def test_the_tools_count_no_visit_answer_head_and_show_their_outcomes_in_metrics(faked):
     with FakeRedis() as fake, serving({**redis_env(fake), **TOOLS}) as server:
         server.get("/dns?name=localhost")
-        server.get("/dns?name=no-such-name.invalid")
-        server.get("/dial?host=127.0.0.1&port=1")
-        server.get("/dial?host=10.1.2.3&port=1")
+        server.get("/dns?name=unknown.test")
+        server.get(f"/dial?host=127.0.0.1&port={free_port()}")  # nothing listens there
+        server.get("/dial?host=127.0.0.2&port=1")  # outside DIAL_ALLOW: never dialled
         server.get("/dns?name=")
         head = server.get("/dns?name=localhost", method="HEAD")
         metrics = server.get("/metrics").text
@@ -158,36 +194,26 @@ def test_the_tools_count_no_visit_answer_head_and_show_their_outcomes_in_metrics
     assert metric_sample(metrics, 'http_requests_total{method="GET",route="/dns",code="200"}') == 2
 
 
-def test_a_lookup_that_never_ends_is_answered_timed_out_and_the_loop_serves_on(monkeypatch):
-    resolve = socket.getaddrinfo
-
-    def resolver(host, *args, **kwargs):
-        if host == "stuck.example":
-            time.sleep(3)
-        if host == "broken.example":
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return resolve(host, *args, **kwargs)
-
+def test_a_lookup_that_never_ends_is_answered_timed_out_and_the_loop_serves_on(faked, monkeypatch):
     monkeypatch.setattr(network_tools, "TOOL_WAIT", 0.2)
-    monkeypatch.setattr(network_tools.socket, "getaddrinfo", resolver)
     with serving(refused_env(**TOOLS)) as server, concurrent.futures.ThreadPoolExecutor(3) as pool:
         asking = [pool.submit(server.get, path, headers=headers) for path, headers in (
-            ("/dns?name=stuck.example", {"Accept": "application/json"}), ("/dns?name=stuck.example", {}),
-            ("/dial?host=stuck.example&port=80", {"Accept": "application/json"}))]
+            ("/dns?name=stuck.test", {"Accept": "application/json"}), ("/dns?name=stuck.test", {}),
+            ("/dial?host=stuck.test&port=80", {"Accept": "application/json"}))]
         wait_until(lambda: server.server.waits.tools._pending == 3, what="the three questions under way")
         started = time.monotonic()
         probe = server.get("/healthz")
         probed = time.monotonic() - started
         (late, late_text, late_dial) = (a.result(timeout=5) for a in asking)
-        broken, broken_seen = asked(server, "/dns?name=broken.example")
+        broken, broken_seen = asked(server, "/dns?name=broken.test")
     seen, dialled = json.loads(late.body), json.loads(late_dial.body)
     assert probe.status == 200 and probed < 0.15  # the loop did not wait on the resolver
-    assert late.status == 200 and seen["outcome"] == "timed out" and seen["name"] == "stuck.example"
-    assert late_text.text.startswith("dns stuck.example: timed out in 200.0 ms\nerror: no answer within 0.2 s")
-    assert dialled == {**dialled, "tool": "dial", "host": "stuck.example", "port": 80, "address": None,
+    assert late.status == 200 and seen["outcome"] == "timed out" and seen["name"] == "stuck.test"
+    assert late_text.text.startswith("dns stuck.test: timed out in 200.0 ms\nerror: no answer within 0.2 s")
+    assert dialled == {**dialled, "tool": "dial", "host": "stuck.test", "port": 80, "address": None,
                        "outcome": "timed out"}
     assert broken_seen["outcome"] == "failed" and broken_seen["error"] == "Temporary failure in name resolution"
-    assert broken.text.startswith("dns broken.example: failed in ")
+    assert broken.text.startswith("dns broken.test: failed in ")
 
 
 def _full_backlog():
