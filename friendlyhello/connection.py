@@ -230,7 +230,7 @@ class Connections:
     """The open connections: accepted from the ``ports`` while fewer than ``max_connections``
     are open (the rest wait in the backlog), each closed once, counted in
     ``metrics.open_connections``. ``stopping`` keeps the listener closed once it is. With
-    ``proxies`` (a proxies.Trusted, when the PROXY protocol is on) a peer outside it is closed
+    ``proxies`` (a proxies.Networks, when the PROXY protocol is on) a peer outside it is closed
     as soon as it is accepted, and counted."""
 
     def __init__(self, ports, selector, max_connections, idle_timeout, metrics, log,
@@ -280,7 +280,7 @@ class Connections:
                 self.log.error("-", f"accept failed: {exc}")
                 self.accept(False)
                 return
-            if self.proxies is not None and not self.proxies.trusts(address[0]):
+            if self.proxies is not None and not self.proxies.holds(address[0]):
                 sock.close()  # a PROXY header from it could be a lie: no byte of it is read
                 self.metrics.proxy_refused("untrusted_peer")
                 continue

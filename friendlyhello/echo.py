@@ -77,7 +77,7 @@ class Echo:
         value = headers.get("X-Forwarded-Client-Cert")
         if value is None:
             return None
-        if not self.trusted.trusts(peer):
+        if not self.trusted.holds(peer):
             return {"from_trusted_proxy": False, "elements": None}
         return {"from_trusted_proxy": True, "elements": forwarded_client_cert(value)}
 
@@ -88,7 +88,7 @@ class Echo:
         value = headers.get("X-Forwarded-Prefix")
         if value is None:
             return None
-        return {"prefix": request_target(value), "from_trusted_proxy": self.trusted.trusts(peer)}
+        return {"prefix": request_target(value), "from_trusted_proxy": self.trusted.holds(peer)}
 
 
 def _body(body):

@@ -111,8 +111,7 @@ class NetworkTools:
             host, _ = _name(request.query, "host"), _port(request.query)
             if not self.allow:
                 raise ToolRefusal(403, "DIAL_ALLOW is not set: /dial dials nowhere")
-            address = _literal(host)
-            if address is not None and not self._allowed(address):
+            if _literal(host) and not self.allow.holds(host):
                 raise ToolRefusal(403, f"{host} is not within DIAL_ALLOW")
         except ToolRefusal as refused:
             return self._refusal(request, "dial", refused)
@@ -122,7 +121,7 @@ class NetworkTools:
         host, port = _name(request.query, "host"), _port(request.query)
         found = lookup(host)
         seen = {"tool": "dial", "host": host, "port": port, "address": None, **found}
-        outside = [a for a in found["addresses"] if not self._allowed(ipaddress.ip_address(a))]
+        outside = [a for a in found["addresses"] if not self.allow.holds(a)]
         if found["outcome"] != "resolved" or outside:
             if outside:
                 seen.update(outcome="forbidden", error=f"{', '.join(outside)}: not within "
@@ -147,11 +146,6 @@ class NetworkTools:
         if self._pending >= MAX_PENDING:
             raise ToolRefusal(503, f"{MAX_PENDING} questions are under way already; ask again "
                                    "later")
-
-    def _allowed(self, address):
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allow)
 
     def _answer(self, request, status, seen, lines):
         self.metrics.network_tool(seen["tool"], seen["outcome"])
@@ -217,10 +211,12 @@ def _port(query):
 
 
 def _literal(host):
+    """Is the host an address (checked at once), not a name (resolved first)?"""
     try:
-        return ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
-        return None
+        return False
+    return True
 
 
 def _late(tool, request, name=False):

@@ -40,8 +40,9 @@ class ProxyRefused(Exception):
         self.reason = reason
 
 
-def trusted_networks(text):
-    """TRUSTED_PROXIES: addresses and CIDR blocks, comma-separated (IPv4 and IPv6)."""
+def parse_networks(text):
+    """Addresses and CIDR blocks, comma-separated (IPv4 and IPv6): TRUSTED_PROXIES and
+    DIAL_ALLOW."""
     networks = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -76,8 +77,9 @@ def normal_address(text):
     return text
 
 
-class Trusted:
-    """The trusted proxies' networks; ``trusts(address)`` takes an ip_address or text."""
+class Networks:
+    """Networks a setting names (the trusted proxies', where /dial may go); ``holds(address)``
+    takes an ip_address or text, an IPv4-mapped address as the IPv4 one."""
 
     def __init__(self, networks):
         self.networks = networks
@@ -88,7 +90,7 @@ class Trusted:
     def __str__(self):
         return ",".join(map(str, self.networks)) or "none"
 
-    def trusts(self, address):
+    def holds(self, address):
         if isinstance(address, str):
             address = _address(address)
         if address is None:
@@ -286,7 +288,7 @@ def _split_outside_quotes(text, separator):
 
 def hops(entries, trusted):
     """Forwarded-for entries as Hops: each with its address, if it is one, and whether trusted."""
-    return [Hop(entry, address, bool(address) and trusted.trusts(address))
+    return [Hop(entry, address, bool(address) and trusted.holds(address))
             for entry, address in ((e, entry_address(e)) for e in entries)]
 
 
@@ -321,14 +323,14 @@ def not_believed(headers, believed):
 def conclude(peer, headers, trusted, believed, peer_is="the TCP peer"):
     """The client of a request from ``peer`` (the TCP peer's address, or the source a trusted
     PROXY header gave: ``peer_is`` says which), with ``headers`` (http.server's), under
-    ``trusted`` (a Trusted), believing only the header named ``believed`` (FORWARDED_HEADERS'
+    ``trusted`` (a Networks), believing only the header named ``believed`` (FORWARDED_HEADERS'
     value: "X-Forwarded-For", "Forwarded", "X-Real-IP", or None for none)."""
     chain = _CHAINS[believed](headers, trusted) if believed else []
     source = believed if chain else None
     if not trusted:
         return Conclusion(peer, f"{peer_is} (TRUSTED_PROXIES is empty: forwarded headers are "
                                 "not believed)", chain, source)
-    if not trusted.trusts(peer):
+    if not trusted.holds(peer):
         return Conclusion(peer, f"{peer_is}, which is not a trusted proxy (its headers are "
                                 "not believed)", chain, source)
     nearest = peer

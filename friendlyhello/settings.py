@@ -15,7 +15,7 @@ import typing
 
 from . import values
 from .faults import error_rate, latency_range
-from .proxies import PROXY_MODES, Trusted
+from .proxies import PROXY_MODES, Networks
 from .tls import check_tls_settings
 
 
@@ -128,7 +128,7 @@ SETTINGS = [
             "the node's name, shown likewise", aliases=("MY_NODE_NAME", "KUBERNETES_NODE_NAME")),
     Setting("POD_IP", None, values.text(253),
             "the pod's IP address, shown likewise", aliases=("MY_POD_IP", "KUBERNETES_POD_IP")),
-    Setting("TRUSTED_PROXIES", Trusted(()), values.trusted,
+    Setting("TRUSTED_PROXIES", Networks(()), values.networks,
             "addresses and CIDR blocks of the proxies whose forwarded header (FORWARDED_HEADER) "
             "and PROXY headers are believed, comma-separated (default: none)"),
     Setting("FORWARDED_HEADER", "x-forwarded-for", values.forwarded_header,
@@ -185,7 +185,7 @@ SETTINGS = [
     Setting("NETWORK_TOOLS", "off", values.choice("off", "on"),
             "on: /dns?name=N (what a name resolves to here) and /dial?host=H&port=P (one TCP "
             "connection, 2 s at most), for looking into the network from inside; off: both 404"),
-    Setting("DIAL_ALLOW", (), values.networks,
+    Setting("DIAL_ALLOW", Networks(()), values.networks,
             "addresses and CIDR blocks /dial may connect to, comma-separated; every address a "
             "name resolves to must be within (default: none, so /dial answers 403)"),
     Setting("REPLICA_ID", None, values.text(253),

@@ -8,7 +8,7 @@ import re
 import resp_client
 
 from . import cpus
-from .proxies import FORWARDED_HEADERS, Trusted, trusted_networks
+from .proxies import FORWARDED_HEADERS, Networks, parse_networks
 
 
 def whole(low, high):
@@ -115,13 +115,9 @@ def workers(text):
     return whole(1, 256)(text)
 
 
-def trusted(text):
-    return Trusted(trusted_networks(text))
-
-
 def networks(text):
-    """DIAL_ALLOW: addresses and CIDR blocks, as TRUSTED_PROXIES has them."""
-    return trusted_networks(text)
+    """TRUSTED_PROXIES, DIAL_ALLOW: addresses and CIDR blocks."""
+    return Networks(parse_networks(text))
 
 
 def forwarded_header(text):

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from friendlyhello import proxies
-from friendlyhello.proxies import V2_SIGNATURE, ProxyRefused, Trusted, read_proxy_header
+from friendlyhello.proxies import V2_SIGNATURE, Networks, ProxyRefused, read_proxy_header
 from helpers import ROOT, free_port, redis_env, refused_env, serving, unavailable, wait_until, without_id
 
 
@@ -44,7 +44,7 @@ class Headers:
         return self.fields.get(name.replace("-", "_").lower(), default)
 
 
-TRUSTED = Trusted(proxies.trusted_networks("10.0.0.0/8, 127.0.0.1, 2001:db8::/32"))
+TRUSTED = Networks(proxies.parse_networks("10.0.0.0/8, 127.0.0.1, 2001:db8::/32"))
 
 
 # -- what a proxy's words are worth ------------------------------------------------------------
@@ -143,13 +143,13 @@ def test_a_forwarded_for_entry_is_an_address_with_or_without_its_port_or_nothing
 
 
 def test_only_addresses_inside_the_trusted_blocks_are_trusted():
-    assert TRUSTED.trusts("10.255.0.1") and TRUSTED.trusts("2001:db8:1::9") and TRUSTED.trusts("::ffff:127.0.0.1")
-    assert not TRUSTED.trusts("11.0.0.1") and not TRUSTED.trusts("nonsense") and not TRUSTED.trusts("2001:db9::1")
-    assert str(TRUSTED) == "10.0.0.0/8,127.0.0.1/32,2001:db8::/32" and str(Trusted(())) == "none"
+    assert TRUSTED.holds("10.255.0.1") and TRUSTED.holds("2001:db8:1::9") and TRUSTED.holds("::ffff:127.0.0.1")
+    assert not TRUSTED.holds("11.0.0.1") and not TRUSTED.holds("nonsense") and not TRUSTED.holds("2001:db9::1")
+    assert str(TRUSTED) == "10.0.0.0/8,127.0.0.1/32,2001:db8::/32" and str(Networks(())) == "none"
 
 
 def test_without_trusted_proxies_the_client_is_the_peer_and_the_headers_are_shown_not_believed():
-    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Trusted(()), XFF)
+    found = proxies.conclude("10.0.0.2", Headers(x_forwarded_for=["1.2.3.4, x"]), Networks(()), XFF)
     assert (found.client, found.source) == ("10.0.0.2", "X-Forwarded-For") and "TRUSTED_PROXIES is empty" in \
         found.client_from
     assert [(hop.entry, hop.address and str(hop.address), hop.trusted) for hop in found.chain] == [
@@ -177,7 +177,7 @@ def test_forwarded_is_read_as_rfc_7239_writes_it(value, elements):
     ("::ffff:0:0/95", ("::fffe:0:0/95",)),  # wider than the mapped block: IPv6 as given
 ])
 def test_trusted_proxies_are_addresses_and_blocks(text, networks):
-    assert tuple(map(str, proxies.trusted_networks(text))) == networks
+    assert tuple(map(str, proxies.parse_networks(text))) == networks
 
 
 # -- the PROXY header, read ---------------------------------------------------------------------
