@@ -81,7 +81,6 @@ class Echo:
             return {"from_trusted_proxy": False, "elements": None}
         return {"from_trusted_proxy": True, "elements": forwarded_client_cert(value)}
 
-
     def _forwarded_prefix(self, headers, peer):
         """X-Forwarded-Prefix: the path a proxy took off before passing the request on (so a
         page's links would carry it), believed from a trusted proxy only."""

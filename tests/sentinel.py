@@ -20,6 +20,14 @@ SERVER_OPTIONS = ["--repl-diskless-sync-delay", "0", "--min-replicas-to-write", 
                   "--min-replicas-max-lag", "5"]
 
 
+def known(lines):
+    """From SENTINEL master's replies (their words, one after another: redis-cli's lines): each
+    sentinel's count of the replicas and of the other sentinels it knows."""
+    return [(int(lines[i + 1]), int(lines[j + 1])) for i, j in zip(
+        [n for n, line in enumerate(lines) if line == "num-slaves"],
+        [n for n, line in enumerate(lines) if line == "num-other-sentinels"], strict=True)]
+
+
 def call(port, *args, timeout=2):
     """One command to a server on loopback, its reply's first line (enough for these tests)."""
     import resp_client

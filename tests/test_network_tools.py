@@ -227,7 +227,7 @@ def _full_backlog():
         filler.setblocking(False)
         filler.connect_ex(sock.getsockname())
         fillers.append(filler)
-    time.sleep(0.1)
+    assert select.select([], fillers, [], 5)[1], "no connection came into the queue"  # it is full
     return sock, fillers
 
 
@@ -241,7 +241,8 @@ def test_a_dial_that_gets_no_answer_times_out_in_2_s_and_past_16_under_way_the_n
             started = time.monotonic()
             waiting = [pool.submit(request, server.port, f"/dial?host=127.0.0.1&port={port}",
                                    headers={"Accept": "application/json"}) for _ in range(network_tools.MAX_PENDING)]
-            time.sleep(0.3)
+            wait_until(lambda: server.server.waits.tools._pending == network_tools.MAX_PENDING,
+                       what="every dial under way")
             busy = server.get(f"/dial?host=127.0.0.1&port={port}")
             page = server.get("/healthz")
             answers = [json.loads(w.result(timeout=15).body) for w in waiting]

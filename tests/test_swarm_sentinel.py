@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from helpers import ROOT
+from sentinel import known
 from test_swarm import Stack, docker, require_swarm_and_image, swarm_wait
 
 pytestmark = pytest.mark.container
@@ -31,14 +32,6 @@ def address(stack, service):
     found = docker("run", "--rm", "--network", stack.network, "redis:7", "getent", "hosts", f"tasks.{service}",
                    timeout=60, check=False).split()
     return found[0] if found else None
-
-
-def known(lines):
-    """From SENTINEL master's replies, one after another: each sentinel's count of the replicas
-    and of the other sentinels it knows."""
-    return [(int(lines[i + 1]), int(lines[j + 1])) for i, j in zip(
-        [n for n, line in enumerate(lines) if line == "num-slaves"],
-        [n for n, line in enumerate(lines) if line == "num-other-sentinels"], strict=True)]
 
 
 def asked_each(stack):
