@@ -133,13 +133,31 @@ def test_sigterm_shuts_every_worker_down_gracefully_and_exits_0(redis_server):
         # Passed on by the supervisor, the signal reaches each worker a moment later; within the
         # delay every answer to /readyz, from either worker, turns 503. (The margin is wide: a CI
         # machine once took more than 0.9 s of a 1 s delay to get there.)
-        wait_until(lambda: all(request(proc.port, "/readyz").status == 503 for _ in range(4)), 2.5,
-                   "readiness 503 in every worker")
+        answers = []
+
+        def all_503():
+            answers[:] = [request(proc.port, "/readyz").status for _ in range(4)]
+            return all(status == 503 for status in answers)
+
+        try:
+            wait_until(all_503, 2.5, "readiness 503 in every worker")
+        except AssertionError as exc:  # why: the answers, and each worker's signals (pending, blocked)
+            raise AssertionError(f"{exc}: {answers}; " + "; ".join(_signals(pid) for pid in workers)) from None
         code = proc.wait(10)
     finally:
         proc.finish()
     assert code == 0
     assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], "a worker outlived the supervisor"
+
+
+def _signals(pid):
+    """A process's pending and blocked signal masks, from /proc, to tell why a stop was not heard."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            masks = [line.split()[:2] for line in status if line.startswith(("SigPnd", "ShdPnd", "SigBlk"))]
+    except FileNotFoundError:
+        return f"{pid} gone"
+    return f"{pid} " + " ".join(f"{name}{mask}" for name, mask in masks)
 
 
 def test_workers_end_when_their_supervisor_is_killed(redis_server):
